@@ -1,0 +1,60 @@
+//! The catalog of actions this gateway sells, from the config. Resolves an action name
+//! to a small dense id without allocating, so per-action tables (metrics, later rate
+//! limits and counters) are plain arrays. Unknown names are refused, never forwarded.
+
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ActionId(pub u16);
+
+#[derive(Debug)]
+pub struct Catalog {
+    names: Vec<Box<str>>,
+    ids: HashMap<Box<str>, ActionId>,
+}
+
+impl Catalog {
+    pub fn new(names: &[String]) -> Self {
+        let names: Vec<Box<str>> = names.iter().map(|n| n.as_str().into()).collect();
+        let ids = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), ActionId(i as u16)))
+            .collect();
+        Self { names, ids }
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<ActionId> {
+        self.ids.get(name).copied()
+    }
+
+    pub fn name(&self, id: ActionId) -> &str {
+        &self.names[id.0 as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(|n| &**n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_known_names_only() {
+        let c = Catalog::new(&["DetectAuth".into(), "LivenessCompare".into()]);
+        assert_eq!(c.lookup("LivenessCompare"), Some(ActionId(1)));
+        assert_eq!(c.name(ActionId(0)), "DetectAuth");
+        assert_eq!(c.lookup("livenesscompare"), None);
+        assert_eq!(c.lookup(""), None);
+    }
+}

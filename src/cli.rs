@@ -1,0 +1,173 @@
+//! Command line: parses arguments, sets up logging and signals, and calls into the
+//! library. Thin on purpose: every command is a library function that tests can call.
+//! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+
+use crate::config::{Config, ProcessEnv};
+use crate::server::{self, Listeners};
+use crate::sim::{self, Latency, SimConfig};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ekyc-gateway", version, about = "A gateway that resells Tencent Cloud eKYC (FaceID) call by call")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EKYC_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: the data listener (eKYC API) and the admin listener.
+    Serve {
+        /// TOML configuration file (see config/gateway.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the eKYC API simulator that stands in for Tencent Cloud in tests and demos.
+    UpstreamSim {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: SocketAddr,
+        /// SecretId the simulator accepts (the gateway's EKYC_UPSTREAM_SECRET_ID).
+        #[arg(long, env = "EKYC_SIM_SECRET_ID", default_value = "AKIDSIMULATOR")]
+        secret_id: String,
+        /// SecretKey the simulator verifies with (the gateway's EKYC_UPSTREAM_SECRET_KEY).
+        #[arg(long, env = "EKYC_SIM_SECRET_KEY", hide_env_values = true, default_value = "simulator-secret-key")]
+        secret_key: String,
+        /// Added latency in ms: `0`, `20`, or a uniform range `5..50`.
+        #[arg(long, default_value = "0")]
+        latency_ms: Latency,
+        /// Share of calls answered with FailedOperation.ImageDecodeFailed (0.0-1.0).
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+    },
+    /// Everything on one machine with embedded defaults: simulator, gateway, demo account.
+    Demo {
+        /// Data listener address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin listener address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        /// Where the demo keeps its state; delete it to start over.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve { config } => {
+            let config = match Config::load(&config, &ProcessEnv) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let listeners = match Listeners::bind(config.data_listen, config.admin_listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {} / {}: {e}", config.data_listen, config.admin_listen);
+                    return ExitCode::from(1);
+                }
+            };
+            exit(server::run(listeners, config, shutdown_signal()).await)
+        }
+        Command::UpstreamSim {
+            listen,
+            secret_id,
+            secret_key,
+            latency_ms,
+            error_rate,
+        } => {
+            if !(0.0..=1.0).contains(&error_rate) {
+                eprintln!("error: --error-rate must be between 0.0 and 1.0");
+                return ExitCode::from(2);
+            }
+            let listener = match tokio::net::TcpListener::bind(listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {listen}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let mut config = SimConfig::new(secret_id, secret_key);
+            config.latency = latency_ms;
+            config.error_rate = error_rate;
+            exit(sim::run(listener, config, shutdown_signal()).await)
+        }
+        Command::Demo {
+            listen,
+            admin_listen,
+            data_dir,
+        } => {
+            let options = crate::demo::DemoOptions {
+                listen,
+                admin_listen,
+                data_dir,
+            };
+            exit(crate::demo::run(options, shutdown_signal()).await)
+        }
+    }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EKYC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

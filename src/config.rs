@@ -1,0 +1,433 @@
+//! Configuration: the raw TOML shape (serde, every field defaulted and documented in
+//! `config/gateway.toml`) validated into an immutable `Config`. Secrets come from the
+//! environment only, never from the file. Must not open sockets or files other than
+//! the ones it is told to read; building clients and listeners is `server`'s job.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem, naming the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {key}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// eKYC (FaceID, version 2018-03-01) actions known when the config lists none.
+pub const DEFAULT_ACTIONS: &[&str] = &[
+    "ApplyLivenessToken",
+    "ApplySdkVerificationToken",
+    "ApplyWebVerificationBizTokenIntl",
+    "ApplyWebVerificationToken",
+    "BankCard2EVerification",
+    "BankCard4EVerification",
+    "BankCardVerification",
+    "CompareFaceLiveness",
+    "DetectAuth",
+    "GetCardVerificationResult",
+    "GetDetectInfoEnhanced",
+    "GetFaceIdResultIntl",
+    "GetFaceIdTokenIntl",
+    "GetLivenessResult",
+    "GetSdkVerificationResult",
+    "GetWebVerificationResult",
+    "GetWebVerificationResultIntl",
+    "IdCardOCRVerification",
+    "IdCardVerification",
+    "ImageRecognition",
+    "LivenessCompare",
+    "LivenessRecognition",
+    "MobileNetworkTimeVerification",
+    "MobileStatus",
+    "PhoneVerification",
+    "VideoLivenessCompare",
+];
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    listen: RawListen,
+    tls: Option<RawTls>,
+    limits: RawLimits,
+    upstream: RawUpstream,
+    shutdown: RawShutdown,
+    actions: Option<BTreeMap<String, RawAction>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawListen {
+    data: String,
+    admin: String,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            data: "0.0.0.0:8080".into(),
+            admin: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_body_bytes: u64,
+    max_header_bytes: u64,
+    max_headers: u64,
+    header_read_timeout_ms: u64,
+    body_read_timeout_ms: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    url: String,
+    service: String,
+    timeout_ms: u64,
+    connect_timeout_ms: u64,
+    extra_ca_file: Option<PathBuf>,
+    pool_idle_timeout_ms: u64,
+    pool_max_idle_per_host: u64,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            url: "https://faceid.tencentcloudapi.com".into(),
+            service: "faceid".into(),
+            timeout_ms: 10_000,
+            connect_timeout_ms: 3_000,
+            extra_ca_file: None,
+            pool_idle_timeout_ms: 90_000,
+            pool_max_idle_per_host: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawShutdown {
+    grace_period_ms: u64,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        Self {
+            grace_period_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAction {}
+
+/// The platform's own Tencent Cloud credentials, used to re-sign every forwarded call.
+#[derive(Clone)]
+pub struct UpstreamCredentials {
+    pub secret_id: String,
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for UpstreamCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamCredentials")
+            .field("secret_id", &self.secret_id)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// `host[:port]`, also the `Host` the gateway signs with.
+    pub authority: http::uri::Authority,
+    pub service: String,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub extra_ca_file: Option<PathBuf>,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub credentials: UpstreamCredentials,
+}
+
+/// The validated, immutable configuration every part of the server reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub limits: Limits,
+    pub upstream: Upstream,
+    pub shutdown_grace: Duration,
+    /// Action names the gateway forwards, sorted; anything else is `InvalidAction`.
+    pub actions: Vec<String>,
+}
+
+/// Reads environment variables; a function so tests need not touch the process env.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+        Self::from_toml(&text, env)
+    }
+
+    pub fn from_toml(text: &str, env: &dyn Env) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let problem = e.message().to_string();
+            let key = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "(file)".into());
+            ConfigError::new(key, problem)
+        })?;
+        Self::validate(raw, env)
+    }
+
+    fn validate(raw: RawConfig, env: &dyn Env) -> Result<Self, ConfigError> {
+        let addr = |key: &str, value: &str| {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|e| ConfigError::new(key, format!("{value:?} is not ip:port ({e})")))
+        };
+        let data_listen = addr("listen.data", &raw.listen.data)?;
+        let admin_listen = addr("listen.admin", &raw.listen.admin)?;
+
+        let ms = |key: &str, value: u64, min: u64, max: u64| {
+            if value < min || value > max {
+                Err(ConfigError::new(
+                    key,
+                    format!("{value} is outside {min}..={max} milliseconds"),
+                ))
+            } else {
+                Ok(Duration::from_millis(value))
+            }
+        };
+        let within = |key: &str, value: u64, min: u64, max: u64| {
+            if value < min || value > max {
+                Err(ConfigError::new(key, format!("{value} is outside {min}..={max}")))
+            } else {
+                Ok(value as usize)
+            }
+        };
+        let limits = Limits {
+            max_body_bytes: within("limits.max_body_bytes", raw.limits.max_body_bytes, 1024, 1 << 30)?,
+            max_header_bytes: within("limits.max_header_bytes", raw.limits.max_header_bytes, 8192, 1 << 20)?,
+            max_headers: within("limits.max_headers", raw.limits.max_headers, 16, 1000)?,
+            header_read_timeout: ms("limits.header_read_timeout_ms", raw.limits.header_read_timeout_ms, 100, 600_000)?,
+            body_read_timeout: ms("limits.body_read_timeout_ms", raw.limits.body_read_timeout_ms, 100, 3_600_000)?,
+        };
+
+        let uri: http::Uri = raw
+            .upstream
+            .url
+            .parse()
+            .map_err(|e| ConfigError::new("upstream.url", format!("{:?} is not a URL ({e})", raw.upstream.url)))?;
+        let scheme = uri.scheme().cloned().filter(|s| {
+            *s == http::uri::Scheme::HTTP || *s == http::uri::Scheme::HTTPS
+        });
+        let (Some(scheme), Some(authority)) = (scheme, uri.authority().cloned()) else {
+            return Err(ConfigError::new("upstream.url", "must be http://host[:port] or https://host[:port]"));
+        };
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(ConfigError::new("upstream.url", "must not have a path or query: Tencent signs \"/\""));
+        }
+        if raw.upstream.service.is_empty() {
+            return Err(ConfigError::new("upstream.service", "must not be empty"));
+        }
+        let secret = |name: &str| {
+            env.var(name)
+                .ok_or_else(|| ConfigError::new(name, "environment variable is not set (secrets never go in the file)"))
+        };
+        let credentials = UpstreamCredentials {
+            secret_id: secret("EKYC_UPSTREAM_SECRET_ID")?,
+            secret_key: secret("EKYC_UPSTREAM_SECRET_KEY")?,
+        };
+        if let Some(file) = &raw.upstream.extra_ca_file
+            && !file.is_file()
+        {
+            return Err(ConfigError::new("upstream.extra_ca_file", format!("{} is not a readable file", file.display())));
+        }
+        let upstream = Upstream {
+            scheme,
+            authority,
+            service: raw.upstream.service,
+            timeout: ms("upstream.timeout_ms", raw.upstream.timeout_ms, 10, 600_000)?,
+            connect_timeout: ms("upstream.connect_timeout_ms", raw.upstream.connect_timeout_ms, 10, 600_000)?,
+            extra_ca_file: raw.upstream.extra_ca_file,
+            pool_idle_timeout: ms("upstream.pool_idle_timeout_ms", raw.upstream.pool_idle_timeout_ms, 100, 3_600_000)?,
+            pool_max_idle_per_host: within("upstream.pool_max_idle_per_host", raw.upstream.pool_max_idle_per_host, 1, 100_000)?,
+            credentials,
+        };
+
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => {
+                for (key, path) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
+                    if !path.is_file() {
+                        return Err(ConfigError::new(key, format!("{} is not a readable file", path.display())));
+                    }
+                }
+                Some(TlsFiles { cert: t.cert, key: t.key })
+            }
+        };
+
+        let actions: Vec<String> = match raw.actions {
+            None => DEFAULT_ACTIONS.iter().map(|s| s.to_string()).collect(),
+            Some(map) => {
+                for name in map.keys() {
+                    if name.is_empty() || name.len() > 64 || !name.bytes().all(|c| c.is_ascii_alphanumeric()) {
+                        return Err(ConfigError::new(format!("actions.{name}"), "an action name is 1-64 ASCII letters and digits"));
+                    }
+                }
+                map.into_keys().collect()
+            }
+        };
+        if actions.is_empty() {
+            return Err(ConfigError::new("actions", "the catalog is empty: no call could be forwarded"));
+        }
+
+        Ok(Config {
+            data_listen,
+            admin_listen,
+            tls,
+            limits,
+            upstream,
+            shutdown_grace: ms("shutdown.grace_period_ms", raw.shutdown.grace_period_ms, 0, 3_600_000)?,
+            actions,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENV: [(&str, &str); 2] = [
+        ("EKYC_UPSTREAM_SECRET_ID", "AKIDplatform"),
+        ("EKYC_UPSTREAM_SECRET_KEY", "platform-key"),
+    ];
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = Config::from_toml("", &ENV).unwrap();
+        assert_eq!(c.data_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.limits.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(c.upstream.timeout, Duration::from_secs(10));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.upstream.authority.as_str(), "faceid.tencentcloudapi.com");
+        assert!(c.actions.iter().any(|a| a == "LivenessCompare"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[listen]\ndata = \"nope\"", "listen.data"),
+            ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
+            ("[upstream]\nurl = \"http://x/path\"", "upstream.url"),
+            ("[limits]\nmax_body_bytes = 1", "limits.max_body_bytes"),
+            ("[upstream]\ntimeout_ms = 0", "upstream.timeout_ms"),
+            ("[actions.\"Bad-Name\"]", "actions.Bad-Name"),
+            ("[tls]\ncert = \"/nonexistent\"\nkey = \"/nonexistent\"", "tls.cert"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(text, &ENV).unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+        }
+        let err = Config::from_toml("[listen]\ndta = \"x\"", &ENV).unwrap_err();
+        assert!(err.problem.contains("dta"), "{err}");
+        assert_eq!(err.key, "line 2");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment() {
+        let err = Config::from_toml("", &[("EKYC_UPSTREAM_SECRET_ID", "x")]).unwrap_err();
+        assert_eq!(err.key, "EKYC_UPSTREAM_SECRET_KEY");
+        let c = Config::from_toml("", &ENV).unwrap();
+        assert!(!format!("{c:?}").contains("platform-key"));
+    }
+
+    #[test]
+    fn shipped_example_configs_are_valid() {
+        for file in ["config/gateway.toml", "config/demo.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = Config::from_toml(&text, &ENV) {
+                panic!("{file}: {e}");
+            }
+        }
+    }
+}

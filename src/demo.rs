@@ -1,0 +1,93 @@
+//! `ekyc-gateway demo`: the whole system on one machine with nothing installed but the
+//! binary. Starts the upstream simulator in process, then the gateway on embedded
+//! defaults (`config/demo.toml`), with a demo account whose credentials are fixed and
+//! documented. Must not be used in production: its secrets are public.
+
+use crate::config::Config;
+use crate::server::{self, Listeners};
+use crate::sim::{self, SimConfig};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const DEMO_ACCOUNT: &str = "demo";
+pub const DEMO_SECRET_ID: &str = "AKIDDEMO00000000000000000000000000000";
+pub const DEMO_SECRET_KEY: &str = "demo-secret-key-do-not-use-in-prod";
+pub const DEMO_API_KEY: &str = "demo-api-key";
+pub const DEMO_ADMIN_TOKEN: &str = "demo-admin-token";
+
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+pub struct DemoOptions {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&options.data_dir)?;
+    // The simulator plays Tencent; its "platform" credentials are private to this process.
+    let platform_id = format!("AKIDSIM{}", hex::encode(rand::random::<[u8; 8]>()));
+    let platform_key = hex::encode(rand::random::<[u8; 16]>());
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sim_addr = sim_listener.local_addr()?;
+    let (sim_stop, sim_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sim = tokio::spawn(sim::run(
+        sim_listener,
+        SimConfig::new(platform_id.clone(), platform_key.clone()),
+        async move {
+            let _ = sim_stopped.await;
+        },
+    ));
+
+    let env = [
+        ("EKYC_UPSTREAM_SECRET_ID", platform_id.as_str()),
+        ("EKYC_UPSTREAM_SECRET_KEY", platform_key.as_str()),
+    ];
+    let mut config = Config::from_toml(DEMO_CONFIG, &env)?;
+    config.data_listen = options.listen;
+    config.admin_listen = options.admin_listen;
+    config.upstream.scheme = http::uri::Scheme::HTTP;
+    config.upstream.authority = sim_addr.to_string().parse()?;
+
+    let listeners = Listeners::bind(config.data_listen, config.admin_listen).await?;
+    println!("{}", banner(listeners.data.local_addr()?, listeners.admin.local_addr()?, sim_addr));
+    let result = server::run(listeners, config, shutdown).await;
+    let _ = sim_stop.send(());
+    let _ = sim.await;
+    result
+}
+
+fn banner(data: SocketAddr, admin: SocketAddr, sim: SocketAddr) -> String {
+    format!(
+        r#"ekyc-gateway demo is running (Ctrl-C to stop).
+
+  data listener   http://{data}   eKYC API 3.0: point the SDKs and curl here
+  admin listener  http://{admin}   /healthz /readyz /metrics
+  simulator       http://{sim}   stands in for faceid.tencentcloudapi.com
+
+Demo account "{DEMO_ACCOUNT}" (public credentials, never use them in production):
+  SecretId     {DEMO_SECRET_ID}
+  SecretKey    {DEMO_SECRET_KEY}
+  API key      {DEMO_API_KEY}
+  admin token  {DEMO_ADMIN_TOKEN}
+
+curl with the API key:
+  curl -s http://{data}/ -H 'Authorization: Bearer {DEMO_API_KEY}' -H 'X-TC-Action: IdCardVerification' -H 'X-TC-Version: 2018-03-01' -H 'Content-Type: application/json' -d '{{"IdCard":"11204416541220243X","Name":"Zhang San"}}'
+
+The official Python SDK (pip install tencentcloud-sdk-python-faceid):
+python3 - <<'EOF'
+from tencentcloud.common import credential
+from tencentcloud.common.profile.client_profile import ClientProfile
+from tencentcloud.common.profile.http_profile import HttpProfile
+from tencentcloud.faceid.v20180301 import faceid_client, models
+cred = credential.Credential("{DEMO_SECRET_ID}", "{DEMO_SECRET_KEY}")
+profile = ClientProfile(httpProfile=HttpProfile(endpoint="{data}", protocol="http"))
+client = faceid_client.FaceidClient(cred, "ap-guangzhou", profile)
+req = models.IdCardVerificationRequest()
+req.IdCard, req.Name = "11204416541220243X", "Zhang San"
+print(client.IdCardVerification(req).to_json_string())
+EOF
+"#
+    )
+}

@@ -1,0 +1,35 @@
+//! ekyc-gateway: a gateway that resells Tencent Cloud's eKYC (FaceID) API call by call.
+//!
+//! Table of contents, in the order a request meets them:
+//!
+//! | module    | role |
+//! | --------- | ---- |
+//! | `cli`     | the `ekyc-gateway` command line (thin) |
+//! | `config`  | TOML config validated into an immutable `Config`; secrets from the env |
+//! | `server`  | listeners, TLS, HTTP/1.1 + h2, graceful shutdown; `server::run` |
+//! | `proxy`   | the data listener's pipeline, its order written down in `proxy/mod.rs` |
+//! | `tc3`     | TC3-HMAC-SHA256 parsing, signing and verification (pure) |
+//! | `catalog` | the actions this gateway sells |
+//! | `admin`   | the admin listener: health, readiness, metrics |
+//! | `metrics` | Prometheus counters, lock-free on the hot path |
+//! | `tencent` | Tencent API 3.0 wire shapes (error body, RequestId) |
+//! | `tls`     | rustls server and client configuration |
+//! | `app`     | the one shared state, passed down as an `Arc` |
+//! | `clock`   | injectable time |
+//! | `sim`     | the eKYC API simulator (`upstream-sim`) |
+//! | `demo`    | `ekyc-gateway demo`: everything on embedded defaults |
+
+pub mod admin;
+pub mod app;
+pub mod catalog;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod sim;
+pub mod tc3;
+pub mod tencent;
+pub mod tls;

@@ -1,0 +1,168 @@
+//! Prometheus metrics for the admin listener's `/metrics`. Every per-request handle is
+//! created at start-up and indexed by (action id, outcome), so recording a request is
+//! an array index and an atomic add: no lock, no allocation, no label strings built on
+//! the hot path. Must not hold request data beyond the counts.
+
+use crate::catalog::{ActionId, Catalog};
+use crate::proxy::errors::ErrorCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    action: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+/// How a request ended, from the gateway's point of view.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// The upstream answered and its answer was passed on.
+    Forwarded,
+    /// The gateway answered itself with this code.
+    Refused(ErrorCode),
+}
+
+impl Outcome {
+    const COUNT: usize = 1 + ErrorCode::ALL.len();
+
+    fn index(self) -> usize {
+        match self {
+            Outcome::Forwarded => 0,
+            Outcome::Refused(code) => 1 + code.index(),
+        }
+    }
+
+    fn label(index: usize) -> &'static str {
+        if index == 0 {
+            "forwarded"
+        } else {
+            ErrorCode::ALL[index - 1].as_str()
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// `[action][outcome]`, flattened; the last action row is "unknown".
+    requests: Vec<Counter>,
+    actions: usize,
+    duration: Histogram,
+    upstream_duration: Histogram,
+    upstream_errors: Family<KindLabels, Counter>,
+    pub data_connections: Gauge,
+    pub admin_connections: Gauge,
+}
+
+impl Metrics {
+    pub fn new(catalog: &Catalog) -> Self {
+        let mut registry = Registry::with_prefix("ekyc_gateway");
+        let family = Family::<RequestLabels, Counter>::default();
+        let mut requests = Vec::with_capacity((catalog.len() + 1) * Outcome::COUNT);
+        let action_names = catalog.names().chain(std::iter::once("unknown"));
+        for action in action_names {
+            for outcome in 0..Outcome::COUNT {
+                let labels = RequestLabels {
+                    action: action.to_string(),
+                    outcome: Outcome::label(outcome).to_string(),
+                };
+                requests.push(family.get_or_create(&labels).clone());
+            }
+        }
+        registry.register(
+            "requests",
+            "Requests on the data listener by action and outcome (forwarded, or the error code the gateway answered)",
+            family,
+        );
+        let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "request_duration_seconds",
+            "Time from the request's arrival to the answer's headers, all outcomes",
+            duration.clone(),
+        );
+        let upstream_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "upstream_duration_seconds",
+            "Time the upstream took to answer with headers",
+            upstream_duration.clone(),
+        );
+        let upstream_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Calls the upstream did not answer (connect, timeout, protocol, too_large)",
+            upstream_errors.clone(),
+        );
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        let data_connections = connections
+            .get_or_create(&ListenerLabels { listener: "data".into() })
+            .clone();
+        let admin_connections = connections
+            .get_or_create(&ListenerLabels { listener: "admin".into() })
+            .clone();
+        registry.register("open_connections", "Open client connections by listener", connections);
+        Self {
+            registry,
+            requests,
+            actions: catalog.len(),
+            duration,
+            upstream_duration,
+            upstream_errors,
+            data_connections,
+            admin_connections,
+        }
+    }
+
+    pub fn record_request(&self, action: Option<ActionId>, outcome: Outcome, seconds: f64) {
+        let row = action.map_or(self.actions, |a| a.0 as usize);
+        self.requests[row * Outcome::COUNT + outcome.index()].inc();
+        self.duration.observe(seconds);
+    }
+
+    pub fn record_upstream(&self, seconds: f64) {
+        self.upstream_duration.observe(seconds);
+    }
+
+    pub fn record_upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_by_action_and_outcome() {
+        let catalog = Catalog::new(&["LivenessCompare".into()]);
+        let m = Metrics::new(&catalog);
+        m.record_request(Some(ActionId(0)), Outcome::Forwarded, 0.001);
+        m.record_request(None, Outcome::Refused(ErrorCode::InvalidAction), 0.001);
+        let text = m.render();
+        assert!(text.contains(r#"ekyc_gateway_requests_total{action="LivenessCompare",outcome="forwarded"} 1"#), "{text}");
+        assert!(text.contains(r#"ekyc_gateway_requests_total{action="unknown",outcome="InvalidAction"} 1"#));
+        assert!(text.contains("ekyc_gateway_request_duration_seconds_count 2"));
+    }
+}

@@ -1,0 +1,174 @@
+//! Phase 6 of the pipeline: forward a call to the eKYC API over a pooled keep-alive
+//! client (rustls for https), re-signed with the platform's credentials. The client's
+//! `Authorization` and `X-TC-Token` never leave the gateway; action, version, region,
+//! language and body bytes pass through untouched. Must not decide whether a call is
+//! allowed or billable: earlier and later phases do.
+
+use crate::config;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::headers::strip_hop_by_hop;
+use crate::tc3::{SignedRequest, Signer};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri, header, request};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("the upstream could not be reached: {0}")]
+    Connect(String),
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the upstream answer was malformed: {0}")]
+    Protocol(String),
+    #[error("the upstream answer is larger than {limit} bytes")]
+    ResponseTooLarge { limit: usize },
+}
+
+/// Headers the client sent that must never reach the upstream.
+const CLIENT_ONLY: [&str; 3] = ["authorization", "x-tc-token", "x-tc-timestamp"];
+
+pub struct UpstreamClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    host_header: HeaderValue,
+    signer: Signer,
+    timeout: Duration,
+    max_body_bytes: usize,
+}
+
+impl UpstreamClient {
+    pub fn new(upstream: &config::Upstream, max_body_bytes: usize) -> anyhow::Result<Self> {
+        let tls = crate::tls::client_config(upstream.extra_ca_file.as_deref())?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(upstream.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(upstream.pool_idle_timeout)
+            .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
+            .build(https);
+        Ok(Self {
+            client,
+            scheme: upstream.scheme.clone(),
+            authority: upstream.authority.clone(),
+            host_header: HeaderValue::from_str(upstream.authority.as_str())?,
+            signer: Signer::new(
+                upstream.credentials.secret_id.clone(),
+                upstream.credentials.secret_key.clone(),
+                upstream.service.clone(),
+            ),
+            timeout: upstream.timeout,
+            max_body_bytes,
+        })
+    }
+
+    /// Sends the call and returns the upstream's answer, its body streaming under the cap.
+    /// `payload_hash_hex` is the hash the client's request was (or would be) signed with.
+    pub async fn forward(
+        &self,
+        parts: &request::Parts,
+        body: Bytes,
+        payload_hash_hex: &str,
+        now_unix: i64,
+    ) -> Result<Response<ProxyBody>, ForwardError> {
+        let request = self.upstream_request(parts, body, payload_hash_hex, now_unix)?;
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Err(_) => return Err(ForwardError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(error_chain(&e))),
+            Ok(Err(e)) => return Err(ForwardError::Protocol(error_chain(&e))),
+            Ok(Ok(response)) => response,
+        };
+        let declared = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
+            return Err(ForwardError::ResponseTooLarge {
+                limit: self.max_body_bytes,
+            });
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, ProxyBody::upstream(body, self.max_body_bytes)))
+    }
+
+    fn upstream_request(
+        &self,
+        parts: &request::Parts,
+        body: Bytes,
+        payload_hash_hex: &str,
+        now_unix: i64,
+    ) -> Result<Request<Full<Bytes>>, ForwardError> {
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let query = path_and_query.query().unwrap_or("");
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query.clone())
+            .build()
+            .map_err(|e| ForwardError::Protocol(e.to_string()))?;
+
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        for name in CLIENT_ONLY {
+            headers.remove(name);
+        }
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert(header::HOST, self.host_header.clone());
+        headers.insert("x-tc-timestamp", HeaderValue::from(now_unix));
+        let authorization = self.signer.authorization(&SignedRequest {
+            method: parts.method.as_str(),
+            query,
+            headers: &headers,
+            payload_hash_hex,
+            timestamp: now_unix,
+        });
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&authorization).map_err(|e| ForwardError::Protocol(e.to_string()))?,
+        );
+
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+pub type SharedUpstream = Arc<UpstreamClient>;

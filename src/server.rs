@@ -1,0 +1,204 @@
+//! Listeners and connections: the one entry point `run(listeners, config, shutdown)`
+//! that `main`, `demo` and the tests all use. Accepts on the data and admin listeners,
+//! terminates TLS (rustls), speaks HTTP/1.1 and HTTP/2 on one port (h2c by prior
+//! knowledge, h2 by ALPN), and shuts down gracefully: stop accepting, let in-flight
+//! requests finish within the grace period, then run the shutdown hooks. Must not
+//! contain request logic: requests go to `proxy::handle` or `admin::handle`.
+
+use crate::app::App;
+use crate::clock::SystemClock;
+use crate::config::{Config, Limits};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::gauge::Gauge;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+/// The two bound sockets the gateway serves on.
+pub struct Listeners {
+    pub data: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(data: SocketAddr, admin: SocketAddr) -> std::io::Result<Self> {
+        Ok(Self {
+            data: TcpListener::bind(data).await?,
+            admin: TcpListener::bind(admin).await?,
+        })
+    }
+}
+
+/// Builds the app from `config` on the system clock and serves until `shutdown` resolves.
+pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let app = App::new(config, Arc::new(SystemClock))?;
+    serve(app, listeners, shutdown).await
+}
+
+/// Serves an already built app (tests use this to inject a clock or read metrics).
+pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let tls = match &app.config.tls {
+        Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(&files.cert, &files.key)?)),
+        None => None,
+    };
+    let builder = Arc::new(http_builder(&app.config.limits));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let data_graceful = Arc::new(GracefulShutdown::new());
+    let admin_graceful = Arc::new(GracefulShutdown::new());
+
+    tracing::info!(
+        data = %listeners.data.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        tls = tls.is_some(),
+        upstream = %app.upstream.authority(),
+        "ekyc-gateway serving"
+    );
+
+    let data_app = app.clone();
+    let data_loop = accept_loop(
+        listeners.data,
+        tls,
+        builder.clone(),
+        data_graceful.clone(),
+        app.metrics.data_connections.clone(),
+        app.config.limits.header_read_timeout,
+        stop_rx.clone(),
+        move |request| {
+            let app = data_app.clone();
+            async move { Ok::<_, Infallible>(crate::proxy::handle(&app, request).await) }
+        },
+    );
+    let admin_app = app.clone();
+    let admin_loop = accept_loop(
+        listeners.admin,
+        None,
+        builder,
+        admin_graceful.clone(),
+        app.metrics.admin_connections.clone(),
+        app.config.limits.header_read_timeout,
+        stop_rx,
+        move |request| {
+            let app = admin_app.clone();
+            async move { Ok::<_, Infallible>(crate::admin::handle(&app, request).await) }
+        },
+    );
+    let data_task = tokio::spawn(data_loop);
+    let admin_task = tokio::spawn(admin_loop);
+
+    shutdown.await;
+    tracing::info!(grace = ?app.config.shutdown_grace, "shutting down: no new connections, finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    let _ = data_task.await;
+    let _ = admin_task.await;
+    let drained = tokio::time::timeout(app.config.shutdown_grace, async {
+        // The accept loops have returned, so these are the last references.
+        if let Ok(graceful) = Arc::try_unwrap(data_graceful) {
+            graceful.shutdown().await;
+        }
+        if let Ok(graceful) = Arc::try_unwrap(admin_graceful) {
+            graceful.shutdown().await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over with requests still in flight; closing them");
+    }
+    app.run_shutdown_hooks().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// HTTP/1.1 + HTTP/2 server settings shared by every listener.
+pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Duration::from_secs(30));
+    builder
+}
+
+/// Accepts connections until `stop` turns true, serving each on its own task.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn accept_loop<F, Fut, B>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    open_connections: Gauge,
+    handshake_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    loop {
+        let (stream, peer) = tokio::select! {
+            // The sender only ever sends `true` (or is dropped): either way, stop.
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handler = handler.clone();
+        let gauge = open_connections.clone();
+        tokio::spawn(async move {
+            gauge.inc();
+            let service = hyper::service::service_fn(handler);
+            let result = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    watcher.watch(conn).await
+                }
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
+                        watcher.watch(conn).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            gauge.dec();
+        });
+    }
+}
