@@ -33,10 +33,12 @@ pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Full<Byte
 
 async fn readiness(app: &App) -> Response<Full<Bytes>> {
     let upstream = app.upstream.authority();
-    let port = upstream.port_u16().unwrap_or(match app.config.upstream.scheme.as_str() {
-        "https" => 443,
-        _ => 80,
-    });
+    let port = upstream
+        .port_u16()
+        .unwrap_or(match app.config.upstream.scheme.as_str() {
+            "https" => 443,
+            _ => 80,
+        });
     let reachable = tokio::time::timeout(
         READY_CHECK_TIMEOUT,
         tokio::net::TcpStream::connect((upstream.host(), port)),
@@ -47,7 +49,11 @@ async fn readiness(app: &App) -> Response<Full<Bytes>> {
         Ok(Err(e)) => (false, format!("unreachable: {e}")),
         Err(_) => (false, "unreachable: connect timed out".to_string()),
     };
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     json(
         status,
         serde_json::json!({"ready": ok, "checks": {"upstream": upstream_status}}),

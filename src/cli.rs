@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ekyc-gateway", version, about = "A gateway that resells Tencent Cloud eKYC (FaceID) call by call")]
+#[command(
+    name = "ekyc-gateway",
+    version,
+    about = "A gateway that resells Tencent Cloud eKYC (FaceID) call by call"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EKYC_LOG_FORMAT")]
@@ -43,7 +47,12 @@ enum Command {
         #[arg(long, env = "EKYC_SIM_SECRET_ID", default_value = "AKIDSIMULATOR")]
         secret_id: String,
         /// SecretKey the simulator verifies with (the gateway's EKYC_UPSTREAM_SECRET_KEY).
-        #[arg(long, env = "EKYC_SIM_SECRET_KEY", hide_env_values = true, default_value = "simulator-secret-key")]
+        #[arg(
+            long,
+            env = "EKYC_SIM_SECRET_KEY",
+            hide_env_values = true,
+            default_value = "simulator-secret-key"
+        )]
         secret_key: String,
         /// Added latency in ms: `0`, `20`, or a uniform range `5..50`.
         #[arg(long, default_value = "0")]
@@ -92,7 +101,10 @@ async fn run(command: Command) -> ExitCode {
             let listeners = match Listeners::bind(config.data_listen, config.admin_listen).await {
                 Ok(l) => l,
                 Err(e) => {
-                    eprintln!("error: cannot listen on {} / {}: {e}", config.data_listen, config.admin_listen);
+                    eprintln!(
+                        "error: cannot listen on {} / {}: {e}",
+                        config.data_listen, config.admin_listen
+                    );
                     return ExitCode::from(1);
                 }
             };
@@ -149,7 +161,9 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EKYC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -236,8 +236,8 @@ impl<const N: usize> Env for [(&str, &str); N] {
 
 impl Config {
     pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
         Self::from_toml(&text, env)
     }
 
@@ -286,8 +286,18 @@ impl Config {
             max_body_bytes: within("limits.max_body_bytes", raw.limits.max_body_bytes, 1024, 1 << 30)?,
             max_header_bytes: within("limits.max_header_bytes", raw.limits.max_header_bytes, 8192, 1 << 20)?,
             max_headers: within("limits.max_headers", raw.limits.max_headers, 16, 1000)?,
-            header_read_timeout: ms("limits.header_read_timeout_ms", raw.limits.header_read_timeout_ms, 100, 600_000)?,
-            body_read_timeout: ms("limits.body_read_timeout_ms", raw.limits.body_read_timeout_ms, 100, 3_600_000)?,
+            header_read_timeout: ms(
+                "limits.header_read_timeout_ms",
+                raw.limits.header_read_timeout_ms,
+                100,
+                600_000,
+            )?,
+            body_read_timeout: ms(
+                "limits.body_read_timeout_ms",
+                raw.limits.body_read_timeout_ms,
+                100,
+                3_600_000,
+            )?,
         };
 
         let uri: http::Uri = raw
@@ -295,14 +305,21 @@ impl Config {
             .url
             .parse()
             .map_err(|e| ConfigError::new("upstream.url", format!("{:?} is not a URL ({e})", raw.upstream.url)))?;
-        let scheme = uri.scheme().cloned().filter(|s| {
-            *s == http::uri::Scheme::HTTP || *s == http::uri::Scheme::HTTPS
-        });
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .filter(|s| *s == http::uri::Scheme::HTTP || *s == http::uri::Scheme::HTTPS);
         let (Some(scheme), Some(authority)) = (scheme, uri.authority().cloned()) else {
-            return Err(ConfigError::new("upstream.url", "must be http://host[:port] or https://host[:port]"));
+            return Err(ConfigError::new(
+                "upstream.url",
+                "must be http://host[:port] or https://host[:port]",
+            ));
         };
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(ConfigError::new("upstream.url", "must not have a path or query: Tencent signs \"/\""));
+            return Err(ConfigError::new(
+                "upstream.url",
+                "must not have a path or query: Tencent signs \"/\"",
+            ));
         }
         if raw.upstream.service.is_empty() {
             return Err(ConfigError::new("upstream.service", "must not be empty"));
@@ -318,17 +335,35 @@ impl Config {
         if let Some(file) = &raw.upstream.extra_ca_file
             && !file.is_file()
         {
-            return Err(ConfigError::new("upstream.extra_ca_file", format!("{} is not a readable file", file.display())));
+            return Err(ConfigError::new(
+                "upstream.extra_ca_file",
+                format!("{} is not a readable file", file.display()),
+            ));
         }
         let upstream = Upstream {
             scheme,
             authority,
             service: raw.upstream.service,
             timeout: ms("upstream.timeout_ms", raw.upstream.timeout_ms, 10, 600_000)?,
-            connect_timeout: ms("upstream.connect_timeout_ms", raw.upstream.connect_timeout_ms, 10, 600_000)?,
+            connect_timeout: ms(
+                "upstream.connect_timeout_ms",
+                raw.upstream.connect_timeout_ms,
+                10,
+                600_000,
+            )?,
             extra_ca_file: raw.upstream.extra_ca_file,
-            pool_idle_timeout: ms("upstream.pool_idle_timeout_ms", raw.upstream.pool_idle_timeout_ms, 100, 3_600_000)?,
-            pool_max_idle_per_host: within("upstream.pool_max_idle_per_host", raw.upstream.pool_max_idle_per_host, 1, 100_000)?,
+            pool_idle_timeout: ms(
+                "upstream.pool_idle_timeout_ms",
+                raw.upstream.pool_idle_timeout_ms,
+                100,
+                3_600_000,
+            )?,
+            pool_max_idle_per_host: within(
+                "upstream.pool_max_idle_per_host",
+                raw.upstream.pool_max_idle_per_host,
+                1,
+                100_000,
+            )?,
             credentials,
         };
 
@@ -337,10 +372,16 @@ impl Config {
             Some(t) => {
                 for (key, path) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
                     if !path.is_file() {
-                        return Err(ConfigError::new(key, format!("{} is not a readable file", path.display())));
+                        return Err(ConfigError::new(
+                            key,
+                            format!("{} is not a readable file", path.display()),
+                        ));
                     }
                 }
-                Some(TlsFiles { cert: t.cert, key: t.key })
+                Some(TlsFiles {
+                    cert: t.cert,
+                    key: t.key,
+                })
             }
         };
 
@@ -349,14 +390,20 @@ impl Config {
             Some(map) => {
                 for name in map.keys() {
                     if name.is_empty() || name.len() > 64 || !name.bytes().all(|c| c.is_ascii_alphanumeric()) {
-                        return Err(ConfigError::new(format!("actions.{name}"), "an action name is 1-64 ASCII letters and digits"));
+                        return Err(ConfigError::new(
+                            format!("actions.{name}"),
+                            "an action name is 1-64 ASCII letters and digits",
+                        ));
                     }
                 }
                 map.into_keys().collect()
             }
         };
         if actions.is_empty() {
-            return Err(ConfigError::new("actions", "the catalog is empty: no call could be forwarded"));
+            return Err(ConfigError::new(
+                "actions",
+                "the catalog is empty: no call could be forwarded",
+            ));
         }
 
         Ok(Config {

@@ -51,7 +51,10 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()> + Send
     config.upstream.authority = sim_addr.to_string().parse()?;
 
     let listeners = Listeners::bind(config.data_listen, config.admin_listen).await?;
-    println!("{}", banner(listeners.data.local_addr()?, listeners.admin.local_addr()?, sim_addr));
+    println!(
+        "{}",
+        banner(listeners.data.local_addr()?, listeners.admin.local_addr()?, sim_addr)
+    );
     let result = server::run(listeners, config, shutdown).await;
     let _ = sim_stop.send(());
     let _ = sim.await;

@@ -108,10 +108,14 @@ impl Metrics {
         );
         let connections = Family::<ListenerLabels, Gauge>::default();
         let data_connections = connections
-            .get_or_create(&ListenerLabels { listener: "data".into() })
+            .get_or_create(&ListenerLabels {
+                listener: "data".into(),
+            })
             .clone();
         let admin_connections = connections
-            .get_or_create(&ListenerLabels { listener: "admin".into() })
+            .get_or_create(&ListenerLabels {
+                listener: "admin".into(),
+            })
             .clone();
         registry.register("open_connections", "Open client connections by listener", connections);
         Self {
@@ -161,7 +165,10 @@ mod tests {
         m.record_request(Some(ActionId(0)), Outcome::Forwarded, 0.001);
         m.record_request(None, Outcome::Refused(ErrorCode::InvalidAction), 0.001);
         let text = m.render();
-        assert!(text.contains(r#"ekyc_gateway_requests_total{action="LivenessCompare",outcome="forwarded"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"ekyc_gateway_requests_total{action="LivenessCompare",outcome="forwarded"} 1"#),
+            "{text}"
+        );
         assert!(text.contains(r#"ekyc_gateway_requests_total{action="unknown",outcome="InvalidAction"} 1"#));
         assert!(text.contains("ekyc_gateway_request_duration_seconds_count 2"));
     }

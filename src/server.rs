@@ -39,13 +39,21 @@ impl Listeners {
 }
 
 /// Builds the app from `config` on the system clock and serves until `shutdown` resolves.
-pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let app = App::new(config, Arc::new(SystemClock))?;
     serve(app, listeners, shutdown).await
 }
 
 /// Serves an already built app (tests use this to inject a clock or read metrics).
-pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn serve(
+    app: Arc<App>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let tls = match &app.config.tls {
         Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(&files.cert, &files.key)?)),
         None => None,

@@ -53,7 +53,11 @@ impl std::str::FromStr for Latency {
     type Err = String;
     /// `0`, `20` (ms) or `5..50` (uniform, ms).
     fn from_str(s: &str) -> Result<Self, String> {
-        let ms = |v: &str| v.trim().parse::<u64>().map_err(|_| format!("{v:?} is not a number of milliseconds"));
+        let ms = |v: &str| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{v:?} is not a number of milliseconds"))
+        };
         match s.split_once("..") {
             Some((lo, hi)) => {
                 let (lo, hi) = (ms(lo)?, ms(hi)?);
@@ -80,6 +84,8 @@ pub struct SimConfig {
     pub error_rate: f64,
     /// Keep the headers of the last request for `GET /sim/last-request` (tests).
     pub record_last_request: bool,
+    /// Serve HTTPS with this certificate (tests of an https upstream).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl SimConfig {
@@ -91,6 +97,7 @@ impl SimConfig {
             latency: Latency::None,
             error_rate: 0.0,
             record_last_request: false,
+            tls: None,
         }
     }
 }
@@ -107,17 +114,24 @@ struct Simulator {
     auth_failures: AtomicU64,
     invalid_action: AtomicU64,
     token_headers_seen: AtomicU64,
+    in_flight: AtomicU64,
     last_request: Mutex<Option<Value>>,
 }
 
 /// Serves the simulator on `listener` until `shutdown` resolves.
-pub async fn run(listener: TcpListener, config: SimConfig, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: SimConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let sim = Arc::new(Simulator {
         tallies: SIM_ACTIONS.iter().map(|a| (*a, Tally::default())).collect(),
         config,
         auth_failures: AtomicU64::new(0),
         invalid_action: AtomicU64::new(0),
         token_headers_seen: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
         last_request: Mutex::new(None),
     });
     let limits = Limits {
@@ -133,7 +147,7 @@ pub async fn run(listener: TcpListener, config: SimConfig, shutdown: impl Future
     tracing::info!(listen = %listener.local_addr()?, "upstream simulator serving");
     let accept = tokio::spawn(crate::server::accept_loop(
         listener,
-        None,
+        tls,
         builder,
         graceful.clone(),
         Gauge::default(),
@@ -175,7 +189,12 @@ impl Simulator {
             let headers: Map<String, Value> = parts
                 .headers
                 .iter()
-                .map(|(k, v)| (k.as_str().to_string(), Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                    )
+                })
                 .collect();
             *self.last_request.lock().expect("poisoned") = Some(json!({
                 "method": parts.method.as_str(),
@@ -189,11 +208,17 @@ impl Simulator {
             self.auth_failures.fetch_add(1, Ordering::Relaxed);
             return error(code, message);
         }
-        let action = parts.headers.get("x-tc-action").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let action = parts
+            .headers
+            .get("x-tc-action")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let Some((name, tally)) = self.tallies.get_key_value(action) else {
             self.invalid_action.fetch_add(1, Ordering::Relaxed);
             return error("InvalidAction", "the action does not exist");
         };
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _in_flight = InFlight(&self.in_flight);
         match self.config.latency {
             Latency::None => {}
             Latency::Fixed(d) => tokio::time::sleep(d).await,
@@ -208,11 +233,17 @@ impl Simulator {
         }
         let request_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         tally.success.fetch_add(1, Ordering::Relaxed);
-        tencent::json_response(tencent::success_body(answer(name, &request_body), &tencent::new_request_id()))
+        tencent::json_response(tencent::success_body(
+            answer(name, &request_body),
+            &tencent::new_request_id(),
+        ))
     }
 
     fn authenticate(&self, parts: &http::request::Parts, body: &[u8]) -> Result<(), (&'static str, &'static str)> {
-        let invalid = ("AuthFailure.InvalidAuthorization", "the Authorization header is missing or malformed");
+        let invalid = (
+            "AuthFailure.InvalidAuthorization",
+            "the Authorization header is missing or malformed",
+        );
         let value = parts.headers.get(http::header::AUTHORIZATION).ok_or(invalid)?;
         let value = value.to_str().map_err(|_| invalid)?;
         let auth = tc3::parse_authorization(value).map_err(|_| invalid)?;
@@ -258,7 +289,17 @@ impl Simulator {
             "auth_failures": self.auth_failures.load(Ordering::Relaxed),
             "invalid_action": self.invalid_action.load(Ordering::Relaxed),
             "token_headers_seen": self.token_headers_seen.load(Ordering::Relaxed),
+            "in_flight": self.in_flight.load(Ordering::SeqCst),
         })
+    }
+}
+
+/// Counts a call as in flight until dropped, even if the client goes away mid-call.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -70,13 +70,9 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, Tc3Error> {
     let signature = signature.ok_or(Bad("Signature is missing"))?;
 
     let mut parts = credential.split('/');
-    let (Some(secret_id), Some(date), Some(service), Some("tc3_request"), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let (Some(secret_id), Some(date), Some(service), Some("tc3_request"), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(Bad("Credential must be SecretId/date/service/tc3_request"));
     };
     if secret_id.is_empty() || service.is_empty() || !is_iso_date(date) {
@@ -335,8 +331,8 @@ impl Signer {
             "host"
         };
         let date = utc_date(request.timestamp).unwrap_or_default();
-        let to_sign = string_to_sign(request, signed_headers, &date, &self.service, HeaderCase::AsSent)
-            .unwrap_or_default();
+        let to_sign =
+            string_to_sign(request, signed_headers, &date, &self.service, HeaderCase::AsSent).unwrap_or_default();
         let key = signing_key(&self.secret_key, &date, &self.service);
         let signature = hex::encode(hmac(&key, to_sign.as_bytes()));
         format!(
@@ -378,7 +374,12 @@ mod tests {
                 http::HeaderValue::from_str(value).unwrap(),
             );
         }
-        Vector { method, query, headers, body }
+        Vector {
+            method,
+            query,
+            headers,
+            body,
+        }
     }
 
     fn verify_vector(v: &Vector, now: i64) -> Result<(), Tc3Error> {
@@ -420,12 +421,25 @@ mod tests {
 
     #[test]
     fn any_changed_body_byte_fails() {
-        for name in ["01-intl-post-sts-token.http", "03-intl-post-json.http", "05-cn-post-json-detectauth.http"] {
+        for name in [
+            "01-intl-post-sts-token.http",
+            "03-intl-post-json.http",
+            "05-cn-post-json-detectauth.http",
+        ] {
             let v = load_vector(name);
             for i in 0..v.body.len() {
-                let mut changed = Vector { body: v.body.clone(), headers: v.headers.clone(), method: v.method.clone(), query: v.query.clone() };
+                let mut changed = Vector {
+                    body: v.body.clone(),
+                    headers: v.headers.clone(),
+                    method: v.method.clone(),
+                    query: v.query.clone(),
+                };
                 changed.body[i] ^= 0x01;
-                assert_eq!(verify_vector(&changed, timestamp_of(&v)), Err(Tc3Error::SignatureFailure), "{name} byte {i}");
+                assert_eq!(
+                    verify_vector(&changed, timestamp_of(&v)),
+                    Err(Tc3Error::SignatureFailure),
+                    "{name} byte {i}"
+                );
             }
         }
     }
@@ -451,16 +465,34 @@ mod tests {
             for (header, value) in edits {
                 let mut h = v.headers.clone();
                 h.insert(http::HeaderName::from_static(header), value.parse().unwrap());
-                let changed = Vector { headers: h, body: v.body.clone(), method: v.method.clone(), query: v.query.clone() };
-                assert_eq!(verify_vector(&changed, now), Err(Tc3Error::SignatureFailure), "{name} {header}");
+                let changed = Vector {
+                    headers: h,
+                    body: v.body.clone(),
+                    method: v.method.clone(),
+                    query: v.query.clone(),
+                };
+                assert_eq!(
+                    verify_vector(&changed, now),
+                    Err(Tc3Error::SignatureFailure),
+                    "{name} {header}"
+                );
             }
             let auth = v.headers.get("authorization").unwrap().to_str().unwrap();
             let last = auth.chars().last().unwrap();
             let flipped = format!("{}{}", &auth[..auth.len() - 1], if last == '0' { '1' } else { '0' });
             let mut h = v.headers.clone();
             h.insert("authorization", flipped.parse().unwrap());
-            let changed = Vector { headers: h, body: v.body.clone(), method: v.method.clone(), query: v.query.clone() };
-            assert_eq!(verify_vector(&changed, now), Err(Tc3Error::SignatureFailure), "{name} signature");
+            let changed = Vector {
+                headers: h,
+                body: v.body.clone(),
+                method: v.method.clone(),
+                query: v.query.clone(),
+            };
+            assert_eq!(
+                verify_vector(&changed, now),
+                Err(Tc3Error::SignatureFailure),
+                "{name} signature"
+            );
         }
     }
 
@@ -528,15 +560,26 @@ mod tests {
             String::new(),
             "TC3-HMAC-SHA1 Credential=a/2026-11-26/faceid/tc3_request, SignedHeaders=host, Signature=x".into(),
             format!("TC3-HMAC-SHA256 Credential=a/2026-11-26/faceid, SignedHeaders=host, Signature={sig}"),
-            format!("TC3-HMAC-SHA256 Credential=a/2026-11-26/faceid/tc3_request/x, SignedHeaders=host, Signature={sig}"),
+            format!(
+                "TC3-HMAC-SHA256 Credential=a/2026-11-26/faceid/tc3_request/x, SignedHeaders=host, Signature={sig}"
+            ),
             format!("TC3-HMAC-SHA256 Credential=a/26-11-26/faceid/tc3_request, SignedHeaders=host, Signature={sig}"),
             format!("TC3-HMAC-SHA256 Credential=a/2026-11-26/faceid/tc3_request, SignedHeaders=Host, Signature={sig}"),
-            format!("TC3-HMAC-SHA256 Credential=a/2026-11-26/faceid/tc3_request, SignedHeaders=host, Signature={sig}, Signature={sig}"),
+            format!(
+                "TC3-HMAC-SHA256 Credential=a/2026-11-26/faceid/tc3_request, SignedHeaders=host, Signature={sig}, Signature={sig}"
+            ),
             "TC3-HMAC-SHA256 Credential=a/2026-11-26/faceid/tc3_request, SignedHeaders=host, Signature=zz".into(),
-            format!("TC3-HMAC-SHA256 Credential=a/2026-11-26/faceid/tc3_request, SignedHeaders={}, Signature={sig}", "a;".repeat(5_000_000)),
+            format!(
+                "TC3-HMAC-SHA256 Credential=a/2026-11-26/faceid/tc3_request, SignedHeaders={}, Signature={sig}",
+                "a;".repeat(5_000_000)
+            ),
         ];
         for value in bad {
-            assert!(matches!(parse_authorization(&value), Err(Tc3Error::InvalidAuthorization(_))), "{}", &value[..value.len().min(80)]);
+            assert!(
+                matches!(parse_authorization(&value), Err(Tc3Error::InvalidAuthorization(_))),
+                "{}",
+                &value[..value.len().min(80)]
+            );
         }
     }
 

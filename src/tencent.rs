@@ -36,8 +36,6 @@ pub fn success_body(mut fields: serde_json::Map<String, serde_json::Value>, requ
 pub fn json_response<B: From<Bytes>>(body: Bytes) -> Response<B> {
     let mut response = Response::new(B::from(body));
     *response.status_mut() = StatusCode::OK;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, JSON_CONTENT_TYPE);
+    response.headers_mut().insert(header::CONTENT_TYPE, JSON_CONTENT_TYPE);
     response
 }

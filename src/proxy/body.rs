@@ -93,9 +93,7 @@ impl ProxyBody {
 
 impl From<Bytes> for ProxyBody {
     fn from(bytes: Bytes) -> Self {
-        ProxyBody::Local {
-            body: Full::new(bytes),
-        }
+        ProxyBody::Local { body: Full::new(bytes) }
     }
 }
 

@@ -102,9 +102,9 @@ impl GatewayError {
             GatewayError::MissingAction => ErrorCode::MissingParameter,
             GatewayError::UnknownAction => ErrorCode::InvalidAction,
             GatewayError::Forward(ForwardError::ResponseTooLarge { .. }) => ErrorCode::ResponseSizeLimitExceeded,
-            GatewayError::Forward(
-                ForwardError::Connect(_) | ForwardError::Timeout(_) | ForwardError::Protocol(_),
-            ) => ErrorCode::InternalError,
+            GatewayError::Forward(ForwardError::Connect(_) | ForwardError::Timeout(_) | ForwardError::Protocol(_)) => {
+                ErrorCode::InternalError
+            }
         }
     }
 
@@ -127,7 +127,10 @@ mod tests {
             (BodyError::TooLarge { limit: 1 }.into(), "RequestSizeLimitExceeded"),
             (BodyError::Timeout.into(), "InvalidRequest"),
             (BodyError::Read("reset".into()).into(), "InvalidRequest"),
-            (Tc3Error::InvalidAuthorization("x").into(), "AuthFailure.InvalidAuthorization"),
+            (
+                Tc3Error::InvalidAuthorization("x").into(),
+                "AuthFailure.InvalidAuthorization",
+            ),
             (Tc3Error::SignatureFailure.into(), "AuthFailure.SignatureFailure"),
             (Tc3Error::SignatureExpire.into(), "AuthFailure.SignatureExpire"),
             (GatewayError::MissingAction, "MissingParameter"),
@@ -135,7 +138,10 @@ mod tests {
             (ForwardError::Connect("refused".into()).into(), "InternalError"),
             (ForwardError::Timeout(Duration::from_secs(1)).into(), "InternalError"),
             (ForwardError::Protocol("bad".into()).into(), "InternalError"),
-            (ForwardError::ResponseTooLarge { limit: 1 }.into(), "ResponseSizeLimitExceeded"),
+            (
+                ForwardError::ResponseTooLarge { limit: 1 }.into(),
+                "ResponseSizeLimitExceeded",
+            ),
         ];
         for (error, code) in cases {
             assert_eq!(error.code().as_str(), code, "{error:?}");

@@ -105,7 +105,10 @@ impl UpstreamClient {
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, ProxyBody::upstream(body, self.max_body_bytes)))
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::upstream(body, self.max_body_bytes),
+        ))
     }
 
     fn upstream_request(

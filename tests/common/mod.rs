@@ -1,0 +1,429 @@
+//! Test harness shared by the integration tests: starts the real gateway
+//! (`server::serve` on 127.0.0.1:0), the upstream simulator, a private `redis-server`
+//! on a free port and a fresh PostgreSQL database, and tears them all down at the end.
+//! Nothing here sleeps to wait: readiness is polled with a deadline.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use ekyc_gateway::app::App;
+use ekyc_gateway::clock::{ManualClock, SharedClock, SystemClock};
+use ekyc_gateway::config::Config;
+use ekyc_gateway::server::{self, Listeners};
+use ekyc_gateway::sim::{self, SimConfig};
+use ekyc_gateway::tc3::{SignedRequest, Signer};
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const PLATFORM_SECRET_ID: &str = "AKIDplatformTEST";
+pub const PLATFORM_SECRET_KEY: &str = "platform-secret-key-test";
+
+/// Polls `check` until it returns `Some`, failing the test after `deadline`.
+pub async fn poll_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+// ---------------------------------------------------------------- simulator
+
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    pub scheme: &'static str,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl SimHandle {
+    pub async fn start(configure: impl FnOnce(&mut SimConfig)) -> Self {
+        let mut config = SimConfig::new(PLATFORM_SECRET_ID, PLATFORM_SECRET_KEY);
+        config.record_last_request = true;
+        configure(&mut config);
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sim::run(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            scheme,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        get_json(&format!("http://{}/sim/stats", self.addr)).await
+    }
+
+    pub async fn successes(&self, action: &str) -> u64 {
+        self.stats().await["actions"][action]["success"].as_u64().unwrap()
+    }
+
+    pub async fn last_request(&self) -> serde_json::Value {
+        get_json(&format!("http://{}/sim/last-request", self.addr)).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- gateway
+
+pub struct GatewayHandle {
+    pub data: SocketAddr,
+    pub admin: SocketAddr,
+    pub app: Arc<App>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A config for a gateway in front of `upstream_url`, from TOML plus the test env.
+pub fn gateway_config(upstream_url: &str, extra_toml: &str) -> Config {
+    let text = format!("[upstream]\nurl = \"{upstream_url}\"\n{extra_toml}");
+    let env = [
+        ("EKYC_UPSTREAM_SECRET_ID", PLATFORM_SECRET_ID),
+        ("EKYC_UPSTREAM_SECRET_KEY", PLATFORM_SECRET_KEY),
+    ];
+    Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+}
+
+impl GatewayHandle {
+    /// Starts a gateway in front of `sim` with extra TOML tables appended to the config.
+    pub async fn start(sim: &SimHandle, extra_toml: &str) -> Self {
+        let config = gateway_config(&format!("{}://{}", sim.scheme, sim.addr), extra_toml);
+        Self::start_with(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn start_with_clock(sim: &SimHandle, extra_toml: &str, clock: ManualClock) -> Self {
+        let config = gateway_config(&format!("{}://{}", sim.scheme, sim.addr), extra_toml);
+        Self::start_with(config, Arc::new(clock)).await
+    }
+
+    pub async fn start_with(config: Config, clock: SharedClock) -> Self {
+        let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let data = listeners.data.local_addr().unwrap();
+        let admin = listeners.admin.local_addr().unwrap();
+        let app = App::new(config, clock).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(app.clone(), listeners, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            data,
+            admin,
+            app,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.data)
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Signals shutdown and waits for `server::serve` to return.
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown();
+        self.join().await;
+    }
+
+    pub async fn join(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (status, body) = get(&format!("http://{}/metrics", self.admin)).await;
+        assert_eq!(status, 200);
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http1_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+pub async fn get(url: &str) -> (u16, Bytes) {
+    let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let response = http1_client().request(request).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.into_body().collect().await.unwrap().to_bytes())
+}
+
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let (status, body) = get(url).await;
+    assert_eq!(status, 200, "{url}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// An eKYC API 3.0 call as the SDKs send it, signed with `signer` for `host`.
+pub fn signed_call(url: &str, host: &str, action: &str, body: &[u8], signer: &Signer) -> Request<Full<Bytes>> {
+    let timestamp = ekyc_gateway::clock::Clock::now_unix(&SystemClock);
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    headers.insert("host", host.parse().unwrap());
+    headers.insert("x-tc-action", action.parse().unwrap());
+    headers.insert("x-tc-version", "2018-03-01".parse().unwrap());
+    headers.insert("x-tc-region", "ap-singapore".parse().unwrap());
+    headers.insert("x-tc-timestamp", timestamp.to_string().parse().unwrap());
+    let hash = ekyc_gateway::tc3::sha256_hex(body);
+    let authorization = signer.authorization(&SignedRequest {
+        method: "POST",
+        query: "",
+        headers: &headers,
+        payload_hash_hex: &hash,
+        timestamp,
+    });
+    headers.insert("authorization", authorization.parse().unwrap());
+    let mut request = Request::post(url)
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .unwrap();
+    *request.headers_mut() = headers;
+    request
+}
+
+/// A call as a client of the gateway sends it (signed with the demo-style client key).
+pub fn call(gateway: &GatewayHandle, action: &str, body: &str) -> Request<Full<Bytes>> {
+    let client_signer = Signer::new("AKIDclient", "client-secret", "faceid");
+    signed_call(
+        &gateway.url(),
+        &gateway.data.to_string(),
+        action,
+        body.as_bytes(),
+        &client_signer,
+    )
+}
+
+/// Sends `request` and returns the parsed `Response` object of the answer.
+pub async fn send(client: &HttpClient, request: Request<Full<Bytes>>) -> serde_json::Value {
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    value["Response"].clone()
+}
+
+pub fn error_code(response: &serde_json::Value) -> Option<&str> {
+    response["Error"]["Code"].as_str()
+}
+
+// ---------------------------------------------------------------- TLS material
+
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub server_config: Arc<rustls::ServerConfig>,
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, written to a temp dir.
+pub fn test_certificate() -> TestCa {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let server_config = ekyc_gateway::tls::server_config(&cert_path, &key_path).unwrap();
+    TestCa {
+        dir,
+        cert_path,
+        key_path,
+        server_config,
+    }
+}
+
+// ---------------------------------------------------------------- Redis
+
+/// A private `redis-server` on a free port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        for _ in 0..5 {
+            let port = closed_port().await.port();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (scripts/test installs it)");
+            let mut server = RedisServer { port, child };
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break; // port taken in the meantime: try another
+                }
+                if server.ping().await {
+                    return server;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = server.child.kill();
+        }
+        panic!("could not start a private redis-server");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return false;
+        };
+        redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+/// A fresh database with a random name on the local PostgreSQL, dropped on drop.
+/// The server is `EKYC_TEST_PG` (default `host=127.0.0.1 user=postgres`).
+pub struct PgDatabase {
+    pub name: String,
+    admin_conninfo: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Self {
+        let admin_conninfo =
+            std::env::var("EKYC_TEST_PG").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=postgres".into());
+        let name = format!("ekyc_test_{}", uuid::Uuid::new_v4().simple());
+        let (client, connection) = tokio_postgres::connect(&admin_conninfo, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL must be running (scripts/test starts it)");
+        tokio::spawn(connection);
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        Self { name, admin_conninfo }
+    }
+
+    /// Connection string for the fresh database.
+    pub fn conninfo(&self) -> String {
+        let base: Vec<&str> = self
+            .admin_conninfo
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("dbname="))
+            .collect();
+        format!("{} dbname={}", base.join(" "), self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (conninfo, name) = (self.admin_conninfo.clone(), self.name.clone());
+        // Drop cannot await; a short-lived runtime on its own thread does the cleanup.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((client, connection)) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}

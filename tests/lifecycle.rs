@@ -1,0 +1,255 @@
+//! The process around the pipeline: graceful shutdown with requests in flight, shutdown
+//! hooks, the command line (help, config errors, SIGTERM), the demo, and the harness's
+//! private Redis and PostgreSQL.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests_then_runs_hooks() {
+    let sim = SimHandle::start(|c| c.latency = ekyc_gateway::sim::Latency::Fixed(Duration::from_millis(400))).await;
+    let mut gateway = GatewayHandle::start(&sim, "").await;
+    let hook_saw = Arc::new(AtomicU64::new(u64::MAX));
+    let completed = Arc::new(AtomicU64::new(0));
+    {
+        let (hook_saw, completed) = (hook_saw.clone(), completed.clone());
+        gateway.app.on_shutdown(Box::new(move || {
+            Box::pin(async move {
+                hook_saw.store(completed.load(Ordering::SeqCst), Ordering::SeqCst);
+            })
+        }));
+    }
+
+    let client = http1_client();
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let (client, request, completed) = (
+            client.clone(),
+            call(&gateway, "IdCardVerification", "{}"),
+            completed.clone(),
+        );
+        calls.push(tokio::spawn(async move {
+            let answer = send(&client, request).await;
+            completed.fetch_add(1, Ordering::SeqCst);
+            answer
+        }));
+    }
+    poll_until(
+        "20 calls in flight at the simulator",
+        Duration::from_secs(10),
+        || async { (sim.stats().await["in_flight"] == 20).then_some(()) },
+    )
+    .await;
+
+    gateway.begin_shutdown();
+    // New connections are refused once the accept loop has stopped.
+    let data = gateway.data;
+    poll_until("the listener to close", Duration::from_secs(5), || async move {
+        tokio::net::TcpStream::connect(data).await.is_err().then_some(())
+    })
+    .await;
+    for call in calls {
+        let answer = call.await.unwrap();
+        assert_eq!(answer["Result"], "0", "{answer}");
+    }
+    gateway.join().await;
+    assert_eq!(completed.load(Ordering::SeqCst), 20);
+    assert_eq!(sim.successes("IdCardVerification").await, 20);
+    // The hook ran after the responses had been written (clients may read them a little later).
+    assert_ne!(hook_saw.load(Ordering::SeqCst), u64::MAX, "shutdown hook did not run");
+}
+
+fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ekyc-gateway"))
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let out = binary().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for command in ["serve", "upstream-sim", "demo"] {
+        assert!(help.contains(command), "{command} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn config_errors_name_the_key_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[upstream]\nurl = \"ftp://nowhere\"\n").unwrap();
+    let out = binary()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("EKYC_UPSTREAM_SECRET_ID", "x")
+        .env("EKYC_UPSTREAM_SECRET_KEY", "y")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("upstream.url"), "{stderr}");
+
+    std::fs::write(&file, "").unwrap();
+    let out = binary()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env_remove("EKYC_UPSTREAM_SECRET_ID")
+        .env_remove("EKYC_UPSTREAM_SECRET_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("EKYC_UPSTREAM_SECRET_ID"));
+}
+
+/// Reads the child's stderr until `needle` appears (the log line that says it listens).
+fn wait_for_log(child: &mut std::process::Child, needle: &str) -> String {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(needle) {
+            return seen;
+        }
+    }
+    panic!("never logged {needle:?}:\n{seen}");
+}
+
+#[tokio::test]
+async fn serve_process_exits_0_on_sigterm() {
+    let sim = SimHandle::start(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    let data = closed_port().await;
+    let admin = closed_port().await;
+    std::fs::write(
+        &file,
+        format!(
+            "[listen]\ndata = \"{data}\"\nadmin = \"{admin}\"\n[upstream]\nurl = \"http://{}\"\n",
+            sim.addr
+        ),
+    )
+    .unwrap();
+    let mut child = binary()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("EKYC_UPSTREAM_SECRET_ID", PLATFORM_SECRET_ID)
+        .env("EKYC_UPSTREAM_SECRET_KEY", PLATFORM_SECRET_KEY)
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_log(&mut child, "ekyc-gateway serving");
+    let answer = send(&http1_client(), {
+        let url = format!("http://{data}/");
+        signed_call(
+            &url,
+            &data.to_string(),
+            "DetectAuth",
+            b"{}",
+            &ekyc_gateway::tc3::Signer::new("a", "b", "faceid"),
+        )
+    })
+    .await;
+    assert!(answer["BizToken"].is_string(), "{answer}");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn demo_serves_the_printed_curl_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = closed_port().await;
+    let admin = closed_port().await;
+    let mut child = binary()
+        .args([
+            "demo",
+            "--listen",
+            &data.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_log(&mut child, "ekyc-gateway serving");
+    let mut stdout = child.stdout.take().unwrap();
+    let banner = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut text = String::new();
+        let mut buf = [0u8; 8192];
+        while !text.contains("to_json_string") {
+            let n = stdout.read(&mut buf).unwrap();
+            assert!(n > 0);
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        text
+    })
+    .await
+    .unwrap();
+    let curl_line = banner
+        .lines()
+        .find(|l| l.trim_start().starts_with("curl -s "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let out = tokio::task::spawn_blocking(move || Command::new("sh").arg("-c").arg(&curl_line).output().unwrap())
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {} {} {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            out.status
+        );
+    });
+    assert_eq!(answer["Response"]["Result"], "0", "{answer}");
+    assert!(banner.contains(ekyc_gateway::demo::DEMO_SECRET_ID));
+    assert!(dir.path().join("data").is_dir());
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn harness_runs_a_private_redis_and_a_fresh_postgres_database() {
+    let mut redis = RedisServer::start().await;
+    assert!(redis.ping().await);
+    redis.kill();
+    assert!(!redis.ping().await);
+
+    let db = PgDatabase::create().await;
+    let (client, connection) = tokio_postgres::connect(&db.conninfo(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = client.query_one("SELECT current_database()", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), db.name);
+}
