@@ -1,0 +1,130 @@
+//! The official Tencent Cloud Python SDKs (international `tencentcloud-sdk-python-intl-en`
+//! and mainland `tencentcloud-sdk-python-faceid`) talking to the gateway with only the
+//! endpoint changed. `scripts/test` installs them into venvs and exports their
+//! interpreters as EKYC_TEST_PYTHON_INTL and EKYC_TEST_PYTHON_CN.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+
+fn python(var: &str, venv: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(var) {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
+    let path = PathBuf::from(target).join(venv).join("bin/python");
+    assert!(
+        path.exists(),
+        "{var} is not set and {} does not exist: run scripts/test once",
+        path.display()
+    );
+    path
+}
+
+/// Runs tests/sdk/call.py and returns its JSON outcome.
+async fn sdk_call(python: PathBuf, endpoint: String, action: &str, params: &str, extra: &[&str]) -> serde_json::Value {
+    let script = format!("{}/tests/sdk/call.py", env!("CARGO_MANIFEST_DIR"));
+    let mut args: Vec<String> = vec![
+        script,
+        endpoint,
+        "AKIDclient".into(),
+        "client-key".into(),
+        action.into(),
+        params.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(args).output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[tokio::test]
+async fn both_sdks_call_through_the_gateway() {
+    let sim = SimHandle::start(|_| {}).await;
+    let gateway = GatewayHandle::start(&sim, "").await;
+    let endpoint = gateway.data.to_string();
+    let intl = python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
+    let cn = python("EKYC_TEST_PYTHON_CN", "py-sdk-cn");
+
+    let out = sdk_call(
+        intl.clone(),
+        endpoint.clone(),
+        "ApplyWebVerificationBizTokenIntl",
+        r#"{"RedirectURL":"https://example.com/cb","CompareImageBase64":"aGVsbG8="}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(out["ok"], true, "{out}");
+    assert!(out["response"]["BizToken"].as_str().unwrap().len() > 10, "{out}");
+
+    let out = sdk_call(
+        intl.clone(),
+        endpoint.clone(),
+        "GetFaceIdTokenIntl",
+        r#"{"CheckMode":"liveness"}"#,
+        &[],
+    )
+    .await;
+    assert!(out["response"]["SdkToken"].is_string(), "{out}");
+
+    let out = sdk_call(
+        cn.clone(),
+        endpoint.clone(),
+        "DetectAuth",
+        r#"{"RuleId":"1","Name":"张三"}"#,
+        &[],
+    )
+    .await;
+    assert!(
+        out["response"]["Url"].as_str().unwrap().starts_with("https://"),
+        "{out}"
+    );
+
+    let out = sdk_call(
+        cn,
+        endpoint.clone(),
+        "IdCardVerification",
+        r#"{"IdCard":"11204416541220243X","Name":"张三"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(out["response"]["Result"], "0", "{out}");
+
+    assert_eq!(sim.successes("ApplyWebVerificationBizTokenIntl").await, 1);
+    assert_eq!(sim.successes("DetectAuth").await, 1);
+    assert_eq!(sim.successes("IdCardVerification").await, 1);
+
+    // The gateway's own errors reach the application as SDK exceptions with their code.
+    let out = sdk_call(intl, endpoint, "NoSuchAction", "{}", &["--common"]).await;
+    assert_eq!(out["ok"], false, "{out}");
+    assert_eq!(out["code"], "InvalidAction", "{out}");
+    assert!(out["request_id"].as_str().unwrap().len() == 36, "{out}");
+}
+
+#[tokio::test]
+async fn upstream_api_errors_pass_through_to_the_sdk() {
+    let sim = SimHandle::start(|c| c.error_rate = 1.0).await;
+    let gateway = GatewayHandle::start(&sim, "").await;
+    let intl = python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
+    let out = sdk_call(
+        intl,
+        gateway.data.to_string(),
+        "LivenessCompare",
+        r#"{"ImageBase64":"aGVsbG8=","VideoBase64":"aGVsbG8="}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(out["ok"], false, "{out}");
+    assert_eq!(out["code"], ekyc_gateway::sim::INJECTED_ERROR, "{out}");
+    let stats = sim.stats().await;
+    assert_eq!(stats["actions"]["LivenessCompare"]["api_error"], 1);
+}
