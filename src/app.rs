@@ -1,12 +1,17 @@
 //! The one shared application state, built once from the `Config` and handed to every
 //! listener and background task as an `Arc`. No global state lives anywhere else.
-//! Must not start tasks or bind sockets: `server` does that.
+//! Building it connects to the billing store and loads the state mirror, so a gateway
+//! never serves before it knows its accounts. Must not bind sockets: `server` does that.
 
 use crate::catalog::Catalog;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::forward::UpstreamClient;
+use crate::state::mirror::StateMirror;
+use crate::state::redis::{CacheSync, RedisPublisher};
+use crate::state::{Freshness, LocalPublisher, StatePublisher};
+use crate::store::Store;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -19,22 +24,70 @@ pub struct App {
     pub catalog: Catalog,
     pub upstream: UpstreamClient,
     pub metrics: Metrics,
+    pub store: Arc<Store>,
+    pub mirror: Arc<StateMirror>,
+    pub publisher: Arc<dyn StatePublisher>,
+    pub freshness: Arc<Freshness>,
+    cache_sync: Mutex<Option<CacheSync>>,
     shutdown_hooks: Mutex<Vec<ShutdownHook>>,
 }
 
 impl App {
-    pub fn new(config: Config, clock: SharedClock) -> anyhow::Result<Arc<Self>> {
+    pub async fn new(config: Config, clock: SharedClock) -> anyhow::Result<Arc<Self>> {
         let catalog = Catalog::new(&config.actions);
         let upstream = UpstreamClient::new(&config.upstream, config.limits.max_body_bytes)?;
         let metrics = Metrics::new(&catalog);
+        let store = Arc::new(Store::connect(&config.store_url).await?);
+        let mirror = Arc::new(StateMirror::new(config.master_key.clone()));
+        let (publisher, freshness, cache_sync): (Arc<dyn StatePublisher>, _, _) = match &config.state.redis_url {
+            None => {
+                let failed = mirror.apply_snapshot(&store.all_accounts().await?, &store.all_credentials().await?);
+                anyhow::ensure!(
+                    failed == 0,
+                    "{failed} credentials could not be opened with EKYC_MASTER_KEY: is it the key they were sealed with?"
+                );
+                let publisher = LocalPublisher { mirror: mirror.clone() };
+                (Arc::new(publisher), Arc::new(Freshness::always_fresh()), None)
+            }
+            Some(url) => {
+                let freshness = Arc::new(Freshness::never_synced());
+                let sync = CacheSync {
+                    redis_url: url.clone(),
+                    store: store.clone(),
+                    mirror: mirror.clone(),
+                    freshness: freshness.clone(),
+                    clock: clock.clone(),
+                    resync_interval: config.state.resync_interval,
+                };
+                if let Err(e) = sync.initial_load().await {
+                    // Redis down at start: serve from the source of truth until it returns.
+                    tracing::warn!(error = %e, "state cache: Redis unreachable at start; loading from the billing store");
+                    mirror.apply_snapshot(&store.all_accounts().await?, &store.all_credentials().await?);
+                    freshness.mark_synced(clock.now_unix());
+                }
+                let publisher =
+                    RedisPublisher::new(url, mirror.clone()).map_err(|e| anyhow::anyhow!("state.redis_url: {e}"))?;
+                (Arc::new(publisher) as Arc<dyn StatePublisher>, freshness, Some(sync))
+            }
+        };
         Ok(Arc::new(Self {
             config,
             clock,
             catalog,
             upstream,
             metrics,
+            store,
+            mirror,
+            publisher,
+            freshness,
+            cache_sync: Mutex::new(cache_sync),
             shutdown_hooks: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// The background task keeping the mirror in sync with Redis, taken once by `server`.
+    pub(crate) fn take_cache_sync(&self) -> Option<CacheSync> {
+        self.cache_sync.lock().expect("poisoned").take()
     }
 
     /// Registers work to run once in-flight requests have finished (e.g. the final

@@ -3,10 +3,13 @@
 //! environment only, never from the file. Must not open sockets or files other than
 //! the ones it is told to read; building clients and listeners is `server`'s job.
 
+use crate::crypto::MasterKey;
+use crate::state::StalePolicy;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A configuration problem, naming the key and what is wrong with it.
@@ -64,7 +67,43 @@ struct RawConfig {
     limits: RawLimits,
     upstream: RawUpstream,
     shutdown: RawShutdown,
+    store: RawStore,
+    state: RawState,
     actions: Option<BTreeMap<String, RawAction>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    url: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://./data/billing.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawState {
+    redis_url: Option<String>,
+    resync_interval_ms: u64,
+    max_staleness_ms: u64,
+    stale_policy: StalePolicy,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            resync_interval_ms: 30_000,
+            max_staleness_ms: 300_000,
+            stale_policy: StalePolicy::FailClosed,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +252,64 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Action names the gateway forwards, sorted; anything else is `InvalidAction`.
     pub actions: Vec<String>,
+    /// `postgres://…` or `sqlite://path` (env `EKYC_STORE_URL` wins over the file).
+    pub store_url: String,
+    pub state: StateConfig,
+    /// Seals SecretKeys at rest (env `EKYC_MASTER_KEY`).
+    pub master_key: Arc<MasterKey>,
+    /// Bearer tokens of the admin API with the names the audit log records.
+    pub admin_tokens: Vec<AdminToken>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// None: single node, state held in process (the embedded default).
+    pub redis_url: Option<String>,
+    pub resync_interval: Duration,
+    pub max_staleness: Duration,
+    pub stale_policy: StalePolicy,
+}
+
+#[derive(Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminToken({}, <redacted>)", self.name)
+    }
+}
+
+/// `EKYC_ADMIN_TOKEN` (named "admin") and `EKYC_ADMIN_TOKENS` ("name:token,name:token").
+fn admin_tokens(env: &dyn Env) -> Result<Vec<AdminToken>, ConfigError> {
+    let mut tokens = Vec::new();
+    if let Some(token) = env.var("EKYC_ADMIN_TOKEN") {
+        tokens.push(AdminToken {
+            name: "admin".into(),
+            token,
+        });
+    }
+    if let Some(list) = env.var("EKYC_ADMIN_TOKENS") {
+        for item in list.split(',').filter(|i| !i.trim().is_empty()) {
+            let (name, token) = item
+                .trim()
+                .split_once(':')
+                .ok_or_else(|| ConfigError::new("EKYC_ADMIN_TOKENS", "each entry is name:token"))?;
+            tokens.push(AdminToken {
+                name: name.to_string(),
+                token: token.to_string(),
+            });
+        }
+    }
+    if tokens.iter().any(|t| t.token.len() < 16) {
+        return Err(ConfigError::new(
+            "EKYC_ADMIN_TOKEN",
+            "an admin token must be at least 16 characters",
+        ));
+    }
+    Ok(tokens)
 }
 
 /// Reads environment variables; a function so tests need not touch the process env.
@@ -406,7 +503,48 @@ impl Config {
             ));
         }
 
+        let store_url = env.var("EKYC_STORE_URL").unwrap_or(raw.store.url);
+        if !(store_url.starts_with("sqlite://")
+            || store_url.starts_with("postgres://")
+            || store_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new(
+                "store.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        let redis_url = env
+            .var("EKYC_REDIS_URL")
+            .or(raw.state.redis_url)
+            .filter(|u| !u.is_empty());
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "state.redis_url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        let state = StateConfig {
+            redis_url,
+            resync_interval: ms("state.resync_interval_ms", raw.state.resync_interval_ms, 100, 3_600_000)?,
+            max_staleness: ms("state.max_staleness_ms", raw.state.max_staleness_ms, 1000, 86_400_000)?,
+            stale_policy: raw.state.stale_policy,
+        };
+        let master_key = env.var("EKYC_MASTER_KEY").ok_or_else(|| {
+            ConfigError::new(
+                "EKYC_MASTER_KEY",
+                "environment variable is not set (32 bytes, hex or base64)",
+            )
+        })?;
+        let master_key =
+            Arc::new(MasterKey::parse(&master_key).map_err(|e| ConfigError::new("EKYC_MASTER_KEY", e.to_string()))?);
+
         Ok(Config {
+            store_url,
+            state,
+            master_key,
+            admin_tokens: admin_tokens(env)?,
             data_listen,
             admin_listen,
             tls,
@@ -422,9 +560,13 @@ impl Config {
 mod tests {
     use super::*;
 
-    const ENV: [(&str, &str); 2] = [
+    const ENV: [(&str, &str); 3] = [
         ("EKYC_UPSTREAM_SECRET_ID", "AKIDplatform"),
         ("EKYC_UPSTREAM_SECRET_KEY", "platform-key"),
+        (
+            "EKYC_MASTER_KEY",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+        ),
     ];
 
     #[test]
@@ -437,6 +579,34 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.upstream.authority.as_str(), "faceid.tencentcloudapi.com");
         assert!(c.actions.iter().any(|a| a == "LivenessCompare"));
+        assert_eq!(c.store_url, "sqlite://./data/billing.db");
+        assert!(c.state.redis_url.is_none());
+        assert_eq!(c.state.max_staleness, Duration::from_secs(300));
+        assert_eq!(c.state.stale_policy, StalePolicy::FailClosed);
+        assert!(c.admin_tokens.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_store_and_redis_and_names_admin_tokens() {
+        let env = [
+            ("EKYC_UPSTREAM_SECRET_ID", "a"),
+            ("EKYC_UPSTREAM_SECRET_KEY", "b"),
+            (
+                "EKYC_MASTER_KEY",
+                "1111111111111111111111111111111111111111111111111111111111111111",
+            ),
+            ("EKYC_STORE_URL", "postgres://db/x"),
+            ("EKYC_REDIS_URL", "redis://127.0.0.1:1/"),
+            ("EKYC_ADMIN_TOKEN", "0123456789abcdef"),
+            ("EKYC_ADMIN_TOKENS", "alice:aaaaaaaaaaaaaaaa,bob:bbbbbbbbbbbbbbbb"),
+        ];
+        let c = Config::from_toml("[state]\nstale_policy = \"fail_open\"\n", &env).unwrap();
+        assert_eq!(c.store_url, "postgres://db/x");
+        assert_eq!(c.state.redis_url.as_deref(), Some("redis://127.0.0.1:1/"));
+        assert_eq!(c.state.stale_policy, StalePolicy::FailOpen);
+        let names: Vec<_> = c.admin_tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["admin", "alice", "bob"]);
+        assert!(!format!("{c:?}").contains("aaaaaaaa"));
     }
 
     #[test]
@@ -463,6 +633,12 @@ mod tests {
     fn secrets_come_from_the_environment() {
         let err = Config::from_toml("", &[("EKYC_UPSTREAM_SECRET_ID", "x")]).unwrap_err();
         assert_eq!(err.key, "EKYC_UPSTREAM_SECRET_KEY");
+        let err = Config::from_toml(
+            "",
+            &[("EKYC_UPSTREAM_SECRET_ID", "x"), ("EKYC_UPSTREAM_SECRET_KEY", "y")],
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "EKYC_MASTER_KEY");
         let c = Config::from_toml("", &ENV).unwrap();
         assert!(!format!("{c:?}").contains("platform-key"));
     }

@@ -3,9 +3,13 @@
 //! defaults (`config/demo.toml`), with a demo account whose credentials are fixed and
 //! documented. Must not be used in production: its secrets are public.
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::crypto::{self, MasterKey};
 use crate::server::{self, Listeners};
 use crate::sim::{self, SimConfig};
+use crate::store::Store;
+use crate::store::records::{AccountRecord, CredentialRecord, CredentialStatus};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +19,46 @@ pub const DEMO_SECRET_ID: &str = "AKIDDEMO00000000000000000000000000000";
 pub const DEMO_SECRET_KEY: &str = "demo-secret-key-do-not-use-in-prod";
 pub const DEMO_API_KEY: &str = "demo-api-key";
 pub const DEMO_ADMIN_TOKEN: &str = "demo-admin-token";
+/// Seals the demo's SecretKeys in its SQLite file; public like the rest of the demo.
+pub const DEMO_MASTER_KEY: &str = "64656d6f2d6d61737465722d6b65792d646f2d6e6f742d7573652d696e2d7072";
+
+/// Creates the account (activated or not) and a credential with the given fixed values,
+/// unless they exist already. For the demo's public account and for tests.
+#[allow(clippy::too_many_arguments)]
+pub async fn ensure_account_with_credential(
+    store: &Store,
+    master_key: &MasterKey,
+    account_id: &str,
+    name: &str,
+    activated: bool,
+    secret_id: &str,
+    secret_key: &str,
+    api_key: &str,
+    now: i64,
+) -> anyhow::Result<()> {
+    if store.get_account(account_id).await?.is_none() {
+        let mut account = AccountRecord::new(account_id, name, now);
+        if activated {
+            account.activated = true;
+            account.activated_at = Some(now);
+        }
+        store.create_account(&account, "seed", now).await?;
+    }
+    if store.get_credential(secret_id).await?.is_none() {
+        let credential = CredentialRecord {
+            secret_id: secret_id.to_string(),
+            account_id: account_id.to_string(),
+            secret_key_sealed: master_key.seal(secret_key, account_id),
+            api_key_hash: hex::encode(crypto::api_key_hash(api_key)),
+            status: CredentialStatus::Active,
+            created_at: now,
+            revoked_at: None,
+            version: 1,
+        };
+        store.create_credential(&credential, "seed", now).await?;
+    }
+    Ok(())
+}
 
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
@@ -40,11 +84,29 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()> + Send
         },
     ));
 
+    let store_url = format!("sqlite://{}/billing.db", options.data_dir.display());
     let env = [
         ("EKYC_UPSTREAM_SECRET_ID", platform_id.as_str()),
         ("EKYC_UPSTREAM_SECRET_KEY", platform_key.as_str()),
+        ("EKYC_MASTER_KEY", DEMO_MASTER_KEY),
+        ("EKYC_ADMIN_TOKEN", DEMO_ADMIN_TOKEN),
+        ("EKYC_STORE_URL", store_url.as_str()),
     ];
     let mut config = Config::from_toml(DEMO_CONFIG, &env)?;
+    let store = Store::connect(&config.store_url).await?;
+    ensure_account_with_credential(
+        &store,
+        &config.master_key,
+        DEMO_ACCOUNT,
+        "Demo tenant",
+        true,
+        DEMO_SECRET_ID,
+        DEMO_SECRET_KEY,
+        DEMO_API_KEY,
+        SystemClock.now_unix(),
+    )
+    .await?;
+    drop(store);
     config.data_listen = options.listen;
     config.admin_listen = options.admin_listen;
     config.upstream.scheme = http::uri::Scheme::HTTP;

@@ -9,6 +9,10 @@
 //! | `server`  | listeners, TLS, HTTP/1.1 + h2, graceful shutdown; `server::run` |
 //! | `proxy`   | the data listener's pipeline, its order written down in `proxy/mod.rs` |
 //! | `tc3`     | TC3-HMAC-SHA256 parsing, signing and verification (pure) |
+//! | `sigv1`   | the legacy v1 form signature (pure) |
+//! | `state`   | account state and credentials: in-memory mirror, Redis cache, publishers |
+//! | `store`   | the billing store (PostgreSQL or SQLite): accounts, credentials, audit |
+//! | `crypto`  | SecretKeys sealed at rest, credential generation |
 //! | `catalog` | the actions this gateway sells |
 //! | `admin`   | the admin listener: health, readiness, metrics |
 //! | `metrics` | Prometheus counters, lock-free on the hot path |
@@ -25,11 +29,15 @@ pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod demo;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod sigv1;
 pub mod sim;
+pub mod state;
+pub mod store;
 pub mod tc3;
 pub mod tencent;
 pub mod tls;

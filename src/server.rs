@@ -44,7 +44,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let app = App::new(config, Arc::new(SystemClock))?;
+    let app = App::new(config, Arc::new(SystemClock)).await?;
     serve(app, listeners, shutdown).await
 }
 
@@ -60,6 +60,9 @@ pub async fn serve(
     };
     let builder = Arc::new(http_builder(&app.config.limits));
     let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(sync) = app.take_cache_sync() {
+        tokio::spawn(sync.run(stop_rx.clone()));
+    }
     let data_graceful = Arc::new(GracefulShutdown::new());
     let admin_graceful = Arc::new(GracefulShutdown::new());
 

@@ -244,15 +244,17 @@ impl Simulator {
             "AuthFailure.InvalidAuthorization",
             "the Authorization header is missing or malformed",
         );
-        let value = parts.headers.get(http::header::AUTHORIZATION).ok_or(invalid)?;
+        let signature_failure = ("AuthFailure.SignatureFailure", "the signature does not match");
+        let now = crate::clock::Clock::now_unix(&crate::clock::SystemClock);
+        let Some(value) = parts.headers.get(http::header::AUTHORIZATION) else {
+            return self.authenticate_v1(parts, body, now);
+        };
         let value = value.to_str().map_err(|_| invalid)?;
         let auth = tc3::parse_authorization(value).map_err(|_| invalid)?;
         if auth.secret_id != self.config.secret_id {
             return Err(("AuthFailure.SecretIdNotFound", "the SecretId is not known"));
         }
         let timestamp = tc3::request_timestamp(&parts.headers).map_err(|_| invalid)?;
-        let now = crate::clock::Clock::now_unix(&crate::clock::SystemClock);
-        let signature_failure = ("AuthFailure.SignatureFailure", "the signature does not match");
         tc3::check_time(&auth, timestamp, now).map_err(|e| match e {
             tc3::Tc3Error::SignatureExpire => ("AuthFailure.SignatureExpire", "the signature has expired"),
             _ => signature_failure,
@@ -271,6 +273,42 @@ impl Simulator {
             timestamp,
         };
         tc3::verify_signature(&auth, &signed, &key).map_err(|_| signature_failure)
+    }
+
+    /// The legacy v1 form signature, as Tencent still accepts it.
+    fn authenticate_v1(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), (&'static str, &'static str)> {
+        let invalid = ("AuthFailure.InvalidAuthorization", "the request carries no signature");
+        let source = if parts.method == Method::GET {
+            parts.uri.query().unwrap_or("").as_bytes()
+        } else {
+            body
+        };
+        let params = crate::sigv1::Params::parse(source).map_err(|_| invalid)?;
+        if !crate::sigv1::looks_like_v1(&params) {
+            return Err(invalid);
+        }
+        if params.get("SecretId").ok().flatten() != Some(self.config.secret_id.as_str()) {
+            return Err(("AuthFailure.SecretIdNotFound", "the SecretId is not known"));
+        }
+        crate::sigv1::check_time(&params, now)
+            .map_err(|_| ("AuthFailure.SignatureExpire", "the signature has expired"))?;
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let target = crate::sigv1::Target {
+            method: parts.method.as_str(),
+            host,
+            path: parts.uri.path(),
+        };
+        crate::sigv1::verify(target, &params, &self.config.secret_key)
+            .map_err(|_| ("AuthFailure.SignatureFailure", "the signature does not match"))
     }
 
     fn stats(&self) -> Value {

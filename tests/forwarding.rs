@@ -6,7 +6,6 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use ekyc_gateway::tc3::Signer;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -81,13 +80,7 @@ async fn serves_tls_with_h2_and_http1_by_alpn() {
     let url = format!("https://localhost:{}/", gateway.data.port());
     for (h2, version) in [(true, http::Version::HTTP_2), (false, http::Version::HTTP_11)] {
         let client = tls_client(&ca, h2);
-        let request = signed_call(
-            &url,
-            "localhost",
-            "PhoneVerification",
-            b"{}",
-            &Signer::new("AKIDc", "k", "faceid"),
-        );
+        let request = signed_call(&url, "localhost", "PhoneVerification", b"{}", &client_signer());
         let response = client.request(request).await.unwrap();
         assert_eq!(response.version(), version);
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -149,7 +142,7 @@ async fn re_signs_and_drops_hop_by_hop_and_client_credentials() {
         "POST /?Probe=1 HTTP/1.1\r\nHost: gateway.example\r\nContent-Type: application/json\r\n\
          X-TC-Action: IdCardVerification\r\nX-TC-Version: 2018-03-01\r\nX-TC-Region: ap-singapore\r\n\
          X-TC-Language: en-US\r\nX-TC-Timestamp: 1\r\nX-TC-Token: STSTOKEN123\r\n\
-         Authorization: TC3-HMAC-SHA256 Credential=AKIDclient/2026-01-01/faceid/tc3_request, SignedHeaders=host, Signature=00\r\n\
+         Authorization: Bearer {CLIENT_API_KEY}\r\n\
          Connection: keep-alive, X-Hop-Secret\r\nX-Hop-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
          Proxy-Authorization: Basic eDp5\r\nTE: trailers\r\nX-End-To-End: kept\r\n\
          Content-Length: {}\r\n\r\n{body}",

@@ -138,8 +138,10 @@ async fn serve_process_exits_0_on_sigterm() {
     std::fs::write(
         &file,
         format!(
-            "[listen]\ndata = \"{data}\"\nadmin = \"{admin}\"\n[upstream]\nurl = \"http://{}\"\n",
-            sim.addr
+            "[listen]\ndata = \"{data}\"\nadmin = \"{admin}\"\n[upstream]\nurl = \"http://{}\"\n\
+             [store]\nurl = \"sqlite://{}/billing.db\"\n",
+            sim.addr,
+            dir.path().display()
         ),
     )
     .unwrap();
@@ -148,6 +150,7 @@ async fn serve_process_exits_0_on_sigterm() {
         .arg(&file)
         .env("EKYC_UPSTREAM_SECRET_ID", PLATFORM_SECRET_ID)
         .env("EKYC_UPSTREAM_SECRET_KEY", PLATFORM_SECRET_KEY)
+        .env("EKYC_MASTER_KEY", MASTER_KEY)
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -165,7 +168,8 @@ async fn serve_process_exits_0_on_sigterm() {
         )
     })
     .await;
-    assert!(answer["BizToken"].is_string(), "{answer}");
+    // A fresh store knows no tenant: the full pipeline answered, in Tencent's shape.
+    assert_eq!(error_code(&answer), Some("AuthFailure.SecretIdNotFound"), "{answer}");
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = tokio::task::spawn_blocking(move || child.wait())

@@ -28,8 +28,8 @@ async fn sdk_call(python: PathBuf, endpoint: String, action: &str, params: &str,
     let mut args: Vec<String> = vec![
         script,
         endpoint,
-        "AKIDclient".into(),
-        "client-key".into(),
+        CLIENT_SECRET_ID.into(),
+        CLIENT_SECRET_KEY.into(),
         action.into(),
         params.into(),
     ];

@@ -2,9 +2,10 @@
 //! error codes, and where the gateway's own error responses are built. Phases return
 //! their own error types; they must not pick codes or write error bodies themselves.
 
+use crate::proxy::auth::AuthError;
 use crate::proxy::body::{BodyError, ProxyBody};
 use crate::proxy::forward::ForwardError;
-use crate::tc3::Tc3Error;
+use crate::state::mirror::AccountStanding;
 use crate::tencent;
 use http::Response;
 
@@ -82,7 +83,11 @@ pub enum GatewayError {
     #[error(transparent)]
     Body(#[from] BodyError),
     #[error(transparent)]
-    Auth(#[from] Tc3Error),
+    Auth(#[from] AuthError),
+    #[error("{}", standing_message(*.0))]
+    Account(AccountStanding),
+    #[error("account state is unavailable (the state cache has been unreachable for too long)")]
+    StateStale,
     #[error("the X-TC-Action header is missing")]
     MissingAction,
     #[error("the action is not offered by this gateway")]
@@ -96,9 +101,18 @@ impl GatewayError {
         match self {
             GatewayError::Body(BodyError::TooLarge { .. }) => ErrorCode::RequestSizeLimitExceeded,
             GatewayError::Body(BodyError::Timeout | BodyError::Read(_)) => ErrorCode::InvalidRequest,
-            GatewayError::Auth(Tc3Error::InvalidAuthorization(_)) => ErrorCode::InvalidAuthorization,
-            GatewayError::Auth(Tc3Error::SignatureFailure) => ErrorCode::SignatureFailure,
-            GatewayError::Auth(Tc3Error::SignatureExpire) => ErrorCode::SignatureExpire,
+            GatewayError::Auth(AuthError::InvalidAuthorization(_)) => ErrorCode::InvalidAuthorization,
+            GatewayError::Auth(AuthError::SecretIdNotFound) => ErrorCode::SecretIdNotFound,
+            GatewayError::Auth(AuthError::InvalidSecretId) => ErrorCode::InvalidSecretId,
+            GatewayError::Auth(AuthError::SignatureFailure) => ErrorCode::SignatureFailure,
+            GatewayError::Auth(AuthError::SignatureExpire) => ErrorCode::SignatureExpire,
+            GatewayError::Account(AccountStanding::NotActivated) => ErrorCode::Nonactivated,
+            GatewayError::Account(AccountStanding::Arrears) => ErrorCode::Arrears,
+            // An enabled account never becomes an error; the arm keeps the match total.
+            GatewayError::Account(AccountStanding::ManuallySuspended | AccountStanding::Enabled) => {
+                ErrorCode::OperationDenied
+            }
+            GatewayError::StateStale => ErrorCode::ServiceUnavailable,
             GatewayError::MissingAction => ErrorCode::MissingParameter,
             GatewayError::UnknownAction => ErrorCode::InvalidAction,
             GatewayError::Forward(ForwardError::ResponseTooLarge { .. }) => ErrorCode::ResponseSizeLimitExceeded,
@@ -115,6 +129,14 @@ impl GatewayError {
     }
 }
 
+fn standing_message(standing: AccountStanding) -> &'static str {
+    match standing {
+        AccountStanding::NotActivated => "the service is not activated for this account: call ActivateService first",
+        AccountStanding::Arrears => "the account is suspended for arrears: pay the amount due to reactivate it",
+        AccountStanding::ManuallySuspended | AccountStanding::Enabled => "the account is suspended by the operator",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,11 +150,26 @@ mod tests {
             (BodyError::Timeout.into(), "InvalidRequest"),
             (BodyError::Read("reset".into()).into(), "InvalidRequest"),
             (
-                Tc3Error::InvalidAuthorization("x").into(),
+                AuthError::InvalidAuthorization("x").into(),
                 "AuthFailure.InvalidAuthorization",
             ),
-            (Tc3Error::SignatureFailure.into(), "AuthFailure.SignatureFailure"),
-            (Tc3Error::SignatureExpire.into(), "AuthFailure.SignatureExpire"),
+            (AuthError::SecretIdNotFound.into(), "AuthFailure.SecretIdNotFound"),
+            (AuthError::InvalidSecretId.into(), "AuthFailure.InvalidSecretId"),
+            (AuthError::SignatureFailure.into(), "AuthFailure.SignatureFailure"),
+            (AuthError::SignatureExpire.into(), "AuthFailure.SignatureExpire"),
+            (
+                GatewayError::Account(AccountStanding::NotActivated),
+                "UnauthorizedOperation.Nonactivated",
+            ),
+            (
+                GatewayError::Account(AccountStanding::Arrears),
+                "UnauthorizedOperation.Arrears",
+            ),
+            (
+                GatewayError::Account(AccountStanding::ManuallySuspended),
+                "OperationDenied",
+            ),
+            (GatewayError::StateStale, "ServiceUnavailable"),
             (GatewayError::MissingAction, "MissingParameter"),
             (GatewayError::UnknownAction, "InvalidAction"),
             (ForwardError::Connect("refused".into()).into(), "InternalError"),

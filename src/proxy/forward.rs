@@ -30,6 +30,13 @@ pub enum ForwardError {
     ResponseTooLarge { limit: usize },
 }
 
+/// How the forwarded call is signed: TC3 over the payload hash the client's request
+/// was verified with, or the legacy v1 signature over the call's parameters.
+pub enum Resign<'a> {
+    Tc3 { payload_hash: &'a str },
+    V1 { params: &'a crate::sigv1::Params },
+}
+
 /// Headers the client sent that must never reach the upstream.
 const CLIENT_ONLY: [&str; 3] = ["authorization", "x-tc-token", "x-tc-timestamp"];
 
@@ -39,6 +46,8 @@ pub struct UpstreamClient {
     authority: http::uri::Authority,
     host_header: HeaderValue,
     signer: Signer,
+    /// The legacy v1 signature signs with the SecretKey itself.
+    v1_secret_key: String,
     timeout: Duration,
     max_body_bytes: usize,
 }
@@ -72,6 +81,7 @@ impl UpstreamClient {
                 upstream.credentials.secret_key.clone(),
                 upstream.service.clone(),
             ),
+            v1_secret_key: upstream.credentials.secret_key.clone(),
             timeout: upstream.timeout,
             max_body_bytes,
         })
@@ -83,10 +93,10 @@ impl UpstreamClient {
         &self,
         parts: &request::Parts,
         body: Bytes,
-        payload_hash_hex: &str,
+        resign: Resign<'_>,
         now_unix: i64,
     ) -> Result<Response<ProxyBody>, ForwardError> {
-        let request = self.upstream_request(parts, body, payload_hash_hex, now_unix)?;
+        let request = self.upstream_request(parts, body, resign, now_unix)?;
         let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
             Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(error_chain(&e))),
@@ -115,14 +125,38 @@ impl UpstreamClient {
         &self,
         parts: &request::Parts,
         body: Bytes,
-        payload_hash_hex: &str,
+        resign: Resign<'_>,
         now_unix: i64,
     ) -> Result<Request<Full<Bytes>>, ForwardError> {
-        let path_and_query = parts
+        let mut path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let mut body = body;
+        if let Resign::V1 { params } = resign {
+            let target = crate::sigv1::Target {
+                method: parts.method.as_str(),
+                host: self.authority.as_str(),
+                path: path_and_query.path(),
+            };
+            let signed = crate::sigv1::resign(
+                target,
+                params,
+                self.signer.secret_id(),
+                &self.v1_secret_key,
+                now_unix,
+                rand::random(),
+            )
+            .to_form();
+            if parts.method == http::Method::GET {
+                path_and_query = format!("{}?{signed}", path_and_query.path())
+                    .parse()
+                    .map_err(|e: http::uri::InvalidUri| ForwardError::Protocol(e.to_string()))?;
+            } else {
+                body = Bytes::from(signed);
+            }
+        }
         let query = path_and_query.query().unwrap_or("");
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
@@ -138,18 +172,20 @@ impl UpstreamClient {
         }
         headers.remove(header::CONTENT_LENGTH);
         headers.insert(header::HOST, self.host_header.clone());
-        headers.insert("x-tc-timestamp", HeaderValue::from(now_unix));
-        let authorization = self.signer.authorization(&SignedRequest {
-            method: parts.method.as_str(),
-            query,
-            headers: &headers,
-            payload_hash_hex,
-            timestamp: now_unix,
-        });
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&authorization).map_err(|e| ForwardError::Protocol(e.to_string()))?,
-        );
+        if let Resign::Tc3 { payload_hash } = resign {
+            headers.insert("x-tc-timestamp", HeaderValue::from(now_unix));
+            let authorization = self.signer.authorization(&SignedRequest {
+                method: parts.method.as_str(),
+                query,
+                headers: &headers,
+                payload_hash_hex: payload_hash,
+                timestamp: now_unix,
+            });
+            headers.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&authorization).map_err(|e| ForwardError::Protocol(e.to_string()))?,
+            );
+        }
 
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = parts.method.clone();

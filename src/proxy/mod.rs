@@ -1,12 +1,15 @@
 //! The request pipeline of the data listener. Every request passes these phases in this
 //! order; each may end it early with a Tencent-format error (see `errors`):
 //!
-//! 1. **bound**: size caps and read deadline on the body (`body`). First, so nothing
-//!    later works on unbounded input.
-//! 2. **authenticate**: TC3-HMAC-SHA256 or API key (issue 3). Before anything that
-//!    reveals whether an account or action exists.
-//! 3. **account state**: activated, not suspended (issue 4). After authentication: the
-//!    account is only known once the caller is.
+//! 1. **bound**: header size and count caps and the header-read deadline (enforced by
+//!    the HTTP server), then the body's size cap and read deadline (`body`).
+//! 2. **authenticate** (`auth`): TC3-HMAC-SHA256, API key, or legacy v1. Split around
+//!    the body read: the credential is looked up from the headers first, so an unknown
+//!    or revoked caller is refused without reading its upload; the signature is checked
+//!    once the body is in. Before anything that reveals whether an account or action
+//!    exists.
+//! 3. **account state**: activated, not suspended, and the mirror fresh enough to
+//!    trust. After authentication: the account is only known once the caller is.
 //! 4. **action**: must be in the catalog; unknown actions are refused, never forwarded.
 //! 5. **rate limit**: per account and action (issue 4). Last of the checks, so refused
 //!    calls do not consume the caller's quota.
@@ -17,6 +20,7 @@
 //!
 //! This module sequences the phases; it must not implement one itself.
 
+pub mod auth;
 pub mod body;
 pub mod errors;
 pub mod forward;
@@ -25,9 +29,12 @@ pub mod headers;
 use crate::app::App;
 use crate::catalog::ActionId;
 use crate::metrics::Outcome;
+use crate::state::StalePolicy;
+use crate::state::mirror::AccountStanding;
+use auth::AuthMethod;
 use body::ProxyBody;
 use errors::GatewayError;
-use forward::ForwardError;
+use forward::{ForwardError, Resign};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::time::Instant;
@@ -36,12 +43,12 @@ use std::time::Instant;
 pub async fn handle(app: &App, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let action = parts
+    let mut action = parts
         .headers
         .get("x-tc-action")
         .and_then(|v| v.to_str().ok())
         .and_then(|name| app.catalog.lookup(name));
-    let result = pipeline(app, &parts, body, action).await;
+    let result = pipeline(app, &parts, body, &mut action).await;
     let seconds = started.elapsed().as_secs_f64();
     match result {
         Ok(response) => {
@@ -71,15 +78,35 @@ async fn pipeline(
     app: &App,
     parts: &http::request::Parts,
     body: Incoming,
-    action: Option<ActionId>,
+    action: &mut Option<ActionId>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let limits = &app.config.limits;
-    // 1. bound
+    let now = app.clock.now_unix();
+    // 2a. authenticate: who claims to call, from the headers alone
+    let identified = auth::identify(&parts.headers, &app.mirror, now)?;
+    // 1. bound: the body
     let body = body::read_bounded(&parts.headers, body, limits.max_body_bytes, limits.body_read_timeout).await?;
-    // 2. authenticate, 3. account state: issues 3 and 4.
+    // 2b. authenticate: the signature over the whole request
+    let caller = auth::verify(identified, parts, &body, &app.mirror, now)?;
+    // 3. account state
+    if let Some(age) = app.freshness.age(now)
+        && age > app.config.state.max_staleness.as_secs() as i64
+        && app.config.state.stale_policy == StalePolicy::FailClosed
+    {
+        return Err(GatewayError::StateStale);
+    }
+    let standing = caller.credential.account().standing();
+    if standing != AccountStanding::Enabled {
+        return Err(GatewayError::Account(standing));
+    }
     // 4. action
+    let name = match &caller.method {
+        AuthMethod::V1 { params } => params.get("Action").ok().flatten(),
+        _ => parts.headers.get("x-tc-action").and_then(|v| v.to_str().ok()),
+    };
+    *action = name.and_then(|n| app.catalog.lookup(n));
     if action.is_none() {
-        return Err(if parts.headers.contains_key("x-tc-action") {
+        return Err(if name.is_some() {
             GatewayError::UnknownAction
         } else {
             GatewayError::MissingAction
@@ -87,12 +114,19 @@ async fn pipeline(
     }
     // 5. rate limit: issue 4.
     // 6. forward
-    let payload_hash = crate::tc3::payload_hash(&parts.headers, &body);
+    let api_key_hash;
+    let resign = match &caller.method {
+        AuthMethod::Tc3 { payload_hash } => Resign::Tc3 { payload_hash },
+        AuthMethod::ApiKey => {
+            api_key_hash = crate::tc3::payload_hash(&parts.headers, &body);
+            Resign::Tc3 {
+                payload_hash: &api_key_hash,
+            }
+        }
+        AuthMethod::V1 { params } => Resign::V1 { params },
+    };
     let upstream_started = Instant::now();
-    let response = app
-        .upstream
-        .forward(parts, body, &payload_hash, app.clock.now_unix())
-        .await?;
+    let response = app.upstream.forward(parts, body, resign, now).await?;
     app.metrics.record_upstream(upstream_started.elapsed().as_secs_f64());
     // 7. meter: issue 5.
     // 8. respond

@@ -28,6 +28,13 @@ use tokio::task::JoinHandle;
 
 pub const PLATFORM_SECRET_ID: &str = "AKIDplatformTEST";
 pub const PLATFORM_SECRET_KEY: &str = "platform-secret-key-test";
+pub const MASTER_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The activated tenant every gateway started by the harness knows.
+pub const CLIENT_ACCOUNT: &str = "tenant";
+pub const CLIENT_SECRET_ID: &str = "AKIDclientTEST";
+pub const CLIENT_SECRET_KEY: &str = "client-secret-key";
+pub const CLIENT_API_KEY: &str = "client-api-key-0123456789";
 
 /// Polls `check` until it returns `Some`, failing the test after `deadline`.
 pub async fn poll_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
@@ -119,6 +126,7 @@ pub struct GatewayHandle {
     pub data: SocketAddr,
     pub admin: SocketAddr,
     pub app: Arc<App>,
+    _store_dir: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -129,6 +137,8 @@ pub fn gateway_config(upstream_url: &str, extra_toml: &str) -> Config {
     let env = [
         ("EKYC_UPSTREAM_SECRET_ID", PLATFORM_SECRET_ID),
         ("EKYC_UPSTREAM_SECRET_KEY", PLATFORM_SECRET_KEY),
+        ("EKYC_MASTER_KEY", MASTER_KEY),
+        ("EKYC_ADMIN_TOKEN", ADMIN_TOKEN),
     ];
     Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
 }
@@ -145,13 +155,22 @@ impl GatewayHandle {
         Self::start_with(config, Arc::new(clock)).await
     }
 
-    pub async fn start_with(config: Config, clock: SharedClock) -> Self {
+    /// Starts a gateway on `config`; unless the config names a store other than the
+    /// default, it gets a fresh SQLite file of its own. The test tenant is seeded.
+    pub async fn start_with(mut config: Config, clock: SharedClock) -> Self {
+        let mut store_dir = None;
+        if config.store_url == "sqlite://./data/billing.db" {
+            let dir = tempfile::tempdir().unwrap();
+            config.store_url = format!("sqlite://{}/billing.db", dir.path().display());
+            store_dir = Some(dir);
+        }
+        seed_tenant(&config).await;
         let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let data = listeners.data.local_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
-        let app = App::new(config, clock).unwrap();
+        let app = App::new(config, clock).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(app.clone(), listeners, async move {
             let _ = stopped.await;
@@ -160,6 +179,7 @@ impl GatewayHandle {
             data,
             admin,
             app,
+            _store_dir: store_dir,
             stop: Some(stop),
             task: Some(task),
         }
@@ -193,6 +213,24 @@ impl GatewayHandle {
         assert_eq!(status, 200);
         String::from_utf8(body.to_vec()).unwrap()
     }
+}
+
+/// Creates the activated test tenant and its credential in the config's store.
+pub async fn seed_tenant(config: &Config) {
+    let store = ekyc_gateway::store::Store::connect(&config.store_url).await.unwrap();
+    ekyc_gateway::demo::ensure_account_with_credential(
+        &store,
+        &config.master_key,
+        CLIENT_ACCOUNT,
+        "Test tenant",
+        true,
+        CLIENT_SECRET_ID,
+        CLIENT_SECRET_KEY,
+        CLIENT_API_KEY,
+        ekyc_gateway::clock::Clock::now_unix(&SystemClock),
+    )
+    .await
+    .unwrap();
 }
 
 impl Drop for GatewayHandle {
@@ -252,9 +290,13 @@ pub fn signed_call(url: &str, host: &str, action: &str, body: &[u8], signer: &Si
     request
 }
 
-/// A call as a client of the gateway sends it (signed with the demo-style client key).
+pub fn client_signer() -> Signer {
+    Signer::new(CLIENT_SECRET_ID, CLIENT_SECRET_KEY, "faceid")
+}
+
+/// A call as the test tenant sends it, signed with TC3.
 pub fn call(gateway: &GatewayHandle, action: &str, body: &str) -> Request<Full<Bytes>> {
-    let client_signer = Signer::new("AKIDclient", "client-secret", "faceid");
+    let client_signer = client_signer();
     signed_call(
         &gateway.url(),
         &gateway.data.to_string(),

@@ -1,0 +1,340 @@
+//! The operators' JSON API under `/v1/` on the admin listener: accounts, activation,
+//! suspension, rate limits, credentials and the audit log. Every change goes the one
+//! write path: billing store first (with its audit entry, in the same transaction),
+//! then the `StatePublisher`, which makes every gateway enforce it. Must not touch
+//! the mirror directly and must never return a stored secret: SecretKeys and API keys
+//! are shown once, at creation.
+
+use super::{ApiError, json};
+use crate::app::App;
+use crate::crypto;
+use crate::store::StoreError;
+use crate::store::records::{
+    AccountRecord, AuditEntry, CredentialRecord, CredentialStatus, Suspension, SuspensionFlag,
+};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::Full;
+use serde::Deserialize;
+use serde_json::{Value, json as j};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type Reply = Result<http::Response<Full<Bytes>>, ApiError>;
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+            }
+            StoreError::Conflict(what) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", format!("{what} already exists"))
+            }
+            StoreError::Invalid(why) => ApiError::bad_request(why),
+            other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", other.to_string()),
+        }
+    }
+}
+
+pub fn rfc3339(unix: i64) -> Value {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .map_or(Value::Null, Value::from)
+}
+
+/// The account as the API shows it.
+pub fn account_view(account: &AccountRecord) -> Value {
+    let mut suspensions = Vec::new();
+    for flag in [SuspensionFlag::Manual, SuspensionFlag::Arrears] {
+        if let Some(s) = account.suspension(flag) {
+            suspensions.push(j!({"flag": flag, "reason": s.reason, "since": rfc3339(s.since)}));
+        }
+    }
+    j!({
+        "id": account.id,
+        "name": account.name,
+        "activated": account.activated,
+        "activated_at": account.activated_at.map_or(Value::Null, rfc3339),
+        "enabled": account.enabled(),
+        "suspensions": suspensions,
+        "rate_limit_qps": account.rate_limit_qps,
+        "created_at": rfc3339(account.created_at),
+        "version": account.version,
+    })
+}
+
+fn credential_view(credential: &CredentialRecord) -> Value {
+    j!({
+        "secret_id": credential.secret_id,
+        "account": credential.account_id,
+        "status": credential.status,
+        "created_at": rfc3339(credential.created_at),
+        "revoked_at": credential.revoked_at.map_or(Value::Null, rfc3339),
+    })
+}
+
+fn audit_view(entry: &AuditEntry) -> Value {
+    j!({
+        "id": entry.id,
+        "at": rfc3339(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "target": entry.target,
+        "before": entry.before,
+        "after": entry.after,
+    })
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+pub fn valid_account_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+/// Tells every gateway about a committed change. If the cache is unreachable the change
+/// stays committed and is retried in the background until it gets through.
+async fn publish_account(app: &Arc<App>, account: &AccountRecord) -> &'static str {
+    match app.publisher.account_changed(account).await {
+        Ok(()) => "done",
+        Err(e) => {
+            tracing::warn!(error = %e, account = %account.id, "state cache unreachable; will retry propagation");
+            let (app, account) = (app.clone(), account.clone());
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(200);
+                while app.publisher.account_changed(&account).await.is_err() {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            });
+            "pending"
+        }
+    }
+}
+
+async fn publish_credential(app: &Arc<App>, credential: &CredentialRecord) -> &'static str {
+    match app.publisher.credential_changed(credential).await {
+        Ok(()) => "done",
+        Err(e) => {
+            tracing::warn!(error = %e, secret_id = %credential.secret_id, "state cache unreachable; will retry propagation");
+            let (app, credential) = (app.clone(), credential.clone());
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(200);
+                while app.publisher.credential_changed(&credential).await.is_err() {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            });
+            "pending"
+        }
+    }
+}
+
+/// Applies `change` through the one write path and answers with the account.
+pub async fn change_account(
+    app: &Arc<App>,
+    id: &str,
+    actor: &str,
+    action: &str,
+    change: impl Fn(&mut AccountRecord) -> Result<(), StoreError>,
+) -> Result<AccountRecord, ApiError> {
+    let now = app.clock.now_unix();
+    let result = app.store.update_account(id, actor, action, now, change).await?;
+    if result.changed {
+        publish_account(app, &result.after).await;
+    }
+    Ok(result.after)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAccount {
+    id: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspendBody {
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitBody {
+    qps: Option<u32>,
+}
+
+pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&str], query: &str, body: &[u8]) -> Reply {
+    let now = app.clock.now_unix();
+    match (method, segments) {
+        (&Method::POST, ["accounts"]) => {
+            let request: CreateAccount = parse(body)?;
+            if !valid_account_id(&request.id) {
+                return Err(ApiError::bad_request(
+                    "id must be 1-64 characters: lower-case letters, digits, '-' or '_'",
+                ));
+            }
+            let name = request.name.trim();
+            if name.is_empty() || name.len() > 200 {
+                return Err(ApiError::bad_request("name must be 1-200 characters"));
+            }
+            let account = AccountRecord::new(&request.id, name, now);
+            app.store.create_account(&account, actor, now).await?;
+            let propagation = publish_account(app, &account).await;
+            let mut view = account_view(&account);
+            view["propagation"] = propagation.into();
+            Ok(json(StatusCode::CREATED, view))
+        }
+        (&Method::GET, ["accounts"]) => {
+            let search = query_param(query, "search");
+            let limit = query_param(query, "limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100i64)
+                .clamp(1, 1000);
+            let offset = query_param(query, "offset")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0i64)
+                .max(0);
+            let accounts = app.store.list_accounts(search.as_deref(), limit, offset).await?;
+            let views: Vec<Value> = accounts.iter().map(account_view).collect();
+            Ok(json(
+                StatusCode::OK,
+                j!({"accounts": views, "limit": limit, "offset": offset}),
+            ))
+        }
+        (&Method::GET, ["accounts", id]) => {
+            let account = app
+                .store
+                .get_account(id)
+                .await?
+                .ok_or_else(|| ApiError::from(StoreError::NotFound(format!("account {id}"))))?;
+            Ok(json(StatusCode::OK, account_view(&account)))
+        }
+        (&Method::POST, ["accounts", id, "activate"]) => {
+            let account = change_account(app, id, actor, "account.activate", |a| {
+                if !a.activated {
+                    a.activated = true;
+                    a.activated_at = Some(now);
+                }
+                Ok(())
+            })
+            .await?;
+            Ok(json(StatusCode::OK, account_view(&account)))
+        }
+        (&Method::POST, ["accounts", id, "suspend"]) => {
+            let request: SuspendBody = parse(body)?;
+            let reason = request.reason.trim().to_string();
+            if reason.is_empty() || reason.len() > 500 {
+                return Err(ApiError::bad_request("reason must be 1-500 characters"));
+            }
+            let account = change_account(app, id, actor, "account.suspend", |a| {
+                if a.manual.as_ref().map(|m| &m.reason) != Some(&reason) {
+                    a.manual = Some(Suspension {
+                        reason: reason.clone(),
+                        since: a.manual.as_ref().map_or(now, |m| m.since),
+                    });
+                }
+                Ok(())
+            })
+            .await?;
+            Ok(json(StatusCode::OK, account_view(&account)))
+        }
+        (&Method::POST, ["accounts", id, "resume"]) => {
+            // Lifts the operator's suspension only: arrears are lifted by payment.
+            let account = change_account(app, id, actor, "account.resume", |a| {
+                a.manual = None;
+                Ok(())
+            })
+            .await?;
+            Ok(json(StatusCode::OK, account_view(&account)))
+        }
+        (&Method::PUT, ["accounts", id, "rate-limit"]) => {
+            let request: RateLimitBody = parse(body)?;
+            if request.qps == Some(0) || request.qps.is_some_and(|q| q > 1_000_000) {
+                return Err(ApiError::bad_request("qps must be 1-1000000, or null for the default"));
+            }
+            let account = change_account(app, id, actor, "account.rate_limit", |a| {
+                a.rate_limit_qps = request.qps;
+                Ok(())
+            })
+            .await?;
+            Ok(json(StatusCode::OK, account_view(&account)))
+        }
+        (&Method::POST, ["accounts", id, "credentials"]) => {
+            if app.store.get_account(id).await?.is_none() {
+                return Err(StoreError::NotFound(format!("account {id}")).into());
+            }
+            let (secret_id, secret_key, api_key) =
+                (crypto::new_secret_id(), crypto::new_secret_key(), crypto::new_api_key());
+            let record = CredentialRecord {
+                secret_id: secret_id.clone(),
+                account_id: id.to_string(),
+                secret_key_sealed: app.config.master_key.seal(&secret_key, id),
+                api_key_hash: hex::encode(crypto::api_key_hash(&api_key)),
+                status: CredentialStatus::Active,
+                created_at: now,
+                revoked_at: None,
+                version: 1,
+            };
+            app.store.create_credential(&record, actor, now).await?;
+            let propagation = publish_credential(app, &record).await;
+            Ok(json(
+                StatusCode::CREATED,
+                j!({
+                    "account": id,
+                    "secret_id": secret_id,
+                    "secret_key": secret_key,
+                    "api_key": api_key,
+                    "propagation": propagation,
+                    "note": "the secret_key and api_key are shown only now: store them safely",
+                }),
+            ))
+        }
+        (&Method::GET, ["accounts", id, "credentials"]) => {
+            if app.store.get_account(id).await?.is_none() {
+                return Err(StoreError::NotFound(format!("account {id}")).into());
+            }
+            let credentials = app.store.list_credentials(id).await?;
+            let views: Vec<Value> = credentials.iter().map(credential_view).collect();
+            Ok(json(StatusCode::OK, j!({"account": id, "credentials": views})))
+        }
+        (&Method::DELETE, ["credentials", secret_id]) => {
+            let record = app.store.revoke_credential(secret_id, actor, now).await?;
+            let propagation = publish_credential(app, &record).await;
+            let mut view = credential_view(&record);
+            view["propagation"] = propagation.into();
+            Ok(json(StatusCode::OK, view))
+        }
+        (&Method::GET, ["audit"]) => {
+            let account = query_param(query, "account");
+            let limit = query_param(query, "limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100i64)
+                .clamp(1, 1000);
+            let entries = app.store.list_audit(account.as_deref(), limit).await?;
+            let views: Vec<Value> = entries.iter().map(audit_view).collect();
+            Ok(json(StatusCode::OK, j!({"entries": views})))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such admin endpoint",
+        )),
+    }
+}
+
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}

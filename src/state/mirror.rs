@@ -1,0 +1,379 @@
+//! The gateway's in-memory mirror of account state and credentials: what the hot path
+//! reads instead of the network. Concurrent maps (dashmap) keyed by SecretId, API-key
+//! hash and account id; an account's state lives in atomics inside a shared entry, so
+//! an update is visible to the next request without replacing anything. Copies are
+//! applied only when their version is newer, so a late or replayed event cannot undo a
+//! change. Must not do I/O, and must not hold a map guard across an `.await`.
+
+use crate::crypto::MasterKey;
+use crate::store::records::{AccountRecord, CredentialRecord, CredentialStatus};
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+const ACTIVATED: u8 = 1;
+const MANUAL: u8 = 2;
+const ARREARS: u8 = 4;
+
+/// Whether an account may call, as the pipeline sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStanding {
+    Enabled,
+    NotActivated,
+    Arrears,
+    ManuallySuspended,
+}
+
+/// One account's enforcement state, shared by all its credentials.
+#[derive(Debug)]
+pub struct AccountEntry {
+    id: Box<str>,
+    flags: AtomicU8,
+    /// 0: the configured default.
+    rate_limit_qps: AtomicU32,
+    version: AtomicI64,
+}
+
+impl AccountEntry {
+    fn placeholder(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            flags: AtomicU8::new(0),
+            rate_limit_qps: AtomicU32::new(0),
+            version: AtomicI64::new(0),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The first reason to refuse, in the order Tencent reports them: a manual
+    /// suspension outranks arrears, and both outrank "not activated".
+    pub fn standing(&self) -> AccountStanding {
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags & MANUAL != 0 {
+            AccountStanding::ManuallySuspended
+        } else if flags & ARREARS != 0 {
+            AccountStanding::Arrears
+        } else if flags & ACTIVATED == 0 {
+            AccountStanding::NotActivated
+        } else {
+            AccountStanding::Enabled
+        }
+    }
+
+    pub fn rate_limit_qps(&self) -> Option<u32> {
+        match self.rate_limit_qps.load(Ordering::Relaxed) {
+            0 => None,
+            qps => Some(qps),
+        }
+    }
+
+    pub fn version(&self) -> i64 {
+        self.version.load(Ordering::Acquire)
+    }
+}
+
+/// A credential with its SecretKey opened, held only in this process's memory.
+pub struct CredentialEntry {
+    secret_id: Box<str>,
+    account: Arc<AccountEntry>,
+    secret_key: Box<str>,
+    revoked: AtomicBool,
+    version: AtomicI64,
+    /// kSigning for the last credential date seen: TC3 derives it from (key, date,
+    /// service), so one derivation a day replaces three HMACs per request.
+    signing_key: Mutex<Option<([u8; 10], [u8; 32])>>,
+}
+
+impl std::fmt::Debug for CredentialEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialEntry")
+            .field("secret_id", &self.secret_id)
+            .field("account", &self.account.id())
+            .field("revoked", &self.revoked.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialEntry {
+    pub fn secret_id(&self) -> &str {
+        &self.secret_id
+    }
+
+    pub fn account(&self) -> &Arc<AccountEntry> {
+        &self.account
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    /// The TC3 signing key for `date` (YYYY-MM-DD) and `service`, cached per date.
+    pub fn signing_key(&self, date: &str, service: &str) -> [u8; 32] {
+        let mut date_key = [0u8; 10];
+        if date.len() == 10 {
+            date_key.copy_from_slice(date.as_bytes());
+            if let Some((cached_date, key)) = *self.signing_key.lock().expect("poisoned")
+                && cached_date == date_key
+                && service == "faceid"
+            {
+                return key;
+            }
+        }
+        let key = crate::tc3::signing_key(&self.secret_key, date, service);
+        if date.len() == 10 && service == "faceid" {
+            *self.signing_key.lock().expect("poisoned") = Some((date_key, key));
+        }
+        key
+    }
+
+    /// For the legacy v1 signature, which signs with the SecretKey itself.
+    pub fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("credential {secret_id}: {source}")]
+    Unseal {
+        secret_id: String,
+        source: crate::crypto::CryptoError,
+    },
+    #[error("credential {0}: the API key hash is not 64 hex digits")]
+    BadHash(String),
+}
+
+pub struct StateMirror {
+    accounts: DashMap<Box<str>, Arc<AccountEntry>>,
+    by_secret_id: DashMap<Box<str>, Arc<CredentialEntry>>,
+    by_api_key: DashMap<[u8; 32], Arc<CredentialEntry>>,
+    master_key: Arc<MasterKey>,
+}
+
+impl StateMirror {
+    pub fn new(master_key: Arc<MasterKey>) -> Self {
+        Self {
+            accounts: DashMap::new(),
+            by_secret_id: DashMap::new(),
+            by_api_key: DashMap::new(),
+            master_key,
+        }
+    }
+
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master_key
+    }
+
+    fn account_entry(&self, id: &str) -> Arc<AccountEntry> {
+        if let Some(entry) = self.accounts.get(id) {
+            return entry.clone();
+        }
+        self.accounts
+            .entry(id.into())
+            .or_insert_with(|| Arc::new(AccountEntry::placeholder(id)))
+            .clone()
+    }
+
+    /// Applies an account copy if it is newer than the one held.
+    pub fn apply_account(&self, record: &AccountRecord) {
+        let entry = self.account_entry(&record.id);
+        if record.version < entry.version() {
+            return;
+        }
+        let mut flags = 0;
+        if record.activated {
+            flags |= ACTIVATED;
+        }
+        if record.manual.is_some() {
+            flags |= MANUAL;
+        }
+        if record.arrears.is_some() {
+            flags |= ARREARS;
+        }
+        entry
+            .rate_limit_qps
+            .store(record.rate_limit_qps.unwrap_or(0), Ordering::Relaxed);
+        entry.flags.store(flags, Ordering::Release);
+        entry.version.store(record.version, Ordering::Release);
+    }
+
+    /// Applies a credential copy if it is newer than the one held, opening its
+    /// SecretKey with the master key.
+    pub fn apply_credential(&self, record: &CredentialRecord) -> Result<(), MirrorError> {
+        if let Some(existing) = self.by_secret_id.get(record.secret_id.as_str()) {
+            if record.version < existing.version.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if existing.account.id() == record.account_id {
+                existing
+                    .revoked
+                    .store(record.status == CredentialStatus::Revoked, Ordering::Release);
+                existing.version.store(record.version, Ordering::Release);
+                return Ok(());
+            }
+        }
+        let secret_key = self
+            .master_key
+            .open(&record.secret_key_sealed, &record.account_id)
+            .map_err(|source| MirrorError::Unseal {
+                secret_id: record.secret_id.clone(),
+                source,
+            })?;
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(&record.api_key_hash, &mut hash)
+            .map_err(|_| MirrorError::BadHash(record.secret_id.clone()))?;
+        let entry = Arc::new(CredentialEntry {
+            secret_id: record.secret_id.as_str().into(),
+            account: self.account_entry(&record.account_id),
+            secret_key: secret_key.into(),
+            revoked: AtomicBool::new(record.status == CredentialStatus::Revoked),
+            version: AtomicI64::new(record.version),
+            signing_key: Mutex::new(None),
+        });
+        self.by_api_key.insert(hash, entry.clone());
+        self.by_secret_id.insert(record.secret_id.as_str().into(), entry);
+        Ok(())
+    }
+
+    /// Applies a full snapshot; returns how many credentials could not be opened.
+    pub fn apply_snapshot(&self, accounts: &[AccountRecord], credentials: &[CredentialRecord]) -> usize {
+        for account in accounts {
+            self.apply_account(account);
+        }
+        let mut failed = 0;
+        for credential in credentials {
+            if let Err(e) = self.apply_credential(credential) {
+                tracing::error!(error = %e, "credential skipped");
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    pub fn by_secret_id(&self, secret_id: &str) -> Option<Arc<CredentialEntry>> {
+        self.by_secret_id.get(secret_id).map(|e| e.clone())
+    }
+
+    pub fn by_api_key_hash(&self, hash: &[u8; 32]) -> Option<Arc<CredentialEntry>> {
+        self.by_api_key.get(hash).map(|e| e.clone())
+    }
+
+    pub fn account(&self, id: &str) -> Option<Arc<AccountEntry>> {
+        self.accounts.get(id).map(|e| e.clone())
+    }
+
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    pub fn credential_count(&self) -> usize {
+        self.by_secret_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::records::Suspension;
+
+    fn mirror() -> StateMirror {
+        StateMirror::new(Arc::new(MasterKey::parse(&"42".repeat(32)).unwrap()))
+    }
+
+    fn credential(m: &StateMirror, account: &str, version: i64, status: CredentialStatus) -> CredentialRecord {
+        CredentialRecord {
+            secret_id: "AKIDx".into(),
+            account_id: account.into(),
+            secret_key_sealed: m.master_key().seal("key", account),
+            api_key_hash: hex::encode(crate::crypto::api_key_hash("ak")),
+            status,
+            created_at: 0,
+            revoked_at: None,
+            version,
+        }
+    }
+
+    #[test]
+    fn standing_follows_flags_with_manual_first() {
+        let m = mirror();
+        let mut a = AccountRecord::new("acme", "Acme", 0);
+        m.apply_account(&a);
+        assert_eq!(m.account("acme").unwrap().standing(), AccountStanding::NotActivated);
+        a.activated = true;
+        a.version = 2;
+        m.apply_account(&a);
+        assert_eq!(m.account("acme").unwrap().standing(), AccountStanding::Enabled);
+        a.arrears = Some(Suspension {
+            reason: "bill".into(),
+            since: 1,
+        });
+        a.version = 3;
+        m.apply_account(&a);
+        assert_eq!(m.account("acme").unwrap().standing(), AccountStanding::Arrears);
+        a.manual = Some(Suspension {
+            reason: "fraud".into(),
+            since: 1,
+        });
+        a.version = 4;
+        m.apply_account(&a);
+        assert_eq!(
+            m.account("acme").unwrap().standing(),
+            AccountStanding::ManuallySuspended
+        );
+    }
+
+    #[test]
+    fn older_copies_never_undo_newer_ones() {
+        let m = mirror();
+        let mut a = AccountRecord::new("acme", "Acme", 0);
+        a.activated = true;
+        a.version = 5;
+        m.apply_account(&a);
+        let mut stale = a.clone();
+        stale.activated = false;
+        stale.version = 4;
+        m.apply_account(&stale);
+        assert_eq!(m.account("acme").unwrap().standing(), AccountStanding::Enabled);
+
+        m.apply_credential(&credential(&m, "acme", 2, CredentialStatus::Revoked))
+            .unwrap();
+        m.apply_credential(&credential(&m, "acme", 1, CredentialStatus::Active))
+            .unwrap();
+        assert!(m.by_secret_id("AKIDx").unwrap().is_revoked());
+    }
+
+    #[test]
+    fn credentials_share_their_account_entry_and_open_their_key() {
+        let m = mirror();
+        m.apply_credential(&credential(&m, "acme", 1, CredentialStatus::Active))
+            .unwrap();
+        let mut a = AccountRecord::new("acme", "Acme", 0);
+        a.activated = true;
+        m.apply_account(&a);
+        let c = m.by_secret_id("AKIDx").unwrap();
+        assert_eq!(c.account().standing(), AccountStanding::Enabled);
+        assert_eq!(c.secret_key(), "key");
+        let by_key = m.by_api_key_hash(&crate::crypto::api_key_hash("ak")).unwrap();
+        assert_eq!(by_key.secret_id(), "AKIDx");
+        assert_eq!(
+            c.signing_key("2026-11-26", "faceid"),
+            crate::tc3::signing_key("key", "2026-11-26", "faceid")
+        );
+        assert_eq!(
+            c.signing_key("2026-11-27", "faceid"),
+            crate::tc3::signing_key("key", "2026-11-27", "faceid")
+        );
+    }
+
+    #[test]
+    fn a_key_sealed_for_another_account_is_refused() {
+        let m = mirror();
+        let mut record = credential(&m, "acme", 1, CredentialStatus::Active);
+        record.account_id = "evil".into();
+        assert!(m.apply_credential(&record).is_err());
+        assert!(m.by_secret_id("AKIDx").is_none());
+    }
+}

@@ -1,0 +1,92 @@
+//! Account state and credentials as every gateway sees them.
+//!
+//! Writers (the admin API, the billing job) change the billing store first, then tell a
+//! `StatePublisher`, which updates the shared cache and notifies every gateway:
+//!
+//! - `LocalPublisher`: single node (the embedded default, `demo`): the change goes
+//!   straight into this process's mirror.
+//! - `redis::RedisPublisher`: many nodes: the change goes to Redis (only if newer) and
+//!   is published; each gateway's `redis::CacheSync` applies it to its own mirror,
+//!   re-syncs periodically so a lost event heals, and refills Redis from SQL when Redis
+//!   lost its data.
+//!
+//! The hot path only ever reads the `mirror`. `Freshness` tells it how old that mirror
+//! is, so a gateway cut off from Redis for too long applies the configured policy.
+
+pub mod mirror;
+pub mod redis;
+
+use crate::store::records::{AccountRecord, CredentialRecord};
+use mirror::StateMirror;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+#[async_trait::async_trait]
+pub trait StatePublisher: Send + Sync {
+    /// Called after `record` was committed to the billing store.
+    async fn account_changed(&self, record: &AccountRecord) -> anyhow::Result<()>;
+    /// Called after `record` was committed to the billing store.
+    async fn credential_changed(&self, record: &CredentialRecord) -> anyhow::Result<()>;
+}
+
+/// Single node: changes go straight into the local mirror.
+pub struct LocalPublisher {
+    pub mirror: Arc<StateMirror>,
+}
+
+#[async_trait::async_trait]
+impl StatePublisher for LocalPublisher {
+    async fn account_changed(&self, record: &AccountRecord) -> anyhow::Result<()> {
+        self.mirror.apply_account(record);
+        Ok(())
+    }
+
+    async fn credential_changed(&self, record: &CredentialRecord) -> anyhow::Result<()> {
+        self.mirror.apply_credential(record)?;
+        Ok(())
+    }
+}
+
+/// What to do when the mirror is older than `state.max_staleness`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StalePolicy {
+    /// Refuse calls with `ServiceUnavailable` (a suspended account must not slip through).
+    FailClosed,
+    /// Keep serving on the last known state.
+    FailOpen,
+}
+
+/// When the mirror last agreed with its source (Unix seconds; `i64::MAX` = always
+/// fresh, for the single-node mode where the mirror is the source).
+#[derive(Debug)]
+pub struct Freshness {
+    synced_at: AtomicI64,
+}
+
+impl Freshness {
+    pub fn always_fresh() -> Self {
+        Self {
+            synced_at: AtomicI64::new(i64::MAX),
+        }
+    }
+
+    pub fn never_synced() -> Self {
+        Self {
+            synced_at: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    pub fn mark_synced(&self, now: i64) {
+        self.synced_at.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// Seconds since the last sync, 0 when always fresh, `None` before the first sync.
+    pub fn age(&self, now: i64) -> Option<i64> {
+        match self.synced_at.load(Ordering::Acquire) {
+            i64::MAX => Some(0),
+            i64::MIN => None,
+            at => Some((now - at).max(0)),
+        }
+    }
+}

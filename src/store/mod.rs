@@ -1,0 +1,500 @@
+//! The billing store: the source of truth for accounts, credentials, the audit log (and,
+//! in later stages, usage, bills and the ledger). One implementation over sqlx's `Any`
+//! driver serves PostgreSQL (production) and SQLite (the embedded default), chosen by the
+//! URL; the queries are written once in the SQL both understand, the schema twice
+//! (`migrations/postgres`, `migrations/sqlite`), applied at start. Must not be called on
+//! the request hot path: gateways read state from their in-memory mirror.
+
+pub mod records;
+
+use records::{AccountRecord, AuditEntry, CredentialRecord, CredentialStatus, Suspension};
+use sqlx::AnyPool;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Executor, Row};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("billing store unavailable: {0}")]
+    Unavailable(#[from] sqlx::Error),
+    #[error("billing store migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// What an account change did, for the caller's cache update and audit echo.
+pub struct AccountChange {
+    pub before: AccountRecord,
+    pub after: AccountRecord,
+    pub changed: bool,
+}
+
+const ACCOUNT_COLUMNS: &str = "id, name, activated, activated_at, manual_reason, manual_since, arrears_reason, \
+                               arrears_since, rate_limit_qps, created_at, version";
+const CREDENTIAL_COLUMNS: &str =
+    "secret_id, account_id, secret_key_sealed, api_key_hash, status, created_at, revoked_at, version";
+
+impl Store {
+    /// Connects to `postgres://…` or `sqlite://path` (the file is created) and applies
+    /// the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            let file = path.split('?').next().unwrap_or(path);
+            if let Some(parent) = std::path::Path::new(file).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::Invalid(format!("cannot create {} for the SQLite store: {e}", parent.display()))
+                })?;
+            }
+            let url = if url.contains('?') {
+                url.to_string()
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Backend::Sqlite, url)
+        } else {
+            return Err(StoreError::Invalid(
+                "the store URL must start with postgres:// or sqlite://".into(),
+            ));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        match backend {
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
+        }
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ accounts
+
+    pub async fn create_account(&self, account: &AccountRecord, actor: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO accounts (id, name, activated, activated_at, manual_reason, manual_since, arrears_reason, \
+             arrears_since, rate_limit_qps, created_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&account.id)
+        .bind(&account.name)
+        .bind(account.activated as i64)
+        .bind(account.activated_at)
+        .bind(account.manual.as_ref().map(|s| s.reason.clone()))
+        .bind(account.manual.as_ref().map(|s| s.since))
+        .bind(account.arrears.as_ref().map(|s| s.reason.clone()))
+        .bind(account.arrears.as_ref().map(|s| s.since))
+        .bind(account.rate_limit_qps.map(i64::from))
+        .bind(account.created_at)
+        .bind(account.version)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            return Err(conflict_or(e, format!("account {}", account.id)));
+        }
+        insert_audit(
+            &mut tx,
+            now,
+            actor,
+            "account.create",
+            &account.id,
+            None,
+            Some(account_json(account)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_account(&self, id: &str) -> Result<Option<AccountRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| account_from_row(&r)).transpose().map_err(Into::into)
+    }
+
+    /// Accounts ordered by id; `search` matches a part of the id or the name.
+    pub async fn list_accounts(
+        &self,
+        search: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<AccountRecord>, StoreError> {
+        let pattern = format!("%{}%", search.unwrap_or("").to_lowercase());
+        let rows = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE LOWER(id) LIKE $1 OR LOWER(name) LIKE $1 \
+             ORDER BY id LIMIT $2 OFFSET $3"
+        ))
+        .bind(pattern)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(account_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
+    }
+
+    pub async fn all_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(account_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
+    }
+
+    /// Applies `change` to the account and records it in the audit log, in one
+    /// transaction. Concurrent writers are ordered by the version (optimistic locking):
+    /// a lost race re-reads and re-applies. A change that changes nothing writes nothing.
+    pub async fn update_account(
+        &self,
+        id: &str,
+        actor: &str,
+        action: &str,
+        now: i64,
+        change: impl Fn(&mut AccountRecord) -> Result<(), StoreError>,
+    ) -> Result<AccountChange, StoreError> {
+        for _ in 0..32 {
+            let before = self
+                .get_account(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?;
+            let mut after = before.clone();
+            change(&mut after)?;
+            if after == before {
+                return Ok(AccountChange {
+                    before,
+                    after,
+                    changed: false,
+                });
+            }
+            after.version = before.version + 1;
+            let mut tx = self.pool.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE accounts SET name = $1, activated = $2, activated_at = $3, manual_reason = $4, \
+                 manual_since = $5, arrears_reason = $6, arrears_since = $7, rate_limit_qps = $8, version = $9 \
+                 WHERE id = $10 AND version = $11",
+            )
+            .bind(&after.name)
+            .bind(after.activated as i64)
+            .bind(after.activated_at)
+            .bind(after.manual.as_ref().map(|s| s.reason.clone()))
+            .bind(after.manual.as_ref().map(|s| s.since))
+            .bind(after.arrears.as_ref().map(|s| s.reason.clone()))
+            .bind(after.arrears.as_ref().map(|s| s.since))
+            .bind(after.rate_limit_qps.map(i64::from))
+            .bind(after.version)
+            .bind(id)
+            .bind(before.version)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                continue; // another writer got there first
+            }
+            insert_audit(
+                &mut tx,
+                now,
+                actor,
+                action,
+                id,
+                Some(account_json(&before)),
+                Some(account_json(&after)),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(AccountChange {
+                before,
+                after,
+                changed: true,
+            });
+        }
+        Err(StoreError::Invalid(format!(
+            "account {id} is changing too fast; try again"
+        )))
+    }
+
+    // ------------------------------------------------------------ credentials
+
+    pub async fn create_credential(
+        &self,
+        credential: &CredentialRecord,
+        actor: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(&credential.secret_id)
+        .bind(&credential.account_id)
+        .bind(&credential.secret_key_sealed)
+        .bind(&credential.api_key_hash)
+        .bind(credential.status.as_str())
+        .bind(credential.created_at)
+        .bind(credential.revoked_at)
+        .bind(credential.version)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            return Err(conflict_or(e, format!("credential {}", credential.secret_id)));
+        }
+        insert_audit(
+            &mut tx,
+            now,
+            actor,
+            "credential.create",
+            &credential.account_id,
+            None,
+            Some(credential_json(credential)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_credential(&self, secret_id: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE secret_id = $1"
+        ))
+        .bind(secret_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| credential_from_row(&r)).transpose()
+    }
+
+    pub async fn list_credentials(&self, account_id: &str) -> Result<Vec<CredentialRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE account_id = $1 ORDER BY created_at, secret_id"
+        ))
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(credential_from_row).collect()
+    }
+
+    pub async fn all_credentials(&self) -> Result<Vec<CredentialRecord>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(credential_from_row).collect()
+    }
+
+    /// Revokes a credential for good. Revoking a revoked credential changes nothing.
+    pub async fn revoke_credential(
+        &self,
+        secret_id: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<CredentialRecord, StoreError> {
+        let before = self
+            .get_credential(secret_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("credential {secret_id}")))?;
+        if before.status == CredentialStatus::Revoked {
+            return Ok(before);
+        }
+        let mut after = before.clone();
+        after.status = CredentialStatus::Revoked;
+        after.revoked_at = Some(now);
+        after.version += 1;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE credentials SET status = $1, revoked_at = $2, version = version + 1 WHERE secret_id = $3 AND status = $4",
+        )
+        .bind(CredentialStatus::Revoked.as_str())
+        .bind(now)
+        .bind(secret_id)
+        .bind(CredentialStatus::Active.as_str())
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(
+            &mut tx,
+            now,
+            actor,
+            "credential.revoke",
+            &before.account_id,
+            Some(credential_json(&before)),
+            Some(credential_json(&after)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(self.get_credential(secret_id).await?.unwrap_or(after))
+    }
+
+    // ------------------------------------------------------------ audit
+
+    /// Newest first; `target` filters to one account.
+    pub async fn list_audit(&self, target: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = match target {
+            Some(target) => {
+                sqlx::query(
+                    "SELECT id, at, actor, action, target, before, after FROM audit_log WHERE target = $1 \
+                     ORDER BY id DESC LIMIT $2",
+                )
+                .bind(target)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT id, at, actor, action, target, before, after FROM audit_log ORDER BY id DESC LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|row| {
+                let json = |name: &str| -> Result<Option<serde_json::Value>, sqlx::Error> {
+                    Ok(row
+                        .try_get::<Option<String>, _>(name)?
+                        .and_then(|text: String| serde_json::from_str(&text).ok()))
+                };
+                Ok(AuditEntry {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    before: json("before")?,
+                    after: json("after")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// For tests of the append-only rule: runs raw SQL against the store.
+    pub async fn execute_raw(&self, sql: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(sql).execute(&self.pool).await?.rows_affected())
+    }
+}
+
+fn conflict_or(error: sqlx::Error, what: String) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::NotFound(what.replace("credential", "account of credential"))
+        }
+        _ => StoreError::Unavailable(error),
+    }
+}
+
+async fn insert_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    at: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO audit_log (at, actor, action, target, before, after) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(at)
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(before.map(|v| v.to_string()))
+        .bind(after.map(|v| v.to_string()))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn account_json(account: &AccountRecord) -> serde_json::Value {
+    serde_json::to_value(account).expect("an account serialises")
+}
+
+/// What the audit log keeps of a credential: never the sealed key or the key hash.
+fn credential_json(credential: &CredentialRecord) -> serde_json::Value {
+    serde_json::json!({
+        "secret_id": credential.secret_id,
+        "account_id": credential.account_id,
+        "status": credential.status,
+        "revoked_at": credential.revoked_at,
+    })
+}
+
+fn account_from_row(row: &AnyRow) -> Result<AccountRecord, sqlx::Error> {
+    let suspension = |reason: &str, since: &str| -> Result<Option<Suspension>, sqlx::Error> {
+        let reason: Option<String> = row.try_get(reason)?;
+        let since: Option<i64> = row.try_get(since)?;
+        Ok(reason.map(|reason| Suspension {
+            reason,
+            since: since.unwrap_or(0),
+        }))
+    };
+    Ok(AccountRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        activated: row.try_get::<i64, _>("activated")? != 0,
+        activated_at: row.try_get("activated_at")?,
+        manual: suspension("manual_reason", "manual_since")?,
+        arrears: suspension("arrears_reason", "arrears_since")?,
+        rate_limit_qps: row
+            .try_get::<Option<i64>, _>("rate_limit_qps")?
+            .map(|q| q.clamp(0, u32::MAX as i64) as u32),
+        created_at: row.try_get("created_at")?,
+        version: row.try_get("version")?,
+    })
+}
+
+fn credential_from_row(row: &AnyRow) -> Result<CredentialRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(CredentialRecord {
+        secret_id: row.try_get("secret_id")?,
+        account_id: row.try_get("account_id")?,
+        secret_key_sealed: row.try_get("secret_key_sealed")?,
+        api_key_hash: row.try_get("api_key_hash")?,
+        status: CredentialStatus::parse(&status)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown credential status {status:?}")))?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        version: row.try_get("version")?,
+    })
+}
