@@ -86,6 +86,8 @@ pub struct SimConfig {
     pub record_last_request: bool,
     /// Serve HTTPS with this certificate (tests of an https upstream).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// "Now" for the signature skew check (tests move it with the gateway's clock).
+    pub clock: crate::clock::SharedClock,
 }
 
 impl SimConfig {
@@ -98,6 +100,7 @@ impl SimConfig {
             error_rate: 0.0,
             record_last_request: false,
             tls: None,
+            clock: Arc::new(crate::clock::SystemClock),
         }
     }
 }
@@ -208,11 +211,24 @@ impl Simulator {
             self.auth_failures.fetch_add(1, Ordering::Relaxed);
             return error(code, message);
         }
-        let action = parts
-            .headers
-            .get("x-tc-action")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let v1_params = if parts.headers.contains_key(http::header::AUTHORIZATION) {
+            None
+        } else {
+            let source = if parts.method == Method::GET {
+                parts.uri.query().unwrap_or("").as_bytes()
+            } else {
+                &body[..]
+            };
+            crate::sigv1::Params::parse(source).ok()
+        };
+        let action = match &v1_params {
+            Some(params) => params.get("Action").ok().flatten().unwrap_or(""),
+            None => parts
+                .headers
+                .get("x-tc-action")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        };
         let Some((name, tally)) = self.tallies.get_key_value(action) else {
             self.invalid_action.fetch_add(1, Ordering::Relaxed);
             return error("InvalidAction", "the action does not exist");
@@ -245,7 +261,7 @@ impl Simulator {
             "the Authorization header is missing or malformed",
         );
         let signature_failure = ("AuthFailure.SignatureFailure", "the signature does not match");
-        let now = crate::clock::Clock::now_unix(&crate::clock::SystemClock);
+        let now = self.config.clock.now_unix();
         let Some(value) = parts.headers.get(http::header::AUTHORIZATION) else {
             return self.authenticate_v1(parts, body, now);
         };

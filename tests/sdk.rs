@@ -24,12 +24,31 @@ fn python(var: &str, venv: &str) -> PathBuf {
 
 /// Runs tests/sdk/call.py and returns its JSON outcome.
 async fn sdk_call(python: PathBuf, endpoint: String, action: &str, params: &str, extra: &[&str]) -> serde_json::Value {
+    sdk_call_as(
+        python,
+        endpoint,
+        (CLIENT_SECRET_ID, CLIENT_SECRET_KEY),
+        action,
+        params,
+        extra,
+    )
+    .await
+}
+
+async fn sdk_call_as(
+    python: PathBuf,
+    endpoint: String,
+    (secret_id, secret_key): (&str, &str),
+    action: &str,
+    params: &str,
+    extra: &[&str],
+) -> serde_json::Value {
     let script = format!("{}/tests/sdk/call.py", env!("CARGO_MANIFEST_DIR"));
     let mut args: Vec<String> = vec![
         script,
         endpoint,
-        CLIENT_SECRET_ID.into(),
-        CLIENT_SECRET_KEY.into(),
+        secret_id.into(),
+        secret_key.into(),
         action.into(),
         params.into(),
     ];
@@ -127,4 +146,70 @@ async fn upstream_api_errors_pass_through_to_the_sdk() {
     assert_eq!(out["code"], ekyc_gateway::sim::INJECTED_ERROR, "{out}");
     let stats = sim.stats().await;
     assert_eq!(stats["actions"]["LivenessCompare"]["api_error"], 1);
+}
+
+#[tokio::test]
+async fn sdk_authentication_failures_carry_their_codes() {
+    let sim = SimHandle::start(|_| {}).await;
+    let gateway = GatewayHandle::start(&sim, "").await;
+    let endpoint = gateway.data.to_string();
+    let intl = python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
+    let cases: [((&str, &str), &[&str], &str); 3] = [
+        (
+            (CLIENT_SECRET_ID, "wrong-secret-key"),
+            &[],
+            "AuthFailure.SignatureFailure",
+        ),
+        (
+            ("AKIDnobodyHere", CLIENT_SECRET_KEY),
+            &[],
+            "AuthFailure.SecretIdNotFound",
+        ),
+        (
+            (CLIENT_SECRET_ID, CLIENT_SECRET_KEY),
+            &["--clock-offset", "600"],
+            "AuthFailure.SignatureExpire",
+        ),
+    ];
+    for (credential, extra, code) in cases {
+        let out = sdk_call_as(
+            intl.clone(),
+            endpoint.clone(),
+            credential,
+            "GetFaceIdTokenIntl",
+            "{}",
+            extra,
+        )
+        .await;
+        assert_eq!(out["ok"], false, "{out}");
+        assert_eq!(out["code"], code, "{out}");
+    }
+    assert_eq!(sim.successes("GetFaceIdTokenIntl").await, 0);
+}
+
+#[tokio::test]
+async fn the_legacy_v1_signature_of_the_sdk_is_accepted_and_re_signed() {
+    let sim = SimHandle::start(|_| {}).await;
+    let gateway = GatewayHandle::start(&sim, "").await;
+    let intl = python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
+    let out = sdk_call(
+        intl.clone(),
+        gateway.data.to_string(),
+        "GetFaceIdTokenIntl",
+        r#"{"CheckMode":"liveness"}"#,
+        &["--sign-method", "HmacSHA256"],
+    )
+    .await;
+    assert!(out["response"]["SdkToken"].is_string(), "{out}");
+    let out = sdk_call_as(
+        intl,
+        gateway.data.to_string(),
+        (CLIENT_SECRET_ID, "wrong-secret-key"),
+        "GetFaceIdTokenIntl",
+        "{}",
+        &["--sign-method", "HmacSHA256"],
+    )
+    .await;
+    assert_eq!(out["code"], "AuthFailure.SignatureFailure", "{out}");
+    assert_eq!(sim.successes("GetFaceIdTokenIntl").await, 1);
 }

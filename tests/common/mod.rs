@@ -469,3 +469,91 @@ impl Drop for PgDatabase {
         .join();
     }
 }
+
+// ---------------------------------------------------------------- SDK vectors
+
+/// A raw request from `tests/vectors/tc3/`, ready to send to `addr` unchanged.
+pub fn vector_request(name: &str, addr: SocketAddr) -> Request<Full<Bytes>> {
+    let path = format!("{}/tests/vectors/tc3/{name}", env!("CARGO_MANIFEST_DIR"));
+    let raw = std::fs::read(path).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = std::str::from_utf8(&raw[..split]).unwrap();
+    let body = Bytes::copy_from_slice(&raw[split + 4..]);
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap().split(' ');
+    let method = request_line.next().unwrap();
+    let target = request_line.next().unwrap();
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{target}"))
+        .body(Full::new(body))
+        .unwrap();
+    for line in lines {
+        let (name, value) = line.split_once(": ").unwrap();
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    request
+}
+
+/// `X-TC-Timestamp` (or the v1 `Timestamp` parameter) of a vector.
+pub fn vector_timestamp(name: &str) -> i64 {
+    let path = format!("{}/tests/vectors/tc3/{name}", env!("CARGO_MANIFEST_DIR"));
+    let raw = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+    if let Some(line) = raw.lines().find(|l| l.starts_with("X-TC-Timestamp: ")) {
+        return line["X-TC-Timestamp: ".len()..].trim().parse().unwrap();
+    }
+    let start = raw.find("&Timestamp=").unwrap() + "&Timestamp=".len();
+    raw[start..].split('&').next().unwrap().parse().unwrap()
+}
+
+/// Sends an admin API request with the test admin token.
+pub async fn admin(
+    gateway: &GatewayHandle,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    admin_with_token(gateway, method, path, body, Some(ADMIN_TOKEN)).await
+}
+
+pub async fn admin_with_token(
+    gateway: &GatewayHandle,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", gateway.admin))
+        .body(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()))
+        .unwrap();
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let response = http1_client().request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+}
+
+/// A call authenticated with an API key, as plain HTTP clients send it.
+pub fn api_key_call(gateway: &GatewayHandle, api_key: &str, action: &str, body: &str) -> Request<Full<Bytes>> {
+    let mut request = Request::post(gateway.url())
+        .header("authorization", format!("Bearer {api_key}"))
+        .header("x-tc-action", action)
+        .header("x-tc-version", "2018-03-01")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .unwrap();
+    request.headers_mut().remove("host");
+    request
+}

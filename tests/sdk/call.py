@@ -2,6 +2,7 @@
 and prints the outcome as one line of JSON, for tests/sdk.rs.
 
 usage: call.py ENDPOINT SECRET_ID SECRET_KEY ACTION PARAMS_JSON [--common] [--clock-offset SECONDS]
+               [--sign-method HmacSHA256]
 
 --common uses the SDK's CommonClient (any action name); otherwise the typed FaceidClient.
 --clock-offset shifts the SDK's clock (time.time) to test signature expiry.
@@ -16,6 +17,11 @@ offset = 0
 if "--clock-offset" in args:
     i = args.index("--clock-offset")
     offset = int(args[i + 1])
+    del args[i : i + 2]
+sign_method = "TC3-HMAC-SHA256"
+if "--sign-method" in args:
+    i = args.index("--sign-method")
+    sign_method = args[i + 1]
     del args[i : i + 2]
 args = [a for a in args if a != "--common"]
 endpoint, secret_id, secret_key, action, params = args
@@ -32,7 +38,7 @@ from tencentcloud.common.profile.http_profile import HttpProfile
 from tencentcloud.faceid.v20180301 import faceid_client, models
 
 cred = credential.Credential(secret_id, secret_key)
-profile = ClientProfile(httpProfile=HttpProfile(endpoint=endpoint, protocol="http"))
+profile = ClientProfile(signMethod=sign_method, httpProfile=HttpProfile(endpoint=endpoint, protocol="http"))
 try:
     if common:
         client = CommonClient("faceid", "2018-03-01", cred, "ap-singapore", profile=profile)
