@@ -407,6 +407,45 @@ impl RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Starts a new, empty redis-server on the same port (as after a crash without
+    /// persistence).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while !self.ping().await {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn command(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut conn).await.unwrap()
+    }
 }
 
 impl Drop for RedisServer {
@@ -435,6 +474,28 @@ impl PgDatabase {
         tokio::spawn(connection);
         client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
         Self { name, admin_conninfo }
+    }
+
+    /// The fresh database as a `postgres://` URL, for the gateway's `store.url`.
+    pub fn url(&self) -> String {
+        let mut user = "postgres".to_string();
+        let mut password = None;
+        let mut host = "127.0.0.1".to_string();
+        let mut port = "5432".to_string();
+        for kv in self.admin_conninfo.split_whitespace() {
+            match kv.split_once('=') {
+                Some(("user", v)) => user = v.to_string(),
+                Some(("password", v)) => password = Some(v.to_string()),
+                Some(("host", v)) => host = v.to_string(),
+                Some(("port", v)) => port = v.to_string(),
+                _ => {}
+            }
+        }
+        let auth = match password {
+            Some(p) => format!("{user}:{p}"),
+            None => user,
+        };
+        format!("postgres://{auth}@{host}:{port}/{}", self.name)
     }
 
     /// Connection string for the fresh database.

@@ -1,0 +1,236 @@
+//! Account state shared by several gateways through Redis and PostgreSQL: operators'
+//! changes reach every gateway within the propagation bound, revoked credentials stop
+//! everywhere, Redis can die, restart empty or be flushed without losing a change, and
+//! a gateway cut off for too long applies its staleness policy.
+
+mod common;
+
+use common::*;
+use ekyc_gateway::clock::ManualClock;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A gateway in front of `sim` using the shared PostgreSQL database and Redis.
+async fn shared_gateway(sim: &SimHandle, db: &PgDatabase, redis: &RedisServer, extra: &str) -> GatewayHandle {
+    let mut config = gateway_config(
+        &format!("http://{}", sim.addr),
+        &format!(
+            "[state]\nredis_url = \"{}\"\nresync_interval_ms = 500\n{extra}",
+            redis.url()
+        ),
+    );
+    config.store_url = db.url();
+    GatewayHandle::start_with(config, Arc::new(ekyc_gateway::clock::SystemClock)).await
+}
+
+async fn code_of(gateway: &GatewayHandle, signer: &ekyc_gateway::tc3::Signer) -> Option<String> {
+    let request = signed_call(&gateway.url(), &gateway.data.to_string(), "DetectAuth", b"{}", signer);
+    let answer = send(&http1_client(), request).await;
+    error_code(&answer).map(str::to_string)
+}
+
+/// Polls until `gateway` answers `want` (None = success) for calls signed by `signer`.
+async fn until_code(
+    gateway: &GatewayHandle,
+    signer: &ekyc_gateway::tc3::Signer,
+    want: Option<&str>,
+    deadline: Duration,
+) -> Duration {
+    let started = Instant::now();
+    poll_until(&format!("{} to answer {want:?}", gateway.data), deadline, || async {
+        (code_of(gateway, signer).await.as_deref() == want).then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn operator_changes_reach_every_gateway_within_100_ms() {
+    let sim = SimHandle::start(|_| {}).await;
+    let db = PgDatabase::create().await;
+    let redis = RedisServer::start().await;
+    let a = shared_gateway(&sim, &db, &redis, "").await;
+    let b = shared_gateway(&sim, &db, &redis, "").await;
+    let c = shared_gateway(&sim, &db, &redis, "").await;
+
+    let (status, account) = admin(
+        &a,
+        "POST",
+        "/v1/accounts",
+        Some(json!({"id": "acme", "name": "Acme Ltd"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{account}");
+    assert_eq!(account["activated"], false);
+    let (status, _) = admin(&a, "POST", "/v1/accounts", Some(json!({"id": "acme", "name": "again"}))).await;
+    assert_eq!(status, 409);
+    let (_, created) = admin(&a, "POST", "/v1/accounts/acme/credentials", None).await;
+    let signer = ekyc_gateway::tc3::Signer::new(
+        created["secret_id"].as_str().unwrap(),
+        created["secret_key"].as_str().unwrap(),
+        "faceid",
+    );
+    for g in [&a, &b, &c] {
+        until_code(
+            g,
+            &signer,
+            Some("UnauthorizedOperation.Nonactivated"),
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+    admin(&a, "POST", "/v1/accounts/acme/activate", None).await;
+    for g in [&a, &b, &c] {
+        until_code(g, &signer, None, Duration::from_secs(5)).await;
+    }
+
+    // Suspend / resume 20 times; each time measure how long B and C take to refuse.
+    let mut delays = Vec::new();
+    for round in 0..20 {
+        let (status, body) = admin(
+            &a,
+            "POST",
+            "/v1/accounts/acme/suspend",
+            Some(json!({"reason": format!("round {round}")})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["suspensions"][0]["flag"], "manual");
+        let returned = Instant::now();
+        assert_eq!(code_of(&a, &signer).await.as_deref(), Some("OperationDenied"));
+        for g in [&b, &c] {
+            until_code(g, &signer, Some("OperationDenied"), Duration::from_secs(2)).await;
+        }
+        delays.push(returned.elapsed());
+        admin(&a, "POST", "/v1/accounts/acme/resume", None).await;
+        for g in [&b, &c] {
+            until_code(g, &signer, None, Duration::from_secs(2)).await;
+        }
+    }
+    delays.sort();
+    let p50 = delays[delays.len() / 2];
+    let p99 = delays[delays.len() - 1];
+    eprintln!("propagation suspend -> refused on 2 other gateways: p50 {p50:?}, max (p99 of 20) {p99:?}");
+    assert!(p99 <= Duration::from_millis(100), "propagation took {p99:?}");
+
+    // Revocation reaches every gateway too.
+    admin(
+        &b,
+        "DELETE",
+        &format!("/v1/credentials/{}", created["secret_id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    for g in [&a, &b, &c] {
+        until_code(g, &signer, Some("AuthFailure.InvalidSecretId"), Duration::from_secs(1)).await;
+    }
+
+    // Rate-limit override and audit entries with before/after.
+    let (status, body) = admin(&c, "PUT", "/v1/accounts/acme/rate-limit", Some(json!({"qps": 7}))).await;
+    assert_eq!((status, body["rate_limit_qps"].as_u64()), (200, Some(7)), "{body}");
+    let (_, audit) = admin(&a, "GET", "/v1/audit?account=acme&limit=1000", None).await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(entries.len() >= 2 + 40 + 2, "{}", entries.len());
+    let last = &entries[0];
+    assert_eq!(last["action"], "account.rate_limit");
+    assert_eq!(last["actor"], "admin");
+    assert_eq!(last["before"]["rate_limit_qps"], serde_json::Value::Null);
+    assert_eq!(last["after"]["rate_limit_qps"], 7);
+    // The audit log is append-only in PostgreSQL itself.
+    assert!(a.app.store.execute_raw("DELETE FROM audit_log").await.is_err());
+    assert!(
+        a.app
+            .store
+            .execute_raw("UPDATE audit_log SET actor = 'x'")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn redis_loss_restart_and_flush_lose_no_change() {
+    let sim = SimHandle::start(|_| {}).await;
+    let db = PgDatabase::create().await;
+    let mut redis = RedisServer::start().await;
+    let a = shared_gateway(&sim, &db, &redis, "").await;
+    let b = shared_gateway(&sim, &db, &redis, "").await;
+    let tenant = client_signer();
+    until_code(&b, &tenant, None, Duration::from_secs(5)).await;
+
+    // Redis dies: both keep serving on the last known state.
+    redis.kill();
+    for _ in 0..5 {
+        assert_eq!(code_of(&a, &tenant).await, None);
+        assert_eq!(code_of(&b, &tenant).await, None);
+    }
+    // An operator suspends while Redis is down: stored, enforced where it was made,
+    // and delivered to the others once Redis is back (empty: refilled from SQL).
+    let (status, body) = admin(
+        &a,
+        "POST",
+        &format!("/v1/accounts/{CLIENT_ACCOUNT}/suspend"),
+        Some(json!({"reason": "fraud check"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(code_of(&a, &tenant).await.as_deref(), Some("OperationDenied"));
+    assert_eq!(code_of(&b, &tenant).await, None, "b cannot know yet");
+    let (status, ready) = get(&format!("http://{}/readyz", b.admin)).await;
+    assert_eq!(
+        status,
+        200,
+        "within max_staleness the gateway stays ready: {}",
+        String::from_utf8_lossy(&ready)
+    );
+    redis.restart().await;
+    until_code(&b, &tenant, Some("OperationDenied"), Duration::from_secs(15)).await;
+
+    // FLUSHALL: the next resync refills Redis from SQL.
+    redis.command(&["FLUSHALL"]).await;
+    poll_until("Redis to be refilled", Duration::from_secs(10), || async {
+        (redis.command(&["EXISTS", "ekyc:filled"]).await == redis::Value::Int(1)).then_some(())
+    })
+    .await;
+    let hlen = redis.command(&["HLEN", "ekyc:accounts"]).await;
+    assert_eq!(hlen, redis::Value::Int(1));
+    admin(&b, "POST", &format!("/v1/accounts/{CLIENT_ACCOUNT}/resume"), None).await;
+    until_code(&a, &tenant, None, Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn a_gateway_cut_off_too_long_applies_its_staleness_policy() {
+    let sim = SimHandle::start(|_| {}).await;
+    let mut redis = RedisServer::start().await;
+    let tenant = client_signer();
+    for (policy, expected) in [("fail_closed", Some("ServiceUnavailable")), ("fail_open", None)] {
+        let clock = ManualClock::new(ekyc_gateway::clock::Clock::now_unix(&ekyc_gateway::clock::SystemClock));
+        let config = gateway_config(
+            &format!("http://{}", sim.addr),
+            &format!(
+                "[state]\nredis_url = \"{}\"\nmax_staleness_ms = 60000\nstale_policy = \"{policy}\"\n",
+                redis.url()
+            ),
+        );
+        let gateway = GatewayHandle::start_with(config, Arc::new(clock.clone())).await;
+        // The sim checks signatures on the real clock; the gateway signs on its own.
+        assert_eq!(code_of(&gateway, &tenant).await, None);
+        redis.kill();
+        clock.advance(30);
+        assert_eq!(code_of(&gateway, &tenant).await, None, "{policy}: within max_staleness");
+        clock.advance(31);
+        let request = signed_call(&gateway.url(), &gateway.data.to_string(), "DetectAuth", b"{}", &tenant);
+        let answer = send(&http1_client(), request).await;
+        if expected == Some("ServiceUnavailable") {
+            // The client signed on the real clock, 61 s behind the gateway's: still in the window.
+            assert_eq!(error_code(&answer), expected, "{policy}: {answer}");
+            let (status, ready) = get(&format!("http://{}/readyz", gateway.admin)).await;
+            assert_eq!(status, 503, "{}", String::from_utf8_lossy(&ready));
+            assert!(String::from_utf8_lossy(&ready).contains("stale"));
+        } else {
+            assert!(answer.get("Error").is_none(), "{policy}: {answer}");
+        }
+        gateway.shutdown().await;
+        redis.restart().await;
+    }
+}
