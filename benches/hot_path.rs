@@ -4,7 +4,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ekyc_gateway::catalog::Catalog;
-use ekyc_gateway::config::DEFAULT_ACTIONS;
+use ekyc_gateway::config::{ActionConfig, DEFAULT_ACTIONS};
 use ekyc_gateway::metrics::{Metrics, Outcome};
 use ekyc_gateway::tc3::{self, SignedRequest, Signer};
 use http::HeaderMap;
@@ -81,8 +81,14 @@ fn upstream_signature(c: &mut Criterion) {
 }
 
 fn catalog_and_metrics(c: &mut Criterion) {
-    let names: Vec<String> = DEFAULT_ACTIONS.iter().map(|s| s.to_string()).collect();
-    let catalog = Catalog::new(&names);
+    let actions: Vec<ActionConfig> = DEFAULT_ACTIONS
+        .iter()
+        .map(|s| ActionConfig {
+            name: s.to_string(),
+            rate_limit_qps: None,
+        })
+        .collect();
+    let catalog = Catalog::new(&actions);
     let metrics = Metrics::new(&catalog);
     c.bench_function("catalog_lookup", |b| {
         b.iter(|| catalog.lookup(black_box("LivenessCompare")))

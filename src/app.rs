@@ -8,6 +8,7 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::forward::UpstreamClient;
+use crate::proxy::ratelimit::RateLimits;
 use crate::state::mirror::StateMirror;
 use crate::state::redis::{CacheSync, RedisPublisher};
 use crate::state::{Freshness, LocalPublisher, StatePublisher};
@@ -24,6 +25,7 @@ pub struct App {
     pub catalog: Catalog,
     pub upstream: UpstreamClient,
     pub metrics: Metrics,
+    pub rate_limits: RateLimits,
     pub store: Arc<Store>,
     pub mirror: Arc<StateMirror>,
     pub publisher: Arc<dyn StatePublisher>,
@@ -37,6 +39,7 @@ impl App {
         let catalog = Catalog::new(&config.actions);
         let upstream = UpstreamClient::new(&config.upstream, config.limits.max_body_bytes)?;
         let metrics = Metrics::new(&catalog);
+        let rate_limits = RateLimits::new(config.default_rate_limit_qps, &config.actions);
         let store = Arc::new(Store::connect(&config.store_url).await?);
         let mirror = Arc::new(StateMirror::new(config.master_key.clone()));
         let (publisher, freshness, cache_sync): (Arc<dyn StatePublisher>, _, _) = match &config.state.redis_url {
@@ -76,6 +79,7 @@ impl App {
             catalog,
             upstream,
             metrics,
+            rate_limits,
             store,
             mirror,
             publisher,

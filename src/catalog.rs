@@ -2,6 +2,7 @@
 //! to a small dense id without allocating, so per-action tables (metrics, later rate
 //! limits and counters) are plain arrays. Unknown names are refused, never forwarded.
 
+use crate::config::ActionConfig;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -14,8 +15,8 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn new(names: &[String]) -> Self {
-        let names: Vec<Box<str>> = names.iter().map(|n| n.as_str().into()).collect();
+    pub fn new(actions: &[ActionConfig]) -> Self {
+        let names: Vec<Box<str>> = actions.iter().map(|a| a.name.as_str().into()).collect();
         let ids = names
             .iter()
             .enumerate()
@@ -46,12 +47,22 @@ impl Catalog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    pub fn actions(names: &[&str]) -> Vec<ActionConfig> {
+        names
+            .iter()
+            .map(|n| ActionConfig {
+                name: n.to_string(),
+                rate_limit_qps: None,
+            })
+            .collect()
+    }
 
     #[test]
     fn resolves_known_names_only() {
-        let c = Catalog::new(&["DetectAuth".into(), "LivenessCompare".into()]);
+        let c = Catalog::new(&actions(&["DetectAuth", "LivenessCompare"]));
         assert_eq!(c.lookup("LivenessCompare"), Some(ActionId(1)));
         assert_eq!(c.name(ActionId(0)), "DetectAuth");
         assert_eq!(c.lookup("livenesscompare"), None);

@@ -69,6 +69,7 @@ struct RawConfig {
     shutdown: RawShutdown,
     store: RawStore,
     state: RawState,
+    rate_limit: RawRateLimit,
     actions: Option<BTreeMap<String, RawAction>>,
 }
 
@@ -193,7 +194,29 @@ impl Default for RawShutdown {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawAction {}
+struct RawAction {
+    rate_limit_qps: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRateLimit {
+    default_qps: u32,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        Self { default_qps: 100 }
+    }
+}
+
+/// One action of the catalog and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionConfig {
+    pub name: String,
+    /// Calls per second per account for this action, on each gateway instance.
+    pub rate_limit_qps: Option<u32>,
+}
 
 /// The platform's own Tencent Cloud credentials, used to re-sign every forwarded call.
 #[derive(Clone)]
@@ -250,8 +273,11 @@ pub struct Config {
     pub limits: Limits,
     pub upstream: Upstream,
     pub shutdown_grace: Duration,
-    /// Action names the gateway forwards, sorted; anything else is `InvalidAction`.
-    pub actions: Vec<String>,
+    /// The actions the gateway forwards, sorted by name; anything else is `InvalidAction`.
+    pub actions: Vec<ActionConfig>,
+    /// Calls per second per account on each instance, unless the account overrides it;
+    /// 0 means no limit.
+    pub default_rate_limit_qps: u32,
     /// `postgres://…` or `sqlite://path` (env `EKYC_STORE_URL` wins over the file).
     pub store_url: String,
     pub state: StateConfig,
@@ -482,10 +508,22 @@ impl Config {
             }
         };
 
-        let actions: Vec<String> = match raw.actions {
-            None => DEFAULT_ACTIONS.iter().map(|s| s.to_string()).collect(),
+        let actions: Vec<ActionConfig> = match raw.actions {
+            None => DEFAULT_ACTIONS
+                .iter()
+                .map(|s| ActionConfig {
+                    name: s.to_string(),
+                    rate_limit_qps: None,
+                })
+                .collect(),
             Some(map) => {
-                for name in map.keys() {
+                for (name, action) in &map {
+                    if action.rate_limit_qps == Some(0) {
+                        return Err(ConfigError::new(
+                            format!("actions.{name}.rate_limit_qps"),
+                            "must be at least 1 (omit it for no per-action limit)",
+                        ));
+                    }
                     if name.is_empty() || name.len() > 64 || !name.bytes().all(|c| c.is_ascii_alphanumeric()) {
                         return Err(ConfigError::new(
                             format!("actions.{name}"),
@@ -493,7 +531,12 @@ impl Config {
                         ));
                     }
                 }
-                map.into_keys().collect()
+                map.into_iter()
+                    .map(|(name, action)| ActionConfig {
+                        name,
+                        rate_limit_qps: action.rate_limit_qps,
+                    })
+                    .collect()
             }
         };
         if actions.is_empty() {
@@ -552,6 +595,7 @@ impl Config {
             upstream,
             shutdown_grace: ms("shutdown.grace_period_ms", raw.shutdown.grace_period_ms, 0, 3_600_000)?,
             actions,
+            default_rate_limit_qps: raw.rate_limit.default_qps,
         })
     }
 }
@@ -578,7 +622,21 @@ mod tests {
         assert_eq!(c.upstream.timeout, Duration::from_secs(10));
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.upstream.authority.as_str(), "faceid.tencentcloudapi.com");
-        assert!(c.actions.iter().any(|a| a == "LivenessCompare"));
+        assert!(c.actions.iter().any(|a| a.name == "LivenessCompare"));
+        assert_eq!(c.default_rate_limit_qps, 100);
+        let c = Config::from_toml(
+            "[actions.GetFaceIdTokenIntl]\nrate_limit_qps = 20\n[actions.LivenessCompare]\n",
+            &ENV,
+        )
+        .unwrap();
+        assert_eq!(
+            c.actions[0],
+            ActionConfig {
+                name: "GetFaceIdTokenIntl".into(),
+                rate_limit_qps: Some(20)
+            }
+        );
+        assert_eq!(c.actions[1].rate_limit_qps, None);
         assert_eq!(c.store_url, "sqlite://./data/billing.db");
         assert!(c.state.redis_url.is_none());
         assert_eq!(c.state.max_staleness, Duration::from_secs(300));

@@ -160,7 +160,7 @@ mod tests {
 
     #[test]
     fn records_by_action_and_outcome() {
-        let catalog = Catalog::new(&["LivenessCompare".into()]);
+        let catalog = Catalog::new(&crate::catalog::tests::actions(&["LivenessCompare"]));
         let m = Metrics::new(&catalog);
         m.record_request(Some(ActionId(0)), Outcome::Forwarded, 0.001);
         m.record_request(None, Outcome::Refused(ErrorCode::InvalidAction), 0.001);

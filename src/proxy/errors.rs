@@ -5,6 +5,7 @@
 use crate::proxy::auth::AuthError;
 use crate::proxy::body::{BodyError, ProxyBody};
 use crate::proxy::forward::ForwardError;
+use crate::proxy::ratelimit::RateLimited;
 use crate::state::mirror::AccountStanding;
 use crate::tencent;
 use http::Response;
@@ -86,12 +87,16 @@ pub enum GatewayError {
     Auth(#[from] AuthError),
     #[error("{}", standing_message(*.0))]
     Account(AccountStanding),
+    #[error("the billing store could not answer: {0}")]
+    Store(String),
     #[error("account state is unavailable (the state cache has been unreachable for too long)")]
     StateStale,
     #[error("the X-TC-Action header is missing")]
     MissingAction,
     #[error("the action is not offered by this gateway")]
     UnknownAction,
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
     #[error(transparent)]
     Forward(#[from] ForwardError),
 }
@@ -113,6 +118,8 @@ impl GatewayError {
                 ErrorCode::OperationDenied
             }
             GatewayError::StateStale => ErrorCode::ServiceUnavailable,
+            GatewayError::Store(_) => ErrorCode::InternalError,
+            GatewayError::RateLimited(_) => ErrorCode::RequestLimitExceeded,
             GatewayError::MissingAction => ErrorCode::MissingParameter,
             GatewayError::UnknownAction => ErrorCode::InvalidAction,
             GatewayError::Forward(ForwardError::ResponseTooLarge { .. }) => ErrorCode::ResponseSizeLimitExceeded,
@@ -170,6 +177,9 @@ mod tests {
                 "OperationDenied",
             ),
             (GatewayError::StateStale, "ServiceUnavailable"),
+            (GatewayError::Store("down".into()), "InternalError"),
+            (RateLimited::Account.into(), "RequestLimitExceeded"),
+            (RateLimited::Action.into(), "RequestLimitExceeded"),
             (GatewayError::MissingAction, "MissingParameter"),
             (GatewayError::UnknownAction, "InvalidAction"),
             (ForwardError::Connect("refused".into()).into(), "InternalError"),

@@ -11,7 +11,7 @@
 //! 3. **account state**: activated, not suspended, and the mirror fresh enough to
 //!    trust. After authentication: the account is only known once the caller is.
 //! 4. **action**: must be in the catalog; unknown actions are refused, never forwarded.
-//! 5. **rate limit**: per account and action (issue 4). Last of the checks, so refused
+//! 5. **rate limit** (`ratelimit`): per account and per action. Last of the checks, so refused
 //!    calls do not consume the caller's quota.
 //! 6. **forward**: re-signed with the platform's credentials (`forward`).
 //! 7. **meter**: count the call when the upstream answered HTTP 200 with no `Error`
@@ -25,6 +25,8 @@ pub mod body;
 pub mod errors;
 pub mod forward;
 pub mod headers;
+pub mod ratelimit;
+pub mod tenant;
 
 use crate::app::App;
 use crate::catalog::ActionId;
@@ -37,10 +39,12 @@ use errors::GatewayError;
 use forward::{ForwardError, Resign};
 use http::{Request, Response};
 use hyper::body::Incoming;
+use std::sync::Arc;
 use std::time::Instant;
+use tenant::TenantAction;
 
 /// Runs one request through the pipeline. Never fails: errors become Tencent answers.
-pub async fn handle(app: &App, request: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let mut action = parts
@@ -75,7 +79,7 @@ pub async fn handle(app: &App, request: Request<Incoming>) -> Response<ProxyBody
 }
 
 async fn pipeline(
-    app: &App,
+    app: &Arc<App>,
     parts: &http::request::Parts,
     body: Incoming,
     action: &mut Option<ActionId>,
@@ -88,6 +92,15 @@ async fn pipeline(
     let body = body::read_bounded(&parts.headers, body, limits.max_body_bytes, limits.body_read_timeout).await?;
     // 2b. authenticate: the signature over the whole request
     let caller = auth::verify(identified, parts, &body, &app.mirror, now)?;
+    let name = match &caller.method {
+        AuthMethod::V1 { params } => params.get("Action").ok().flatten(),
+        _ => parts.headers.get("x-tc-action").and_then(|v| v.to_str().ok()),
+    };
+    // Tenant actions are answered here, before the state check: a tenant must be able
+    // to activate, and to see why it is refused, while it is refused.
+    if let Some(tenant_action) = name.and_then(TenantAction::from_name) {
+        return tenant::handle(app, caller.credential.account().id(), tenant_action).await;
+    }
     // 3. account state
     if let Some(age) = app.freshness.age(now)
         && age > app.config.state.max_staleness.as_secs() as i64
@@ -100,10 +113,6 @@ async fn pipeline(
         return Err(GatewayError::Account(standing));
     }
     // 4. action
-    let name = match &caller.method {
-        AuthMethod::V1 { params } => params.get("Action").ok().flatten(),
-        _ => parts.headers.get("x-tc-action").and_then(|v| v.to_str().ok()),
-    };
     *action = name.and_then(|n| app.catalog.lookup(n));
     if action.is_none() {
         return Err(if name.is_some() {
@@ -112,7 +121,9 @@ async fn pipeline(
             GatewayError::MissingAction
         });
     }
-    // 5. rate limit: issue 4.
+    // 5. rate limit
+    let action_id = action.expect("checked above");
+    app.rate_limits.check(caller.credential.account(), action_id)?;
     // 6. forward
     let api_key_hash;
     let resign = match &caller.method {

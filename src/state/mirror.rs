@@ -25,19 +25,35 @@ pub enum AccountStanding {
 }
 
 /// One account's enforcement state, shared by all its credentials.
-#[derive(Debug)]
 pub struct AccountEntry {
     id: Box<str>,
+    /// Dense number given in this process, for per-account tables (rate limiters).
+    index: u32,
+    /// The account's own rate limiter and the qps it was built for (rebuilt when the
+    /// override changes). Lives here so the hot path finds it without another lookup.
+    pub(crate) limiter: Mutex<Option<(u32, governor::DefaultDirectRateLimiter)>>,
     flags: AtomicU8,
     /// 0: the configured default.
     rate_limit_qps: AtomicU32,
     version: AtomicI64,
 }
 
+impl std::fmt::Debug for AccountEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountEntry")
+            .field("id", &self.id)
+            .field("standing", &self.standing())
+            .field("version", &self.version())
+            .finish_non_exhaustive()
+    }
+}
+
 impl AccountEntry {
-    fn placeholder(id: &str) -> Self {
+    fn placeholder(id: &str, index: u32) -> Self {
         Self {
             id: id.into(),
+            index,
+            limiter: Mutex::new(None),
             flags: AtomicU8::new(0),
             rate_limit_qps: AtomicU32::new(0),
             version: AtomicI64::new(0),
@@ -46,6 +62,10 @@ impl AccountEntry {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
     }
 
     /// The first reason to refuse, in the order Tencent reports them: a manual
@@ -151,6 +171,7 @@ pub struct StateMirror {
     by_secret_id: DashMap<Box<str>, Arc<CredentialEntry>>,
     by_api_key: DashMap<[u8; 32], Arc<CredentialEntry>>,
     master_key: Arc<MasterKey>,
+    next_index: AtomicU32,
 }
 
 impl StateMirror {
@@ -160,6 +181,7 @@ impl StateMirror {
             by_secret_id: DashMap::new(),
             by_api_key: DashMap::new(),
             master_key,
+            next_index: AtomicU32::new(0),
         }
     }
 
@@ -173,7 +195,12 @@ impl StateMirror {
         }
         self.accounts
             .entry(id.into())
-            .or_insert_with(|| Arc::new(AccountEntry::placeholder(id)))
+            .or_insert_with(|| {
+                Arc::new(AccountEntry::placeholder(
+                    id,
+                    self.next_index.fetch_add(1, Ordering::Relaxed),
+                ))
+            })
             .clone()
     }
 
