@@ -73,7 +73,7 @@ fn help_lists_every_subcommand() {
     let out = binary().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for command in ["serve", "upstream-sim", "demo"] {
+    for command in ["serve", "upstream-sim", "admin", "demo"] {
         assert!(help.contains(command), "{command} missing from:\n{help}");
     }
 }

@@ -2,6 +2,8 @@
 //! library. Thin on purpose: every command is a library function that tests can call.
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
+mod admin;
+
 use crate::config::{Config, ProcessEnv};
 use crate::server::{self, Listeners};
 use crate::sim::{self, Latency, SimConfig};
@@ -61,6 +63,8 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         error_rate: f64,
     },
+    /// Operate a running gateway through its admin API: accounts, credentials, audit.
+    Admin(admin::AdminArgs),
     /// Everything on one machine with embedded defaults: simulator, gateway, demo account.
     Demo {
         /// Data listener address.
@@ -133,6 +137,13 @@ async fn run(command: Command) -> ExitCode {
             config.error_rate = error_rate;
             exit(sim::run(listener, config, shutdown_signal()).await)
         }
+        Command::Admin(args) => match admin::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Demo {
             listen,
             admin_listen,
