@@ -66,6 +66,11 @@ pub struct Metrics {
     upstream_errors: Family<KindLabels, Counter>,
     pub data_connections: Gauge,
     pub admin_connections: Gauge,
+    /// Seconds since the state mirror last agreed with Redis (0 on a single node, -1
+    /// before the first sync); set when scraped.
+    pub state_age_seconds: Gauge,
+    pub accounts_loaded: Gauge,
+    pub credentials_loaded: Gauge,
 }
 
 impl Metrics {
@@ -118,6 +123,24 @@ impl Metrics {
             })
             .clone();
         registry.register("open_connections", "Open client connections by listener", connections);
+        let state_age_seconds = Gauge::default();
+        registry.register(
+            "state_age_seconds",
+            "Seconds since the account-state mirror last synced with Redis (0: single node, -1: never)",
+            state_age_seconds.clone(),
+        );
+        let accounts_loaded = Gauge::default();
+        registry.register(
+            "accounts_loaded",
+            "Accounts in the in-memory state mirror",
+            accounts_loaded.clone(),
+        );
+        let credentials_loaded = Gauge::default();
+        registry.register(
+            "credentials_loaded",
+            "Credentials in the in-memory state mirror",
+            credentials_loaded.clone(),
+        );
         Self {
             registry,
             requests,
@@ -127,6 +150,9 @@ impl Metrics {
             upstream_errors,
             data_connections,
             admin_connections,
+            state_age_seconds,
+            accounts_loaded,
+            credentials_loaded,
         }
     }
 

@@ -288,6 +288,9 @@ async fn admin_listener_reports_health_readiness_and_metrics() {
         "ekyc_gateway_request_duration_seconds_bucket",
         "ekyc_gateway_upstream_duration_seconds_count 1",
         r#"ekyc_gateway_open_connections{listener="data"}"#,
+        "ekyc_gateway_state_age_seconds 0",
+        "ekyc_gateway_accounts_loaded 1",
+        "ekyc_gateway_credentials_loaded 1",
     ] {
         assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
     }

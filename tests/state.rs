@@ -227,6 +227,8 @@ async fn a_gateway_cut_off_too_long_applies_its_staleness_policy() {
             let (status, ready) = get(&format!("http://{}/readyz", gateway.admin)).await;
             assert_eq!(status, 503, "{}", String::from_utf8_lossy(&ready));
             assert!(String::from_utf8_lossy(&ready).contains("stale"));
+            let metrics = gateway.metrics().await;
+            assert!(metrics.contains("ekyc_gateway_state_age_seconds 61"), "{metrics}");
         } else {
             assert!(answer.get("Error").is_none(), "{policy}: {answer}");
         }

@@ -51,6 +51,11 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Full
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => return readiness(app).await,
         (&Method::GET, "/metrics") => {
+            let metrics = &app.metrics;
+            let age = app.freshness.age(app.clock.now_unix()).unwrap_or(-1);
+            metrics.state_age_seconds.set(age);
+            metrics.accounts_loaded.set(app.mirror.account_count() as i64);
+            metrics.credentials_loaded.set(app.mirror.credential_count() as i64);
             let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
