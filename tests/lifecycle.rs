@@ -106,76 +106,69 @@ fn config_errors_name_the_key_and_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("EKYC_UPSTREAM_SECRET_ID"));
 }
 
-/// Reads the child's stderr until `needle` appears (the log line that says it listens).
-fn wait_for_log(child: &mut std::process::Child, needle: &str) -> String {
-    use std::io::{BufRead, BufReader};
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut seen = String::new();
-    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains(needle) {
-            return seen;
-        }
-    }
-    panic!("never logged {needle:?}:\n{seen}");
-}
-
 #[tokio::test]
-async fn serve_process_exits_0_on_sigterm() {
+async fn serve_process_exits_0_on_sigterm_and_never_logs_a_secret() {
     let sim = SimHandle::start(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("gateway.toml");
-    let data = closed_port().await;
-    let admin = closed_port().await;
-    std::fs::write(
-        &file,
-        format!(
-            "[listen]\ndata = \"{data}\"\nadmin = \"{admin}\"\n[upstream]\nurl = \"http://{}\"\n\
-             [store]\nurl = \"sqlite://{}/billing.db\"\n",
-            sim.addr,
-            dir.path().display()
-        ),
+    let config = format!(
+        "[upstream]\nurl = \"http://{}\"\n[store]\nurl = \"sqlite://{}/billing.db\"\n",
+        sim.addr,
+        dir.path().display()
+    );
+    let mut env = process_env();
+    env.push(("EKYC_LOG", "trace"));
+    let gateway = GatewayProcess::start(&config, &env).await;
+
+    // A full round: account, credentials, good and bad calls, revocation.
+    admin_at(
+        gateway.admin,
+        "POST",
+        "/v1/accounts",
+        Some(serde_json::json!({"id": "acme", "name": "Acme"})),
     )
-    .unwrap();
-    let mut child = binary()
-        .args(["serve", "--config"])
-        .arg(&file)
-        .env("EKYC_UPSTREAM_SECRET_ID", PLATFORM_SECRET_ID)
-        .env("EKYC_UPSTREAM_SECRET_KEY", PLATFORM_SECRET_KEY)
-        .env("EKYC_MASTER_KEY", MASTER_KEY)
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_log(&mut child, "ekyc-gateway serving");
-    let answer = send(&http1_client(), {
-        let url = format!("http://{data}/");
-        signed_call(
-            &url,
-            &data.to_string(),
-            "DetectAuth",
-            b"{}",
-            &ekyc_gateway::tc3::Signer::new("a", "b", "faceid"),
-        )
-    })
     .await;
-    // A fresh store knows no tenant: the full pipeline answered, in Tencent's shape.
-    assert_eq!(error_code(&answer), Some("AuthFailure.SecretIdNotFound"), "{answer}");
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
+    admin_at(gateway.admin, "POST", "/v1/accounts/acme/activate", None).await;
+    let (_, created) = admin_at(gateway.admin, "POST", "/v1/accounts/acme/credentials", None).await;
+    let (secret_id, secret_key, api_key) = (
+        created["secret_id"].as_str().unwrap().to_string(),
+        created["secret_key"].as_str().unwrap().to_string(),
+        created["api_key"].as_str().unwrap().to_string(),
+    );
+    let host = gateway.data.to_string();
+    let signer = ekyc_gateway::tc3::Signer::new(secret_id.clone(), secret_key.clone(), "faceid");
+    let answer = send(
+        &http1_client(),
+        signed_call(&gateway.url(), &host, "DetectAuth", b"{}", &signer),
+    )
+    .await;
+    assert!(answer["BizToken"].is_string(), "{answer}");
+    let wrong = ekyc_gateway::tc3::Signer::new(secret_id.clone(), "wrong-key", "faceid");
+    let answer = send(
+        &http1_client(),
+        signed_call(&gateway.url(), &host, "DetectAuth", b"{}", &wrong),
+    )
+    .await;
+    assert_eq!(error_code(&answer), Some("AuthFailure.SignatureFailure"));
+    let request = http::Request::post(gateway.url())
+        .header("authorization", format!("Bearer {api_key}"))
+        .header("x-tc-action", "DetectAuth")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
         .unwrap();
+    assert!(send(&http1_client(), request).await["BizToken"].is_string());
+    admin_at(gateway.admin, "DELETE", &format!("/v1/credentials/{secret_id}"), None).await;
+
+    let logs = gateway.logs.text();
+    assert!(logs.contains("ekyc-gateway serving"));
+    for (name, secret) in [
+        ("SecretKey", secret_key.as_str()),
+        ("API key", api_key.as_str()),
+        ("master key", MASTER_KEY),
+        ("platform SecretKey", PLATFORM_SECRET_KEY),
+        ("admin token", ADMIN_TOKEN),
+    ] {
+        assert!(!logs.contains(secret), "the {name} appears in the logs");
+    }
+    let status = gateway.terminate().await;
     assert_eq!(status.code(), Some(0));
 }
 
@@ -199,7 +192,7 @@ async fn demo_serves_the_printed_curl_command() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_log(&mut child, "ekyc-gateway serving");
+    ChildLogs::capture(&mut child).wait_for("ekyc-gateway serving").await;
     let mut stdout = child.stdout.take().unwrap();
     let banner = tokio::task::spawn_blocking(move || {
         use std::io::Read;

@@ -236,3 +236,82 @@ async fn a_gateway_cut_off_too_long_applies_its_staleness_policy() {
         redis.restart().await;
     }
 }
+
+/// The figure the account-state issue asks for: three `serve` processes sharing one
+/// Redis and one PostgreSQL; after an operator's suspend returns on one, how long until
+/// the other two refuse the account.
+#[tokio::test]
+async fn propagation_across_three_gateway_processes() {
+    let sim = SimHandle::start(|_| {}).await;
+    let db = PgDatabase::create().await;
+    let redis = RedisServer::start().await;
+    let config = format!(
+        "[upstream]\nurl = \"http://{}\"\n[store]\nurl = \"{}\"\n[state]\nredis_url = \"{}\"\n",
+        sim.addr,
+        db.url(),
+        redis.url()
+    );
+    let env = process_env();
+    let a = GatewayProcess::start(&config, &env).await;
+    let b = GatewayProcess::start(&config, &env).await;
+    let c = GatewayProcess::start(&config, &env).await;
+
+    admin_at(
+        a.admin,
+        "POST",
+        "/v1/accounts",
+        Some(json!({"id": "acme", "name": "Acme"})),
+    )
+    .await;
+    admin_at(a.admin, "POST", "/v1/accounts/acme/activate", None).await;
+    let (_, created) = admin_at(a.admin, "POST", "/v1/accounts/acme/credentials", None).await;
+    let signer = ekyc_gateway::tc3::Signer::new(
+        created["secret_id"].as_str().unwrap(),
+        created["secret_key"].as_str().unwrap(),
+        "faceid",
+    );
+    let code = |url: String, host: String| {
+        let request = signed_call(&url, &host, "DetectAuth", b"{}", &signer);
+        async move { error_code(&send(&http1_client(), request).await).map(str::to_string) }
+    };
+    let until = |p: &GatewayProcess, want: Option<&'static str>| {
+        let (url, host) = (p.url(), p.data.to_string());
+        let code = &code;
+        async move {
+            poll_until("the gateway process to agree", Duration::from_secs(5), || {
+                let (url, host) = (url.clone(), host.clone());
+                async move { (code(url, host).await.as_deref() == want).then_some(()) }
+            })
+            .await
+        }
+    };
+    for p in [&a, &b, &c] {
+        until(p, None).await;
+    }
+    let mut delays = Vec::new();
+    for round in 0..50 {
+        let (status, _) = admin_at(
+            a.admin,
+            "POST",
+            "/v1/accounts/acme/suspend",
+            Some(json!({"reason": format!("r{round}")})),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let returned = Instant::now();
+        until(&b, Some("OperationDenied")).await;
+        until(&c, Some("OperationDenied")).await;
+        delays.push(returned.elapsed());
+        admin_at(a.admin, "POST", "/v1/accounts/acme/resume", None).await;
+        until(&b, None).await;
+        until(&c, None).await;
+    }
+    delays.sort();
+    let p50 = delays[delays.len() / 2];
+    let p99 = delays[(delays.len() * 99 / 100).min(delays.len() - 1)];
+    eprintln!(
+        "propagation over 3 processes, 50 suspensions: p50 {p50:?}, p99 {p99:?}, max {:?} (includes the polling calls)",
+        delays[delays.len() - 1]
+    );
+    assert!(p99 <= Duration::from_millis(100), "p99 {p99:?}");
+}

@@ -590,9 +590,29 @@ pub async fn admin_with_token(
     body: Option<serde_json::Value>,
     token: Option<&str>,
 ) -> (u16, serde_json::Value) {
+    admin_request(gateway.admin, method, path, body, token).await
+}
+
+/// An admin API call with the test admin token to any admin listener.
+pub async fn admin_at(
+    admin_addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    admin_request(admin_addr, method, path, body, Some(ADMIN_TOKEN)).await
+}
+
+async fn admin_request(
+    admin_addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
     let mut request = Request::builder()
         .method(method)
-        .uri(format!("http://{}{path}", gateway.admin))
+        .uri(format!("http://{admin_addr}{path}"))
         .body(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()))
         .unwrap();
     if let Some(token) = token {
@@ -617,4 +637,118 @@ pub fn api_key_call(gateway: &GatewayHandle, api_key: &str, action: &str, body: 
         .unwrap();
     request.headers_mut().remove("host");
     request
+}
+
+// ---------------------------------------------------------------- processes
+
+/// Everything a child process writes to stderr, collected as it comes.
+pub struct ChildLogs {
+    text: Arc<std::sync::Mutex<String>>,
+}
+
+impl ChildLogs {
+    pub fn capture(child: &mut Child) -> Self {
+        use std::io::{BufRead, BufReader};
+        let stderr = child.stderr.take().expect("spawned with Stdio::piped() stderr");
+        let text = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Self { text }
+    }
+
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Waits until `needle` has been logged.
+    pub async fn wait_for(&self, needle: &str) {
+        let started = Instant::now();
+        while !self.text().contains(needle) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never logged {needle:?}:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// `ekyc-gateway serve` as its own process, killed on drop.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub data: SocketAddr,
+    pub admin: SocketAddr,
+    pub logs: ChildLogs,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts `serve` with the `[listen]` table filled in and `extra_toml` after it.
+    pub async fn start(extra_toml: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = closed_port().await;
+        let admin = closed_port().await;
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(
+            &file,
+            format!("[listen]\ndata = \"{data}\"\nadmin = \"{admin}\"\n{extra_toml}"),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ekyc-gateway"))
+            .args(["serve", "--config"])
+            .arg(&file)
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = ChildLogs::capture(&mut child);
+        logs.wait_for("ekyc-gateway serving").await;
+        Self {
+            child,
+            data,
+            admin,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.data)
+    }
+
+    /// SIGTERM, then the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let mut child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The environment a gateway process needs, for the test secrets.
+pub fn process_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("EKYC_UPSTREAM_SECRET_ID", PLATFORM_SECRET_ID),
+        ("EKYC_UPSTREAM_SECRET_KEY", PLATFORM_SECRET_KEY),
+        ("EKYC_MASTER_KEY", MASTER_KEY),
+        ("EKYC_ADMIN_TOKEN", ADMIN_TOKEN),
+    ]
 }
