@@ -1,14 +1,23 @@
 //! Criterion benchmarks of the per-request work on the data listener's hot path:
 //! TC3 verification (payload hash + signature), catalog lookup, metrics recording, and
-//! building the re-signed upstream Authorization. Run: `cargo bench --bench hot_path`.
+//! building the re-signed upstream Authorization, and authentication + state + rate
+//! limit against 1 M loaded credentials (`BENCH_ACCOUNTS` to change the count).
+//! Run: `cargo bench --bench hot_path`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ekyc_gateway::catalog::ActionId;
 use ekyc_gateway::catalog::Catalog;
 use ekyc_gateway::config::{ActionConfig, DEFAULT_ACTIONS};
+use ekyc_gateway::crypto::MasterKey;
 use ekyc_gateway::metrics::{Metrics, Outcome};
+use ekyc_gateway::proxy::auth;
+use ekyc_gateway::proxy::ratelimit::RateLimits;
+use ekyc_gateway::state::mirror::{AccountStanding, StateMirror};
+use ekyc_gateway::store::records::{AccountRecord, CredentialRecord, CredentialStatus};
 use ekyc_gateway::tc3::{self, SignedRequest, Signer};
 use http::HeaderMap;
 use std::hint::black_box;
+use std::sync::Arc;
 
 const TIMESTAMP: i64 = 1_795_667_476;
 
@@ -29,7 +38,7 @@ fn signed_headers(body: &[u8]) -> HeaderMap {
     headers
 }
 
-fn verify(headers: &HeaderMap, body: &[u8], key: &[u8; 32]) {
+fn verify(headers: &HeaderMap, body: &[u8], key: &tc3::SigningKey) {
     let auth = tc3::parse_authorization(headers["authorization"].to_str().unwrap()).unwrap();
     let timestamp = tc3::request_timestamp(headers).unwrap();
     tc3::check_time(&auth, timestamp, TIMESTAMP).unwrap();
@@ -38,14 +47,14 @@ fn verify(headers: &HeaderMap, body: &[u8], key: &[u8; 32]) {
         method: "POST",
         query: "",
         headers,
-        payload_hash_hex: &hash,
+        payload_hash_hex: hash.as_str(),
         timestamp,
     };
     tc3::verify_signature(&auth, &request, key).unwrap();
 }
 
 fn tc3_verification(c: &mut Criterion) {
-    let key = tc3::signing_key("bench-key", "2026-11-26", "faceid");
+    let key = tc3::SigningKey::derive("bench-key", "2026-11-26", "faceid");
     let mut group = c.benchmark_group("tc3_verify");
     for size in [1024usize, 1024 * 1024] {
         let body = vec![b'a'; size];
@@ -99,5 +108,120 @@ fn catalog_and_metrics(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, tc3_verification, upstream_signature, catalog_and_metrics);
+/// A mirror holding `n` activated accounts with one credential each, as a gateway
+/// holds them after loading; SecretId `AKID{i:032}`, key `key-{i}`, API key `ak-{i}`.
+fn loaded_mirror(n: usize) -> StateMirror {
+    let master = Arc::new(MasterKey::parse(&"42".repeat(32)).unwrap());
+    let mirror = StateMirror::new(master.clone());
+    for i in 0..n {
+        let account_id = format!("acct-{i}");
+        let mut account = AccountRecord::new(&account_id, "bench", 0);
+        account.activated = true;
+        mirror.apply_account(&account);
+        mirror
+            .apply_credential(&CredentialRecord {
+                secret_id: format!("AKID{i:032}"),
+                account_id: account_id.clone(),
+                secret_key_sealed: master.seal(&format!("key-{i}"), &account_id),
+                api_key_hash: hex::encode(ekyc_gateway::crypto::api_key_hash(&format!("ak-{i}"))),
+                status: CredentialStatus::Active,
+                created_at: 0,
+                revoked_at: None,
+                version: 1,
+            })
+            .unwrap();
+    }
+    mirror
+}
+
+/// Phase 2 as the pipeline runs it (identify from headers, verify over the body), plus
+/// the state and rate-limit checks, with 1 M credentials loaded.
+fn auth_with_a_million_credentials(c: &mut Criterion) {
+    let n: usize = std::env::var("BENCH_ACCOUNTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let started = std::time::Instant::now();
+    let mirror = loaded_mirror(n);
+    eprintln!("loaded {n} accounts and credentials in {:?}", started.elapsed());
+    let limits = RateLimits::new(
+        0,
+        &[ActionConfig {
+            name: "LivenessCompare".into(),
+            rate_limit_qps: None,
+        }],
+    );
+    let limited = RateLimits::new(
+        1_000_000_000,
+        &[ActionConfig {
+            name: "LivenessCompare".into(),
+            rate_limit_qps: None,
+        }],
+    );
+    let i = n / 2;
+    let signer = Signer::new(format!("AKID{i:032}"), format!("key-{i}"), "faceid");
+    let mut group = c.benchmark_group("auth_1M");
+    for size in [1024usize, 1024 * 1024] {
+        let body = vec![b'a'; size];
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.insert("host", "127.0.0.1:8080".parse().unwrap());
+        headers.insert("x-tc-timestamp", TIMESTAMP.to_string().parse().unwrap());
+        let hash = tc3::sha256_hex(&body);
+        let authorization = signer.authorization(&SignedRequest {
+            method: "POST",
+            query: "",
+            headers: &headers,
+            payload_hash_hex: &hash,
+            timestamp: TIMESTAMP,
+        });
+        headers.insert("authorization", authorization.parse().unwrap());
+        let mut request = http::Request::post("/").body(()).unwrap();
+        *request.headers_mut() = headers;
+        let (parts, ()) = request.into_parts();
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(format!("tc3_identify_verify_{size}B"), |b| {
+            b.iter(|| {
+                let identified = auth::identify(&parts.headers, &mirror, TIMESTAMP).unwrap();
+                let caller = auth::verify(identified, &parts, black_box(&body), &mirror, TIMESTAMP).unwrap();
+                black_box(caller.credential.account().standing());
+            })
+        });
+        if size == 1024 {
+            group.bench_function("tc3_auth_state_ratelimit_1024B", |b| {
+                b.iter(|| {
+                    let identified = auth::identify(&parts.headers, &mirror, TIMESTAMP).unwrap();
+                    let caller = auth::verify(identified, &parts, black_box(&body), &mirror, TIMESTAMP).unwrap();
+                    let account = caller.credential.account();
+                    assert_eq!(account.standing(), AccountStanding::Enabled);
+                    limited.check(account, ActionId(0)).unwrap();
+                })
+            });
+        }
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", format!("Bearer ak-{i}").parse().unwrap());
+    group.bench_function("api_key_identify", |b| {
+        b.iter(|| {
+            let identified = auth::identify(black_box(&headers), &mirror, TIMESTAMP).unwrap();
+            black_box(matches!(identified, auth::Identified::ApiKey(_)));
+        })
+    });
+    let account = mirror.account(&format!("acct-{i}")).unwrap();
+    group.bench_function("rate_limit_check_unlimited", |b| {
+        b.iter(|| limits.check(black_box(&account), ActionId(0)))
+    });
+    group.bench_function("rate_limit_check_limited", |b| {
+        b.iter(|| limited.check(black_box(&account), ActionId(0)))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    tc3_verification,
+    upstream_signature,
+    catalog_and_metrics,
+    auth_with_a_million_credentials
+);
 criterion_main!(benches);

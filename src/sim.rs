@@ -278,14 +278,14 @@ impl Simulator {
         if auth.service != self.config.service {
             return Err(signature_failure);
         }
-        let key = tc3::signing_key(&self.config.secret_key, auth.date, auth.service);
+        let key = tc3::SigningKey::derive(&self.config.secret_key, auth.date, auth.service);
         let hash = tc3::payload_hash(&parts.headers, body);
         let query = parts.uri.query().unwrap_or("");
         let signed = tc3::SignedRequest {
             method: parts.method.as_str(),
             query,
             headers: &parts.headers,
-            payload_hash_hex: &hash,
+            payload_hash_hex: hash.as_str(),
             timestamp,
         };
         tc3::verify_signature(&auth, &signed, &key).map_err(|_| signature_failure)

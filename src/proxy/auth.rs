@@ -37,9 +37,13 @@ impl From<Tc3Error> for AuthError {
 
 const MAX_API_KEY_LEN: usize = 256;
 
-/// The caller as known from the headers alone.
-pub enum Identified {
-    Tc3(Arc<CredentialEntry>),
+/// The caller as known from the headers alone (borrowing them: nothing is copied).
+pub enum Identified<'h> {
+    Tc3 {
+        credential: Arc<CredentialEntry>,
+        auth: tc3::Authorization<'h>,
+        timestamp: i64,
+    },
     ApiKey(Arc<CredentialEntry>),
     /// No `Authorization` header: maybe a v1 call; its credential is in the body.
     V1,
@@ -54,7 +58,7 @@ pub struct Authenticated {
 pub enum AuthMethod {
     /// The payload hash the client signed, reused when re-signing to the upstream.
     Tc3 {
-        payload_hash: String,
+        payload_hash: tc3::HexDigest,
     },
     ApiKey,
     /// The call's parameters; `Action` among them.
@@ -86,7 +90,7 @@ fn usable(credential: Option<Arc<CredentialEntry>>) -> Result<Arc<CredentialEntr
 }
 
 /// Phase 2a: parse the credential out of the headers and find it.
-pub fn identify(headers: &HeaderMap, mirror: &StateMirror, now: i64) -> Result<Identified, AuthError> {
+pub fn identify<'h>(headers: &'h HeaderMap, mirror: &StateMirror, now: i64) -> Result<Identified<'h>, AuthError> {
     let Some(value) = single_authorization(headers)? else {
         return Ok(Identified::V1);
     };
@@ -95,7 +99,11 @@ pub fn identify(headers: &HeaderMap, mirror: &StateMirror, now: i64) -> Result<I
         let credential = usable(mirror.by_secret_id(auth.secret_id))?;
         let timestamp = tc3::request_timestamp(headers)?;
         tc3::check_time(&auth, timestamp, now)?;
-        return Ok(Identified::Tc3(credential));
+        return Ok(Identified::Tc3 {
+            credential,
+            auth,
+            timestamp,
+        });
     }
     if let Some(key) = value.strip_prefix("Bearer ") {
         let key = key.trim();
@@ -112,7 +120,7 @@ pub fn identify(headers: &HeaderMap, mirror: &StateMirror, now: i64) -> Result<I
 
 /// Phase 2b: check the signature over the whole request.
 pub fn verify(
-    identified: Identified,
+    identified: Identified<'_>,
     parts: &http::request::Parts,
     body: &[u8],
     mirror: &StateMirror,
@@ -123,16 +131,17 @@ pub fn verify(
             credential,
             method: AuthMethod::ApiKey,
         }),
-        Identified::Tc3(credential) => {
-            let value = single_authorization(&parts.headers)?.unwrap_or_default();
-            let auth = tc3::parse_authorization(value)?;
-            let timestamp = tc3::request_timestamp(&parts.headers)?;
+        Identified::Tc3 {
+            credential,
+            auth,
+            timestamp,
+        } => {
             let payload_hash = tc3::payload_hash(&parts.headers, body);
             let request = SignedRequest {
                 method: parts.method.as_str(),
                 query: parts.uri.query().unwrap_or(""),
                 headers: &parts.headers,
-                payload_hash_hex: &payload_hash,
+                payload_hash_hex: payload_hash.as_str(),
                 timestamp,
             };
             let key = credential.signing_key(auth.date, auth.service);

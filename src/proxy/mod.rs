@@ -127,11 +127,13 @@ async fn pipeline(
     // 6. forward
     let api_key_hash;
     let resign = match &caller.method {
-        AuthMethod::Tc3 { payload_hash } => Resign::Tc3 { payload_hash },
+        AuthMethod::Tc3 { payload_hash } => Resign::Tc3 {
+            payload_hash: payload_hash.as_str(),
+        },
         AuthMethod::ApiKey => {
             api_key_hash = crate::tc3::payload_hash(&parts.headers, &body);
             Resign::Tc3 {
-                payload_hash: &api_key_hash,
+                payload_hash: api_key_hash.as_str(),
             }
         }
         AuthMethod::V1 { params } => Resign::V1 { params },

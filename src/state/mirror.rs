@@ -104,7 +104,7 @@ pub struct CredentialEntry {
     version: AtomicI64,
     /// kSigning for the last credential date seen: TC3 derives it from (key, date,
     /// service), so one derivation a day replaces three HMACs per request.
-    signing_key: Mutex<Option<([u8; 10], [u8; 32])>>,
+    signing_key: Mutex<Option<([u8; 10], crate::tc3::SigningKey)>>,
 }
 
 impl std::fmt::Debug for CredentialEntry {
@@ -131,20 +131,20 @@ impl CredentialEntry {
     }
 
     /// The TC3 signing key for `date` (YYYY-MM-DD) and `service`, cached per date.
-    pub fn signing_key(&self, date: &str, service: &str) -> [u8; 32] {
+    pub fn signing_key(&self, date: &str, service: &str) -> crate::tc3::SigningKey {
         let mut date_key = [0u8; 10];
         if date.len() == 10 {
             date_key.copy_from_slice(date.as_bytes());
-            if let Some((cached_date, key)) = *self.signing_key.lock().expect("poisoned")
-                && cached_date == date_key
+            if let Some((cached_date, key)) = &*self.signing_key.lock().expect("poisoned")
+                && *cached_date == date_key
                 && service == "faceid"
             {
-                return key;
+                return key.clone();
             }
         }
-        let key = crate::tc3::signing_key(&self.secret_key, date, service);
+        let key = crate::tc3::SigningKey::derive(&self.secret_key, date, service);
         if date.len() == 10 && service == "faceid" {
-            *self.signing_key.lock().expect("poisoned") = Some((date_key, key));
+            *self.signing_key.lock().expect("poisoned") = Some((date_key, key.clone()));
         }
         key
     }
@@ -166,10 +166,14 @@ pub enum MirrorError {
     BadHash(String),
 }
 
+/// aHash instead of SipHash: a lookup per request at a million keys; the keys are
+/// random SecretIds and SHA-256 hashes that no caller chooses, and aHash is seeded anyway.
+type Map<K, V> = DashMap<K, V, ahash::RandomState>;
+
 pub struct StateMirror {
-    accounts: DashMap<Box<str>, Arc<AccountEntry>>,
-    by_secret_id: DashMap<Box<str>, Arc<CredentialEntry>>,
-    by_api_key: DashMap<[u8; 32], Arc<CredentialEntry>>,
+    accounts: Map<Box<str>, Arc<AccountEntry>>,
+    by_secret_id: Map<Box<str>, Arc<CredentialEntry>>,
+    by_api_key: Map<[u8; 32], Arc<CredentialEntry>>,
     master_key: Arc<MasterKey>,
     next_index: AtomicU32,
 }
@@ -177,9 +181,9 @@ pub struct StateMirror {
 impl StateMirror {
     pub fn new(master_key: Arc<MasterKey>) -> Self {
         Self {
-            accounts: DashMap::new(),
-            by_secret_id: DashMap::new(),
-            by_api_key: DashMap::new(),
+            accounts: Map::default(),
+            by_secret_id: Map::default(),
+            by_api_key: Map::default(),
             master_key,
             next_index: AtomicU32::new(0),
         }
@@ -385,14 +389,11 @@ mod tests {
         assert_eq!(c.secret_key(), "key");
         let by_key = m.by_api_key_hash(&crate::crypto::api_key_hash("ak")).unwrap();
         assert_eq!(by_key.secret_id(), "AKIDx");
-        assert_eq!(
-            c.signing_key("2026-11-26", "faceid"),
-            crate::tc3::signing_key("key", "2026-11-26", "faceid")
-        );
-        assert_eq!(
-            c.signing_key("2026-11-27", "faceid"),
-            crate::tc3::signing_key("key", "2026-11-27", "faceid")
-        );
+        // The cached key signs like a freshly derived one, and follows the date.
+        for date in ["2026-11-26", "2026-11-27", "2026-11-27"] {
+            let fresh = crate::tc3::SigningKey::derive("key", date, "faceid");
+            assert_eq!(c.signing_key(date, "faceid").sign(b"x"), fresh.sign(b"x"));
+        }
     }
 
     #[test]
