@@ -100,35 +100,33 @@ pub fn valid_account_id(id: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
-/// Tells every gateway about a committed change. If the cache is unreachable the change
-/// stays committed and is retried in the background until it gets through.
-async fn publish_account(app: &Arc<App>, account: &AccountRecord) -> &'static str {
-    match app.publisher.account_changed(account).await {
-        Ok(()) => "done",
-        Err(e) => {
-            tracing::warn!(error = %e, account = %account.id, "state cache unreachable; will retry propagation");
-            let (app, account) = (app.clone(), account.clone());
-            tokio::spawn(async move {
-                let mut delay = Duration::from_millis(200);
-                while app.publisher.account_changed(&account).await.is_err() {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            });
-            "pending"
+/// A committed change every gateway must learn about.
+#[derive(Clone)]
+enum Change {
+    Account(AccountRecord),
+    Credential(CredentialRecord),
+}
+
+impl Change {
+    async fn publish(&self, app: &App) -> anyhow::Result<()> {
+        match self {
+            Change::Account(record) => app.publisher.account_changed(record).await,
+            Change::Credential(record) => app.publisher.credential_changed(record).await,
         }
     }
 }
 
-async fn publish_credential(app: &Arc<App>, credential: &CredentialRecord) -> &'static str {
-    match app.publisher.credential_changed(credential).await {
+/// Tells every gateway about a committed change. If the cache is unreachable the change
+/// stays committed and is retried in the background until it gets through.
+async fn propagate(app: &Arc<App>, change: Change) -> &'static str {
+    match change.publish(app).await {
         Ok(()) => "done",
         Err(e) => {
-            tracing::warn!(error = %e, secret_id = %credential.secret_id, "state cache unreachable; will retry propagation");
-            let (app, credential) = (app.clone(), credential.clone());
+            tracing::warn!(error = %e, "state cache unreachable; will retry propagating the change");
+            let app = app.clone();
             tokio::spawn(async move {
                 let mut delay = Duration::from_millis(200);
-                while app.publisher.credential_changed(&credential).await.is_err() {
+                while change.publish(&app).await.is_err() {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -149,7 +147,7 @@ pub async fn change_account(
     let now = app.clock.now_unix();
     let result = app.store.update_account(id, actor, action, now, change).await?;
     if result.changed {
-        publish_account(app, &result.after).await;
+        propagate(app, Change::Account(result.after.clone())).await;
     }
     Ok(result.after)
 }
@@ -189,7 +187,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             }
             let account = AccountRecord::new(&request.id, name, now);
             app.store.create_account(&account, actor, now).await?;
-            let propagation = publish_account(app, &account).await;
+            let propagation = propagate(app, Change::Account(account.clone())).await;
             let mut view = account_view(&account);
             view["propagation"] = propagation.into();
             Ok(json(StatusCode::CREATED, view))
@@ -286,7 +284,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
                 version: 1,
             };
             app.store.create_credential(&record, actor, now).await?;
-            let propagation = publish_credential(app, &record).await;
+            let propagation = propagate(app, Change::Credential(record.clone())).await;
             Ok(json(
                 StatusCode::CREATED,
                 j!({
@@ -309,7 +307,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
         }
         (&Method::DELETE, ["credentials", secret_id]) => {
             let record = app.store.revoke_credential(secret_id, actor, now).await?;
-            let propagation = publish_credential(app, &record).await;
+            let propagation = propagate(app, Change::Credential(record.clone())).await;
             let mut view = credential_view(&record);
             view["propagation"] = propagation.into();
             Ok(json(StatusCode::OK, view))

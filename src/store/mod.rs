@@ -110,37 +110,40 @@ impl Store {
     // ------------------------------------------------------------ accounts
 
     pub async fn create_account(&self, account: &AccountRecord, actor: &str, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO accounts (id, name, activated, activated_at, manual_reason, manual_since, arrears_reason, \
-             arrears_since, rate_limit_qps, created_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        let insert = bind_account(
+            sqlx::query(
+                "INSERT INTO accounts (name, activated, activated_at, manual_reason, manual_since, arrears_reason, \
+                 arrears_since, rate_limit_qps, version, id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            ),
+            account,
         )
         .bind(&account.id)
-        .bind(&account.name)
-        .bind(account.activated as i64)
-        .bind(account.activated_at)
-        .bind(account.manual.as_ref().map(|s| s.reason.clone()))
-        .bind(account.manual.as_ref().map(|s| s.since))
-        .bind(account.arrears.as_ref().map(|s| s.reason.clone()))
-        .bind(account.arrears.as_ref().map(|s| s.since))
-        .bind(account.rate_limit_qps.map(i64::from))
-        .bind(account.created_at)
-        .bind(account.version)
-        .execute(&mut *tx)
-        .await;
-        if let Err(e) = inserted {
-            return Err(conflict_or(e, format!("account {}", account.id)));
-        }
-        insert_audit(
-            &mut tx,
-            now,
+        .bind(account.created_at);
+        let audit = AuditInsert {
+            at: now,
             actor,
-            "account.create",
-            &account.id,
-            None,
-            Some(account_json(account)),
-        )
-        .await?;
+            action: "account.create",
+            target: &account.id,
+            before: None,
+            after: Some(account_json(account)),
+        };
+        self.insert_audited(insert, format!("account {}", account.id), audit)
+            .await
+    }
+
+    /// Runs `insert` and records `audit` in one transaction; a duplicate key is a conflict.
+    async fn insert_audited(
+        &self,
+        insert: AnyQuery<'_>,
+        what: String,
+        audit: AuditInsert<'_>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Err(e) = insert.execute(&mut *tx).await {
+            return Err(conflict_or(e, what));
+        }
+        insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -213,20 +216,14 @@ impl Store {
             }
             after.version = before.version + 1;
             let mut tx = self.pool.begin().await?;
-            let updated = sqlx::query(
-                "UPDATE accounts SET name = $1, activated = $2, activated_at = $3, manual_reason = $4, \
-                 manual_since = $5, arrears_reason = $6, arrears_since = $7, rate_limit_qps = $8, version = $9 \
-                 WHERE id = $10 AND version = $11",
+            let updated = bind_account(
+                sqlx::query(
+                    "UPDATE accounts SET name = $1, activated = $2, activated_at = $3, manual_reason = $4, \
+                     manual_since = $5, arrears_reason = $6, arrears_since = $7, rate_limit_qps = $8, version = $9 \
+                     WHERE id = $10 AND version = $11",
+                ),
+                &after,
             )
-            .bind(&after.name)
-            .bind(after.activated as i64)
-            .bind(after.activated_at)
-            .bind(after.manual.as_ref().map(|s| s.reason.clone()))
-            .bind(after.manual.as_ref().map(|s| s.since))
-            .bind(after.arrears.as_ref().map(|s| s.reason.clone()))
-            .bind(after.arrears.as_ref().map(|s| s.since))
-            .bind(after.rate_limit_qps.map(i64::from))
-            .bind(after.version)
             .bind(id)
             .bind(before.version)
             .execute(&mut *tx)
@@ -236,12 +233,14 @@ impl Store {
             }
             insert_audit(
                 &mut tx,
-                now,
-                actor,
-                action,
-                id,
-                Some(account_json(&before)),
-                Some(account_json(&after)),
+                AuditInsert {
+                    at: now,
+                    actor,
+                    action,
+                    target: id,
+                    before: Some(account_json(&before)),
+                    after: Some(account_json(&after)),
+                },
             )
             .await?;
             tx.commit().await?;
@@ -264,35 +263,26 @@ impl Store {
         actor: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        ))
-        .bind(&credential.secret_id)
-        .bind(&credential.account_id)
-        .bind(&credential.secret_key_sealed)
-        .bind(&credential.api_key_hash)
-        .bind(credential.status.as_str())
-        .bind(credential.created_at)
-        .bind(credential.revoked_at)
-        .bind(credential.version)
-        .execute(&mut *tx)
-        .await;
-        if let Err(e) = inserted {
-            return Err(conflict_or(e, format!("credential {}", credential.secret_id)));
-        }
-        insert_audit(
-            &mut tx,
-            now,
+        let sql = format!("INSERT INTO credentials ({CREDENTIAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
+        let insert = sqlx::query(&sql)
+            .bind(&credential.secret_id)
+            .bind(&credential.account_id)
+            .bind(&credential.secret_key_sealed)
+            .bind(&credential.api_key_hash)
+            .bind(credential.status.as_str())
+            .bind(credential.created_at)
+            .bind(credential.revoked_at)
+            .bind(credential.version);
+        let audit = AuditInsert {
+            at: now,
             actor,
-            "credential.create",
-            &credential.account_id,
-            None,
-            Some(credential_json(credential)),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+            action: "credential.create",
+            target: &credential.account_id,
+            before: None,
+            after: Some(credential_json(credential)),
+        };
+        self.insert_audited(insert, format!("credential {}", credential.secret_id), audit)
+            .await
     }
 
     pub async fn get_credential(&self, secret_id: &str) -> Result<Option<CredentialRecord>, StoreError> {
@@ -352,12 +342,14 @@ impl Store {
         .await?;
         insert_audit(
             &mut tx,
-            now,
-            actor,
-            "credential.revoke",
-            &before.account_id,
-            Some(credential_json(&before)),
-            Some(credential_json(&after)),
+            AuditInsert {
+                at: now,
+                actor,
+                action: "credential.revoke",
+                target: &before.account_id,
+                before: Some(credential_json(&before)),
+                after: Some(credential_json(&after)),
+            },
         )
         .await?;
         tx.commit().await?;
@@ -425,22 +417,40 @@ fn conflict_or(error: sqlx::Error, what: String) -> StoreError {
     }
 }
 
-async fn insert_audit(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds name … version, in the order the INSERT and the UPDATE of accounts both list them.
+fn bind_account<'q>(query: AnyQuery<'q>, account: &'q AccountRecord) -> AnyQuery<'q> {
+    query
+        .bind(&account.name)
+        .bind(account.activated as i64)
+        .bind(account.activated_at)
+        .bind(account.manual.as_ref().map(|s| s.reason.clone()))
+        .bind(account.manual.as_ref().map(|s| s.since))
+        .bind(account.arrears.as_ref().map(|s| s.reason.clone()))
+        .bind(account.arrears.as_ref().map(|s| s.since))
+        .bind(account.rate_limit_qps.map(i64::from))
+        .bind(account.version)
+}
+
+/// One audit-log entry, written in the transaction of the change it records.
+struct AuditInsert<'a> {
     at: i64,
-    actor: &str,
-    action: &str,
-    target: &str,
+    actor: &'a str,
+    action: &'a str,
+    target: &'a str,
     before: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
-) -> Result<(), sqlx::Error> {
+}
+
+async fn insert_audit(tx: &mut sqlx::Transaction<'_, sqlx::Any>, entry: AuditInsert<'_>) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO audit_log (at, actor, action, target, before, after) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(at)
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(before.map(|v| v.to_string()))
-        .bind(after.map(|v| v.to_string()))
+        .bind(entry.at)
+        .bind(entry.actor)
+        .bind(entry.action)
+        .bind(entry.target)
+        .bind(entry.before.map(|v| v.to_string()))
+        .bind(entry.after.map(|v| v.to_string()))
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -348,6 +348,25 @@ pub fn test_certificate() -> TestCa {
 
 // ---------------------------------------------------------------- Redis
 
+/// redis-server on `port`, loopback only, keeping nothing on disk.
+fn spawn_redis(port: u16) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/test installs it)")
+}
+
 /// A private `redis-server` on a free port, killed on drop.
 pub struct RedisServer {
     pub port: u16,
@@ -358,21 +377,7 @@ impl RedisServer {
     pub async fn start() -> Self {
         for _ in 0..5 {
             let port = closed_port().await.port();
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (scripts/test installs it)");
+            let child = spawn_redis(port);
             let mut server = RedisServer { port, child };
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(10) {
@@ -412,21 +417,7 @@ impl RedisServer {
     /// persistence).
     pub async fn restart(&mut self) {
         self.kill();
-        self.child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        self.child = spawn_redis(self.port);
         let started = Instant::now();
         while !self.ping().await {
             assert!(
