@@ -226,6 +226,49 @@ async fn demo_serves_the_printed_curl_command() {
     });
     assert_eq!(answer["Response"]["Result"], "0", "{answer}");
     assert!(banner.contains(ekyc_gateway::demo::DEMO_SECRET_ID));
+
+    // The printed Python snippet, run as printed with the mainland SDK; and the demo
+    // credentials with the international SDK.
+    let snippet_start = banner.find("python3 - <<'EOF'\n").unwrap() + "python3 - <<'EOF'\n".len();
+    let snippet = banner[snippet_start..].split("\nEOF").next().unwrap().to_string();
+    let python_cn = sdk_python("EKYC_TEST_PYTHON_CN", "py-sdk-cn");
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new(python_cn)
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(snippet.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(printed["Result"], "0", "{printed}");
+    let python_intl = sdk_python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
+    let script = format!("{}/tests/sdk/call.py", env!("CARGO_MANIFEST_DIR"));
+    let args = [
+        script,
+        data.to_string(),
+        ekyc_gateway::demo::DEMO_SECRET_ID.to_string(),
+        ekyc_gateway::demo::DEMO_SECRET_KEY.to_string(),
+        "GetFaceIdTokenIntl".to_string(),
+        "{}".to_string(),
+    ];
+    let out = tokio::task::spawn_blocking(move || Command::new(python_intl).args(args).output().unwrap())
+        .await
+        .unwrap();
+    let intl: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(intl["response"]["SdkToken"].is_string(), "{intl}");
     assert!(dir.path().join("data").is_dir());
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     let status = tokio::task::spawn_blocking(move || child.wait())

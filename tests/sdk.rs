@@ -8,20 +8,6 @@ mod common;
 use common::*;
 use std::path::PathBuf;
 
-fn python(var: &str, venv: &str) -> PathBuf {
-    if let Ok(path) = std::env::var(var) {
-        return PathBuf::from(path);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
-    let path = PathBuf::from(target).join(venv).join("bin/python");
-    assert!(
-        path.exists(),
-        "{var} is not set and {} does not exist: run scripts/test once",
-        path.display()
-    );
-    path
-}
-
 /// Runs tests/sdk/call.py and returns its JSON outcome.
 async fn sdk_call(python: PathBuf, endpoint: String, action: &str, params: &str, extra: &[&str]) -> serde_json::Value {
     sdk_call_as(
@@ -71,8 +57,8 @@ async fn both_sdks_call_through_the_gateway() {
     let sim = SimHandle::start(|_| {}).await;
     let gateway = GatewayHandle::start(&sim, "").await;
     let endpoint = gateway.data.to_string();
-    let intl = python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
-    let cn = python("EKYC_TEST_PYTHON_CN", "py-sdk-cn");
+    let intl = sdk_python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
+    let cn = sdk_python("EKYC_TEST_PYTHON_CN", "py-sdk-cn");
 
     let out = sdk_call(
         intl.clone(),
@@ -133,7 +119,7 @@ async fn both_sdks_call_through_the_gateway() {
 async fn upstream_api_errors_pass_through_to_the_sdk() {
     let sim = SimHandle::start(|c| c.error_rate = 1.0).await;
     let gateway = GatewayHandle::start(&sim, "").await;
-    let intl = python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
+    let intl = sdk_python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
     let out = sdk_call(
         intl,
         gateway.data.to_string(),
@@ -153,7 +139,7 @@ async fn sdk_authentication_failures_carry_their_codes() {
     let sim = SimHandle::start(|_| {}).await;
     let gateway = GatewayHandle::start(&sim, "").await;
     let endpoint = gateway.data.to_string();
-    let intl = python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
+    let intl = sdk_python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
     let cases: [((&str, &str), &[&str], &str); 3] = [
         (
             (CLIENT_SECRET_ID, "wrong-secret-key"),
@@ -191,7 +177,7 @@ async fn sdk_authentication_failures_carry_their_codes() {
 async fn the_legacy_v1_signature_of_the_sdk_is_accepted_and_re_signed() {
     let sim = SimHandle::start(|_| {}).await;
     let gateway = GatewayHandle::start(&sim, "").await;
-    let intl = python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
+    let intl = sdk_python("EKYC_TEST_PYTHON_INTL", "py-sdk-intl");
     let out = sdk_call(
         intl.clone(),
         gateway.data.to_string(),

@@ -743,3 +743,18 @@ pub fn process_env() -> Vec<(&'static str, &'static str)> {
         ("EKYC_ADMIN_TOKEN", ADMIN_TOKEN),
     ]
 }
+
+/// The interpreter of one of the SDK venvs `scripts/test` makes (`var` names it).
+pub fn sdk_python(var: &str, venv: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(var) {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
+    let path = PathBuf::from(target).join(venv).join("bin/python");
+    assert!(
+        path.exists(),
+        "{var} is not set and {} does not exist: run scripts/test once",
+        path.display()
+    );
+    path
+}
