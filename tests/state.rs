@@ -196,6 +196,23 @@ async fn redis_loss_restart_and_flush_lose_no_change() {
     assert_eq!(hlen, redis::Value::Int(1));
     admin(&b, "POST", &format!("/v1/accounts/{CLIENT_ACCOUNT}/resume"), None).await;
     until_code(&a, &tenant, None, Duration::from_secs(2)).await;
+
+    // A change committed to SQL whose publication never happened (its writer died):
+    // Redis keeps its data, but any gateway that reconnects copies SQL over it first.
+    a.app
+        .store
+        .update_account(CLIENT_ACCOUNT, "test", "account.suspend", 0, |account| {
+            account.manual = Some(ekyc_gateway::store::records::Suspension {
+                reason: "written by a process that died".into(),
+                since: 0,
+            });
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(code_of(&b, &tenant).await, None, "nobody published it");
+    redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    until_code(&b, &tenant, Some("OperationDenied"), Duration::from_secs(10)).await;
 }
 
 #[tokio::test]

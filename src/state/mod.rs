@@ -7,8 +7,8 @@
 //!   straight into this process's mirror.
 //! - `redis::RedisPublisher`: many nodes: the change goes to Redis (only if newer) and
 //!   is published; each gateway's `redis::CacheSync` applies it to its own mirror,
-//!   re-syncs periodically so a lost event heals, and refills Redis from SQL when Redis
-//!   lost its data.
+//!   re-syncs periodically so a lost event heals, and copies SQL into Redis when Redis
+//!   lost its data or after any outage (changes may have missed it meanwhile).
 //!
 //! The hot path only ever reads the `mirror`. `Freshness` tells it how old that mirror
 //! is, so a gateway cut off from Redis for too long applies the configured policy.

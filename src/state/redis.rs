@@ -162,8 +162,9 @@ impl CacheSync {
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
+        let mut reconnecting = false;
         loop {
-            match self.session(&mut shutdown).await {
+            match self.session(&mut shutdown, reconnecting).await {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "state cache: Redis session ended"),
             }
@@ -172,14 +173,25 @@ impl CacheSync {
                 _ = shutdown.changed() => return,
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
+            reconnecting = true;
         }
     }
 
-    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// One connection's life. After an outage, Redis may have missed changes (a writer
+    /// that died before its retry got through, a Redis restarted from an old snapshot),
+    /// so a reconnection first copies SQL over it; newer copies win, so this is safe.
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>, reconnecting: bool) -> anyhow::Result<()> {
         let client = redis::Client::open(self.redis_url.as_str())?;
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(EVENTS_CHANNEL).await?;
         let mut conn = ConnectionManager::new(client).await?;
+        if reconnecting {
+            let copied = refill_from_store(&mut conn, &self.store).await?;
+            tracing::info!(
+                records = copied,
+                "state cache: reconnected; re-copied the billing store into Redis"
+            );
+        }
         self.full_sync(&mut conn).await?;
         tracing::info!(
             accounts = self.mirror.account_count(),
