@@ -100,6 +100,7 @@ fn catalog_and_metrics(c: &mut Criterion) {
         .map(|s| ActionConfig {
             name: s.to_string(),
             rate_limit_qps: None,
+            billable: true,
         })
         .collect();
     let catalog = Catalog::new(&actions);
@@ -154,6 +155,7 @@ fn auth_with_a_million_credentials(c: &mut Criterion) {
         &[ActionConfig {
             name: "LivenessCompare".into(),
             rate_limit_qps: None,
+            billable: true,
         }],
     );
     let limited = RateLimits::new(
@@ -161,6 +163,7 @@ fn auth_with_a_million_credentials(c: &mut Criterion) {
         &[ActionConfig {
             name: "LivenessCompare".into(),
             rate_limit_qps: None,
+            billable: true,
         }],
     );
     let i = n / 2;

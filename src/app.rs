@@ -6,6 +6,8 @@
 use crate::catalog::Catalog;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::meter::Counters;
+use crate::meter::flush::Flusher;
 use crate::metrics::Metrics;
 use crate::proxy::forward::UpstreamClient;
 use crate::proxy::ratelimit::RateLimits;
@@ -30,6 +32,10 @@ pub struct App {
     pub mirror: Arc<StateMirror>,
     pub publisher: Arc<dyn StatePublisher>,
     pub freshness: Arc<Freshness>,
+    pub counters: Counters,
+    pub flusher: Flusher,
+    /// Per action id: whether its successful calls are counted.
+    pub billable: Vec<bool>,
     cache_sync: Mutex<Option<CacheSync>>,
     shutdown_hooks: Mutex<Vec<ShutdownHook>>,
 }
@@ -73,7 +79,9 @@ impl App {
                 (Arc::new(publisher) as Arc<dyn StatePublisher>, freshness, Some(sync))
             }
         };
-        Ok(Arc::new(Self {
+        let billable = config.actions.iter().map(|a| a.billable).collect();
+        let config_instance_id = config.meter.instance_id.clone();
+        let app = Arc::new(Self {
             config,
             clock,
             catalog,
@@ -84,9 +92,61 @@ impl App {
             mirror,
             publisher,
             freshness,
+            counters: Counters::default(),
+            flusher: Flusher::new(config_instance_id),
+            billable,
             cache_sync: Mutex::new(cache_sync),
             shutdown_hooks: Mutex::new(Vec::new()),
-        }))
+        });
+        // The last flush runs after in-flight requests have finished (and been counted).
+        let weak = Arc::downgrade(&app);
+        app.on_shutdown(Box::new(move || {
+            Box::pin(async move {
+                if let Some(app) = weak.upgrade() {
+                    app.final_flush().await;
+                }
+            })
+        }));
+        Ok(app)
+    }
+
+    /// Moves the counted calls into the billing store (one batch, retried until acknowledged).
+    pub async fn flush_usage(&self) -> anyhow::Result<u64> {
+        let now = self.clock.now_unix();
+        let result = self
+            .flusher
+            .flush_once(&self.counters, &self.mirror, &self.catalog, &self.store, now)
+            .await;
+        match &result {
+            Ok(_) => self.metrics.flush_batches_ok.inc(),
+            Err(_) => self.metrics.flush_batches_failed.inc(),
+        };
+        result
+    }
+
+    /// Flushes until nothing is left, retrying a failing store for up to the grace period.
+    async fn final_flush(&self) {
+        let deadline = std::time::Instant::now() + self.config.shutdown_grace.max(std::time::Duration::from_secs(5));
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            match self.flush_usage().await {
+                Ok(0) if self.counters.pending() == 0 && self.flusher.frozen_calls().await == 0 => {
+                    tracing::info!("final usage flush done");
+                    return;
+                }
+                Ok(_) => continue,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "final usage flush failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => {
+                    let lost = self.counters.pending() + self.flusher.frozen_calls().await;
+                    tracing::error!(error = %e, calls = lost, "final usage flush gave up: these counted calls are not in the billing store");
+                    return;
+                }
+            }
+        }
     }
 
     /// The background task keeping the mirror in sync with Redis, taken once by `server`.

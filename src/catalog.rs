@@ -56,6 +56,7 @@ pub(crate) mod tests {
             .map(|n| ActionConfig {
                 name: n.to_string(),
                 rate_limit_qps: None,
+                billable: true,
             })
             .collect()
     }

@@ -70,6 +70,7 @@ struct RawConfig {
     store: RawStore,
     state: RawState,
     rate_limit: RawRateLimit,
+    meter: RawMeter,
     actions: Option<BTreeMap<String, RawAction>>,
 }
 
@@ -196,6 +197,43 @@ impl Default for RawShutdown {
 #[serde(deny_unknown_fields)]
 struct RawAction {
     rate_limit_qps: Option<u32>,
+    billable: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMeter {
+    flush_interval_ms: u64,
+    billing_utc_offset: String,
+    instance_id: Option<String>,
+}
+
+impl Default for RawMeter {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 1000,
+            billing_utc_offset: "+08:00".into(),
+            instance_id: None,
+        }
+    }
+}
+
+/// `+08:00`, `-05:30`, `Z` or `+00:00` as seconds east of UTC.
+fn parse_utc_offset(text: &str) -> Option<i32> {
+    if text == "Z" {
+        return Some(0);
+    }
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1, &text[1..]),
+        b'-' => (-1, &text[1..]),
+        _ => return None,
+    };
+    let (hours, minutes) = rest.split_once(':')?;
+    if hours.len() != 2 || minutes.len() != 2 {
+        return None;
+    }
+    let (hours, minutes): (i32, i32) = (hours.parse().ok()?, minutes.parse().ok()?);
+    (hours <= 14 && minutes < 60).then_some(sign * (hours * 3600 + minutes * 60))
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +254,8 @@ pub struct ActionConfig {
     pub name: String,
     /// Calls per second per account for this action, on each gateway instance.
     pub rate_limit_qps: Option<u32>,
+    /// Whether a successful call is counted for billing (default true).
+    pub billable: bool,
 }
 
 /// The platform's own Tencent Cloud credentials, used to re-sign every forwarded call.
@@ -278,6 +318,7 @@ pub struct Config {
     /// Calls per second per account on each instance, unless the account overrides it;
     /// 0 means no limit.
     pub default_rate_limit_qps: u32,
+    pub meter: MeterConfig,
     /// `postgres://…` or `sqlite://path` (env `EKYC_STORE_URL` wins over the file).
     pub store_url: String,
     pub state: StateConfig,
@@ -285,6 +326,16 @@ pub struct Config {
     pub master_key: Arc<MasterKey>,
     /// Bearer tokens of the admin API with the names the audit log records.
     pub admin_tokens: Vec<AdminToken>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MeterConfig {
+    pub flush_interval: Duration,
+    /// The billing time zone, seconds east of UTC: a call belongs to the calendar month
+    /// of its arrival there.
+    pub billing_utc_offset_seconds: i32,
+    /// Names this process's flush batches; stable across restarts of one instance.
+    pub instance_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -514,6 +565,7 @@ impl Config {
                 .map(|s| ActionConfig {
                     name: s.to_string(),
                     rate_limit_qps: None,
+                    billable: true,
                 })
                 .collect(),
             Some(map) => {
@@ -535,6 +587,7 @@ impl Config {
                     .map(|(name, action)| ActionConfig {
                         name,
                         rate_limit_qps: action.rate_limit_qps,
+                        billable: action.billable.unwrap_or(true),
                     })
                     .collect()
             }
@@ -596,6 +649,16 @@ impl Config {
             shutdown_grace: ms("shutdown.grace_period_ms", raw.shutdown.grace_period_ms, 0, 3_600_000)?,
             actions,
             default_rate_limit_qps: raw.rate_limit.default_qps,
+            meter: MeterConfig {
+                flush_interval: ms("meter.flush_interval_ms", raw.meter.flush_interval_ms, 10, 3_600_000)?,
+                billing_utc_offset_seconds: parse_utc_offset(&raw.meter.billing_utc_offset).ok_or_else(|| {
+                    ConfigError::new("meter.billing_utc_offset", "must look like +08:00, -05:30 or Z")
+                })?,
+                instance_id: env
+                    .var("EKYC_INSTANCE_ID")
+                    .or(raw.meter.instance_id)
+                    .unwrap_or_else(|| format!("gw-{}", uuid::Uuid::new_v4().simple())),
+            },
         })
     }
 }
@@ -633,7 +696,8 @@ mod tests {
             c.actions[0],
             ActionConfig {
                 name: "GetFaceIdTokenIntl".into(),
-                rate_limit_qps: Some(20)
+                rate_limit_qps: Some(20),
+                billable: true
             }
         );
         assert_eq!(c.actions[1].rate_limit_qps, None);

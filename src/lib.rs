@@ -14,6 +14,7 @@
 //! | `store`   | the billing store (PostgreSQL or SQLite): accounts, credentials, audit |
 //! | `crypto`  | SecretKeys sealed at rest, credential generation |
 //! | `catalog` | the actions this gateway sells |
+//! | `meter`   | billable-call counters, the billable check, the flusher |
 //! | `admin`   | the admin listener: health, readiness, metrics |
 //! | `metrics` | Prometheus counters, lock-free on the hot path |
 //! | `tencent` | Tencent API 3.0 wire shapes (error body, RequestId) |
@@ -31,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod meter;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

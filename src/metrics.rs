@@ -71,6 +71,10 @@ pub struct Metrics {
     pub state_age_seconds: Gauge,
     pub accounts_loaded: Gauge,
     pub credentials_loaded: Gauge,
+    pub billable_calls: Counter,
+    pub usage_pending_calls: Gauge,
+    pub flush_batches_ok: Counter,
+    pub flush_batches_failed: Counter,
 }
 
 impl Metrics {
@@ -141,6 +145,22 @@ impl Metrics {
             "Credentials in the in-memory state mirror",
             credentials_loaded.clone(),
         );
+        let billable_calls = Counter::default();
+        registry.register(
+            "billable_calls",
+            "Calls counted for billing (upstream HTTP 200 without Error, billable action)",
+            billable_calls.clone(),
+        );
+        let usage_pending_calls = Gauge::default();
+        registry.register(
+            "usage_pending_calls",
+            "Counted calls not yet acknowledged by the billing store",
+            usage_pending_calls.clone(),
+        );
+        let flushes = Family::<KindLabels, Counter>::default();
+        let flush_batches_ok = flushes.get_or_create(&KindLabels { kind: "ok".into() }).clone();
+        let flush_batches_failed = flushes.get_or_create(&KindLabels { kind: "failed".into() }).clone();
+        registry.register("flush_batches", "Usage flush attempts by result (ok, failed)", flushes);
         Self {
             registry,
             requests,
@@ -153,6 +173,10 @@ impl Metrics {
             state_age_seconds,
             accounts_loaded,
             credentials_loaded,
+            billable_calls,
+            usage_pending_calls,
+            flush_batches_ok,
+            flush_batches_failed,
         }
     }
 

@@ -63,6 +63,11 @@ pub async fn serve(
     if let Some(sync) = app.take_cache_sync() {
         tokio::spawn(sync.run(stop_rx.clone()));
     }
+    tokio::spawn(crate::meter::flush::run(
+        app.clone(),
+        app.config.meter.flush_interval,
+        stop_rx.clone(),
+    ));
     let data_graceful = Arc::new(GracefulShutdown::new());
     let admin_graceful = Arc::new(GracefulShutdown::new());
 

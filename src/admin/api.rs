@@ -8,6 +8,7 @@
 use super::{ApiError, json};
 use crate::app::App;
 use crate::crypto;
+use crate::meter::Month;
 use crate::store::StoreError;
 use crate::store::records::{
     AccountRecord, AuditEntry, CredentialRecord, CredentialStatus, Suspension, SuspensionFlag,
@@ -312,6 +313,22 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             view["propagation"] = propagation.into();
             Ok(json(StatusCode::OK, view))
         }
+        (&Method::GET, ["accounts", id, "usage"]) => {
+            if app.store.get_account(id).await?.is_none() {
+                return Err(StoreError::NotFound(format!("account {id}")).into());
+            }
+            let month = match query_param(query, "month") {
+                Some(text) => Month::parse(&text).ok_or_else(|| ApiError::bad_request("month must be YYYY-MM"))?,
+                None => current_month(app),
+            };
+            let usage = app.store.usage(id, &month.to_string()).await?;
+            let total: u64 = usage.iter().map(|(_, calls)| calls).sum();
+            let actions: serde_json::Map<String, Value> = usage.into_iter().map(|(a, c)| (a, c.into())).collect();
+            Ok(json(
+                StatusCode::OK,
+                j!({"account": id, "month": month.to_string(), "actions": actions, "total": total}),
+            ))
+        }
         (&Method::GET, ["audit"]) => {
             let account = query_param(query, "account");
             let limit = query_param(query, "limit")
@@ -328,6 +345,11 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             "no such admin endpoint",
         )),
     }
+}
+
+/// This month in the billing time zone.
+pub fn current_month(app: &App) -> Month {
+    Month::of(app.clock.now_unix(), app.config.meter.billing_utc_offset_seconds).unwrap_or(Month(0))
 }
 
 pub fn query_param(query: &str, name: &str) -> Option<String> {

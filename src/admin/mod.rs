@@ -56,6 +56,8 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Full
             metrics.state_age_seconds.set(age);
             metrics.accounts_loaded.set(app.mirror.account_count() as i64);
             metrics.credentials_loaded.set(app.mirror.credential_count() as i64);
+            let pending = app.counters.pending() + app.flusher.frozen_calls().await;
+            metrics.usage_pending_calls.set(pending as i64);
             let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -2,12 +2,16 @@
 //! Reads a request body under a size cap and a deadline, and wraps upstream answers so
 //! they stream through under the same cap. Must not inspect or change body bytes.
 
+use crate::app::App;
+use crate::meter::CounterKey;
+use crate::meter::billable::BillableScanner;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -73,13 +77,29 @@ async fn drain_for_lingering_close(headers: &HeaderMap, body: Incoming, limit: u
     let _ = tokio::time::timeout(deadline, drain).await;
 }
 
+/// Phase 7 (meter): counts the call once its answer has streamed through to the end
+/// and was found billable. A failed or cut answer is never counted.
+pub struct MeterTicket {
+    pub app: Arc<App>,
+    pub key: CounterKey,
+}
+
+impl MeterTicket {
+    fn count(self) {
+        self.app.counters.add(self.key);
+        self.app.metrics.billable_calls.inc();
+    }
+}
+
 pin_project_lite::pin_project! {
     /// What the data listener answers with: a locally built body, or the upstream's
-    /// body streamed through under the response size cap.
+    /// body streamed through under the response size cap (and, for billable actions,
+    /// scanned on the way to decide whether to count it).
     #[project = ProxyBodyProjection]
     pub enum ProxyBody {
         Local { #[pin] body: Full<Bytes> },
         Upstream { #[pin] body: Limited<Incoming> },
+        Metered { #[pin] body: Limited<Incoming>, scanner: BillableScanner, ticket: Option<MeterTicket> },
     }
 }
 
@@ -87,6 +107,18 @@ impl ProxyBody {
     pub fn upstream(body: Incoming, limit: usize) -> Self {
         ProxyBody::Upstream {
             body: Limited::new(body, limit),
+        }
+    }
+
+    /// The same upstream answer, counted by `ticket` if it turns out billable.
+    pub fn metered(self, ticket: MeterTicket) -> Self {
+        match self {
+            ProxyBody::Upstream { body } => ProxyBody::Metered {
+                body,
+                scanner: BillableScanner::new(),
+                ticket: Some(ticket),
+            },
+            other => other,
         }
     }
 }
@@ -105,20 +137,51 @@ impl Body for ProxyBody {
         match self.project() {
             ProxyBodyProjection::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
             ProxyBodyProjection::Upstream { body } => body.poll_frame(cx),
+            ProxyBodyProjection::Metered {
+                mut body,
+                scanner,
+                ticket,
+            } => {
+                let polled = body.as_mut().poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            scanner.feed(data);
+                        }
+                        // The server may stop polling once the body says it has ended.
+                        if body.is_end_stream()
+                            && scanner.is_billable()
+                            && let Some(ticket) = ticket.take()
+                        {
+                            ticket.count();
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if scanner.is_billable()
+                            && let Some(ticket) = ticket.take()
+                        {
+                            ticket.count();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => *ticket = None,
+                    Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Local { body } => body.is_end_stream(),
-            ProxyBody::Upstream { body } => body.is_end_stream(),
+            ProxyBody::Upstream { body } | ProxyBody::Metered { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Local { body } => body.size_hint(),
-            ProxyBody::Upstream { body } => body.size_hint(),
+            ProxyBody::Upstream { body } | ProxyBody::Metered { body, .. } => body.size_hint(),
         }
     }
 }

@@ -23,6 +23,7 @@ pub enum ErrorCode {
     OperationDenied,
     InvalidAction,
     MissingParameter,
+    InvalidParameter,
     RequestLimitExceeded,
     RequestSizeLimitExceeded,
     ResponseSizeLimitExceeded,
@@ -32,7 +33,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidAuthorization,
         ErrorCode::SecretIdNotFound,
         ErrorCode::InvalidSecretId,
@@ -43,6 +44,7 @@ impl ErrorCode {
         ErrorCode::OperationDenied,
         ErrorCode::InvalidAction,
         ErrorCode::MissingParameter,
+        ErrorCode::InvalidParameter,
         ErrorCode::RequestLimitExceeded,
         ErrorCode::RequestSizeLimitExceeded,
         ErrorCode::ResponseSizeLimitExceeded,
@@ -64,6 +66,7 @@ impl ErrorCode {
             ErrorCode::OperationDenied => "OperationDenied",
             ErrorCode::InvalidAction => "InvalidAction",
             ErrorCode::MissingParameter => "MissingParameter",
+            ErrorCode::InvalidParameter => "InvalidParameter",
             ErrorCode::RequestLimitExceeded => "RequestLimitExceeded",
             ErrorCode::RequestSizeLimitExceeded => "RequestSizeLimitExceeded",
             ErrorCode::ResponseSizeLimitExceeded => "ResponseSizeLimitExceeded",
@@ -91,6 +94,8 @@ pub enum GatewayError {
     Store(String),
     #[error("account state is unavailable (the state cache has been unreachable for too long)")]
     StateStale,
+    #[error("{0}")]
+    InvalidParameter(&'static str),
     #[error("the X-TC-Action header is missing")]
     MissingAction,
     #[error("the action is not offered by this gateway")]
@@ -121,6 +126,7 @@ impl GatewayError {
             GatewayError::Store(_) => ErrorCode::InternalError,
             GatewayError::RateLimited(_) => ErrorCode::RequestLimitExceeded,
             GatewayError::MissingAction => ErrorCode::MissingParameter,
+            GatewayError::InvalidParameter(_) => ErrorCode::InvalidParameter,
             GatewayError::UnknownAction => ErrorCode::InvalidAction,
             GatewayError::Forward(ForwardError::ResponseTooLarge { .. }) => ErrorCode::ResponseSizeLimitExceeded,
             GatewayError::Forward(ForwardError::Connect(_) | ForwardError::Timeout(_) | ForwardError::Protocol(_)) => {
@@ -181,6 +187,7 @@ mod tests {
             (RateLimited::Account.into(), "RequestLimitExceeded"),
             (RateLimited::Action.into(), "RequestLimitExceeded"),
             (GatewayError::MissingAction, "MissingParameter"),
+            (GatewayError::InvalidParameter("x"), "InvalidParameter"),
             (GatewayError::UnknownAction, "InvalidAction"),
             (ForwardError::Connect("refused".into()).into(), "InternalError"),
             (ForwardError::Timeout(Duration::from_secs(1)).into(), "InternalError"),

@@ -14,8 +14,9 @@
 //! 5. **rate limit** (`ratelimit`): per account and per action. Last of the checks, so refused
 //!    calls do not consume the caller's quota.
 //! 6. **forward**: re-signed with the platform's credentials (`forward`).
-//! 7. **meter**: count the call when the upstream answered HTTP 200 with no `Error`
-//!    (issue 5). Only after the answer: Tencent bills no failed call.
+//! 7. **meter**: count the call when the upstream answered HTTP 200 with no `Error`,
+//!    decided as the answer streams through (`body::ProxyBody::Metered`, `meter`).
+//!    Only after the answer: Tencent bills no failed call.
 //! 8. **respond**: the upstream's answer passes through unchanged.
 //!
 //! This module sequences the phases; it must not implement one itself.
@@ -30,11 +31,12 @@ pub mod tenant;
 
 use crate::app::App;
 use crate::catalog::ActionId;
+use crate::meter::{CounterKey, Month};
 use crate::metrics::Outcome;
 use crate::state::StalePolicy;
 use crate::state::mirror::AccountStanding;
 use auth::AuthMethod;
-use body::ProxyBody;
+use body::{MeterTicket, ProxyBody};
 use errors::GatewayError;
 use forward::{ForwardError, Resign};
 use http::{Request, Response};
@@ -99,7 +101,7 @@ async fn pipeline(
     // Tenant actions are answered here, before the state check: a tenant must be able
     // to activate, and to see why it is refused, while it is refused.
     if let Some(tenant_action) = name.and_then(TenantAction::from_name) {
-        return tenant::handle(app, caller.credential.account().id(), tenant_action).await;
+        return tenant::handle(app, caller.credential.account().id(), tenant_action, &body).await;
     }
     // 3. account state
     if let Some(age) = app.freshness.age(now)
@@ -141,7 +143,21 @@ async fn pipeline(
     let upstream_started = Instant::now();
     let response = app.upstream.forward(parts, body, resign, now).await?;
     app.metrics.record_upstream(upstream_started.elapsed().as_secs_f64());
-    // 7. meter: issue 5.
+    // 7. meter: decided as the answer streams through (`body::ProxyBody::Metered`)
+    if response.status() != http::StatusCode::OK || !app.billable[action_id.0 as usize] {
+        return Ok(response);
+    }
+    let Some(month) = Month::of(now, app.config.meter.billing_utc_offset_seconds) else {
+        return Ok(response);
+    };
+    let ticket = MeterTicket {
+        app: app.clone(),
+        key: CounterKey {
+            account: caller.credential.account().index(),
+            action: action_id.0,
+            month,
+        },
+    };
     // 8. respond
-    Ok(response)
+    Ok(response.map(|body| body.metered(ticket)))
 }

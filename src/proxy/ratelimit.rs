@@ -85,10 +85,12 @@ mod tests {
             ActionConfig {
                 name: "A".into(),
                 rate_limit_qps: None,
+                billable: true,
             },
             ActionConfig {
                 name: "B".into(),
                 rate_limit_qps: Some(2),
+                billable: true,
             },
         ];
         let limits = RateLimits::new(5, &actions);
@@ -126,6 +128,7 @@ mod tests {
             &[ActionConfig {
                 name: "A".into(),
                 rate_limit_qps: None,
+                billable: true,
             }],
         );
         let acme = account(&mirror, "acme", None);

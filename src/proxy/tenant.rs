@@ -5,8 +5,9 @@
 //! suspended). Never forwarded, never billed. Changes go the operators' write path
 //! (store, audit, publisher), recorded as the tenant's own.
 
-use crate::admin::api::{change_account, rfc3339};
+use crate::admin::api::{change_account, current_month, rfc3339};
 use crate::app::App;
+use crate::meter::Month;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::errors::GatewayError;
 use crate::store::records::SuspensionFlag;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 pub enum TenantAction {
     ActivateService,
     DescribeServiceStatus,
+    DescribeCallUsage,
 }
 
 impl TenantAction {
@@ -26,6 +28,7 @@ impl TenantAction {
         match name {
             "ActivateService" => Some(TenantAction::ActivateService),
             "DescribeServiceStatus" => Some(TenantAction::DescribeServiceStatus),
+            "DescribeCallUsage" => Some(TenantAction::DescribeCallUsage),
             _ => None,
         }
     }
@@ -35,7 +38,11 @@ pub async fn handle(
     app: &Arc<App>,
     account_id: &str,
     action: TenantAction,
+    body: &[u8],
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    if action == TenantAction::DescribeCallUsage {
+        return call_usage(app, account_id, body).await;
+    }
     let account = match action {
         TenantAction::ActivateService => {
             let now = app.clock.now_unix();
@@ -55,7 +62,7 @@ pub async fn handle(
             .await
             .map_err(|e| GatewayError::Store(e.message))?
         }
-        TenantAction::DescribeServiceStatus => app
+        TenantAction::DescribeServiceStatus | TenantAction::DescribeCallUsage => app
             .store
             .get_account(account_id)
             .await
@@ -89,6 +96,42 @@ pub async fn handle(
                 .into(),
         );
     }
+    Ok(tencent::json_response(tencent::success_body(
+        fields,
+        &tencent::new_request_id(),
+    )))
+}
+
+/// `DescribeCallUsage {"Month":"YYYY-MM"}` (default: this billing month): the calls
+/// counted for the tenant, as flushed to the billing store (at most one flush
+/// interval behind).
+async fn call_usage(app: &Arc<App>, account_id: &str, body: &[u8]) -> Result<Response<ProxyBody>, GatewayError> {
+    let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_slice(body).map_err(|_| GatewayError::InvalidParameter("the body must be a JSON object"))?
+    };
+    let month = match params.get("Month") {
+        None | Some(Value::Null) => current_month(app),
+        Some(Value::String(text)) => {
+            Month::parse(text).ok_or(GatewayError::InvalidParameter("Month must be YYYY-MM"))?
+        }
+        Some(_) => return Err(GatewayError::InvalidParameter("Month must be YYYY-MM")),
+    };
+    let usage = app
+        .store
+        .usage(account_id, &month.to_string())
+        .await
+        .map_err(|e| GatewayError::Store(e.to_string()))?;
+    let total: u64 = usage.iter().map(|(_, calls)| calls).sum();
+    let mut fields = Map::new();
+    fields.insert("Month".into(), month.to_string().into());
+    let rows: Vec<Value> = usage
+        .into_iter()
+        .map(|(action, calls)| json!({"Action": action, "Calls": calls}))
+        .collect();
+    fields.insert("Usage".into(), rows.into());
+    fields.insert("TotalCalls".into(), total.into());
     Ok(tencent::json_response(tencent::success_body(
         fields,
         &tencent::new_request_id(),

@@ -176,6 +176,7 @@ pub struct StateMirror {
     by_api_key: Map<[u8; 32], Arc<CredentialEntry>>,
     master_key: Arc<MasterKey>,
     next_index: AtomicU32,
+    by_index: Map<u32, Arc<AccountEntry>>,
 }
 
 impl StateMirror {
@@ -186,6 +187,7 @@ impl StateMirror {
             by_api_key: Map::default(),
             master_key,
             next_index: AtomicU32::new(0),
+            by_index: Map::default(),
         }
     }
 
@@ -197,7 +199,8 @@ impl StateMirror {
         if let Some(entry) = self.accounts.get(id) {
             return entry.clone();
         }
-        self.accounts
+        let entry = self
+            .accounts
             .entry(id.into())
             .or_insert_with(|| {
                 Arc::new(AccountEntry::placeholder(
@@ -205,7 +208,9 @@ impl StateMirror {
                     self.next_index.fetch_add(1, Ordering::Relaxed),
                 ))
             })
-            .clone()
+            .clone();
+        self.by_index.entry(entry.index()).or_insert_with(|| entry.clone());
+        entry
     }
 
     /// Applies an account copy if it is newer than the one held.
@@ -294,6 +299,11 @@ impl StateMirror {
 
     pub fn account(&self, id: &str) -> Option<Arc<AccountEntry>> {
         self.accounts.get(id).map(|e| e.clone())
+    }
+
+    /// The account with this process-local index (see `AccountEntry::index`).
+    pub fn account_by_index(&self, index: u32) -> Option<Arc<AccountEntry>> {
+        self.by_index.get(&index).map(|e| e.clone())
     }
 
     pub fn account_count(&self) -> usize {

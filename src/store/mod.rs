@@ -33,6 +33,23 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// One row of a flush batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub account_id: String,
+    pub action: String,
+    pub month: String,
+    pub calls: u64,
+}
+
+/// Counts flushed by one gateway instance, identified by `(instance_id, seq)`.
+#[derive(Debug, Clone)]
+pub struct UsageBatch {
+    pub instance_id: String,
+    pub seq: u64,
+    pub rows: Vec<UsageRow>,
+}
+
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
@@ -354,6 +371,60 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(self.get_credential(secret_id).await?.unwrap_or(after))
+    }
+
+    // ------------------------------------------------------------ usage
+
+    /// Applies a flush batch at most once: the batch id is inserted in the same
+    /// transaction as the counts, so a retry of an applied batch changes nothing.
+    /// Returns whether this call applied it.
+    pub async fn apply_usage_batch(&self, batch: &UsageBatch, now: i64) -> Result<bool, StoreError> {
+        let calls: u64 = batch.rows.iter().map(|r| r.calls).sum();
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO usage_batches (instance_id, seq, rows, calls, applied_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (instance_id, seq) DO NOTHING",
+        )
+        .bind(&batch.instance_id)
+        .bind(batch.seq as i64)
+        .bind(batch.rows.len() as i64)
+        .bind(calls as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for row in &batch.rows {
+            sqlx::query(
+                "INSERT INTO usage (account_id, action, month, calls, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (account_id, month, action) DO UPDATE SET calls = usage.calls + excluded.calls, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(&row.account_id)
+            .bind(&row.action)
+            .bind(&row.month)
+            .bind(row.calls as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Billable calls of one account in one month ("YYYY-MM"), per action, by name.
+    pub async fn usage(&self, account_id: &str, month: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query("SELECT action, calls FROM usage WHERE account_id = $1 AND month = $2 ORDER BY action")
+            .bind(account_id)
+            .bind(month)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("action")?, row.try_get::<i64, _>("calls")?.max(0) as u64)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     // ------------------------------------------------------------ audit

@@ -267,6 +267,18 @@ pub async fn get_json(url: &str) -> serde_json::Value {
 /// An eKYC API 3.0 call as the SDKs send it, signed with `signer` for `host`.
 pub fn signed_call(url: &str, host: &str, action: &str, body: &[u8], signer: &Signer) -> Request<Full<Bytes>> {
     let timestamp = ekyc_gateway::clock::Clock::now_unix(&SystemClock);
+    signed_call_at(url, host, action, body, signer, timestamp)
+}
+
+/// The same, signed as if sent at `timestamp` (for gateways on a manual clock).
+pub fn signed_call_at(
+    url: &str,
+    host: &str,
+    action: &str,
+    body: &[u8],
+    signer: &Signer,
+    timestamp: i64,
+) -> Request<Full<Bytes>> {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", "application/json".parse().unwrap());
     headers.insert("host", host.parse().unwrap());

@@ -1,0 +1,169 @@
+//! Metering: the count of billable calls per (account, action, billing month), kept in
+//! memory on the hot path and flushed to the billing store in batches.
+//!
+//! - `billable`: the streaming check of an upstream answer.
+//! - `Counters`: a concurrent map of atomics keyed by small integers (account index,
+//!   action id, month number), so counting a call allocates nothing and takes no lock
+//!   the flusher holds for long.
+//! - `Month`: the calendar month of a call's arrival in the billing time zone.
+//!
+//! Must not do I/O on the hot path; the flusher (`flush`) does that.
+
+pub mod billable;
+pub mod flush;
+
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A calendar month, numbered `year * 12 + (month - 1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Month(pub u32);
+
+impl Month {
+    /// The month of `unix` seconds in a zone `offset_seconds` east of UTC.
+    pub fn of(unix: i64, offset_seconds: i32) -> Option<Month> {
+        let date = crate::tc3::utc_date_bytes(unix + i64::from(offset_seconds))?;
+        let digits = |range: std::ops::Range<usize>| date[range].iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+        Some(Month(digits(0..4) * 12 + digits(5..7) - 1))
+    }
+
+    pub fn parse(text: &str) -> Option<Month> {
+        let (year, month) = text.split_once('-')?;
+        if year.len() != 4 || month.len() != 2 {
+            return None;
+        }
+        let (year, month): (u32, u32) = (year.parse().ok()?, month.parse().ok()?);
+        (1..=12).contains(&month).then_some(Month(year * 12 + month - 1))
+    }
+
+    pub fn year(self) -> u32 {
+        self.0 / 12
+    }
+
+    pub fn number(self) -> u32 {
+        self.0 % 12 + 1
+    }
+}
+
+impl std::fmt::Display for Month {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}", self.year(), self.number())
+    }
+}
+
+/// What a billable call is counted under. Account indexes are this process's (see
+/// `StateMirror`); the flusher turns them back into account ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    pub account: u32,
+    pub action: u16,
+    pub month: Month,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    counts: DashMap<CounterKey, AtomicU64, ahash::RandomState>,
+}
+
+impl Counters {
+    /// Counts one call. The common case (a key seen before) is a shared-lock lookup and
+    /// an atomic add; only a new key takes the shard's write lock, once.
+    pub fn add(&self, key: CounterKey) {
+        if let Some(count) = self.counts.get(&key) {
+            count.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.counts.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Moves every count out (leaving zeros), for one batch. A call counted while this
+    /// runs lands either in this batch or in the next one, never in both, never lost.
+    pub fn take(&self) -> Vec<(CounterKey, u64)> {
+        let mut rows = Vec::new();
+        for entry in self.counts.iter() {
+            let calls = entry.value().swap(0, Ordering::AcqRel);
+            if calls > 0 {
+                rows.push((*entry.key(), calls));
+            }
+        }
+        rows
+    }
+
+    /// Puts counts back (a batch that could not be built), adding to what came since.
+    pub fn give_back(&self, rows: &[(CounterKey, u64)]) {
+        for (key, calls) in rows {
+            self.counts
+                .entry(*key)
+                .or_default()
+                .fetch_add(*calls, Ordering::Relaxed);
+        }
+    }
+
+    /// Calls counted and not yet taken.
+    pub fn pending(&self) -> u64 {
+        self.counts.iter().map(|e| e.value().load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn distinct_keys(&self) -> usize {
+        self.counts.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UTC8: i32 = 8 * 3600;
+
+    #[test]
+    fn months_follow_the_billing_time_zone() {
+        // 2026-11-30 15:59:59 UTC is 23:59:59 on the 30th in UTC+8; one second later it is December there.
+        let last_second = 1_796_054_399;
+        assert_eq!(Month::of(last_second, UTC8).unwrap().to_string(), "2026-11");
+        assert_eq!(Month::of(last_second + 1, UTC8).unwrap().to_string(), "2026-12");
+        assert_eq!(Month::of(last_second + 1, 0).unwrap().to_string(), "2026-11");
+        // Leap year: 2028-02-29 23:59:59 in UTC+8, then March.
+        let leap_end = 1_835_452_799;
+        assert_eq!(Month::of(leap_end, UTC8).unwrap().to_string(), "2028-02");
+        assert_eq!(Month::of(leap_end + 1, UTC8).unwrap().to_string(), "2028-03");
+        // New year.
+        assert_eq!(Month::of(1_798_732_799, UTC8).unwrap().to_string(), "2026-12");
+        assert_eq!(Month::of(1_798_732_800, UTC8).unwrap().to_string(), "2027-01");
+    }
+
+    #[test]
+    fn months_parse_and_print() {
+        assert_eq!(Month::parse("2026-11").unwrap().to_string(), "2026-11");
+        assert!(Month::parse("2026-13").is_none());
+        assert!(Month::parse("2026-1").is_none());
+        assert!(Month::parse("26-11").is_none());
+        assert!(Month::parse("2026-11").unwrap() < Month::parse("2026-12").unwrap());
+    }
+
+    #[test]
+    fn counts_move_out_exactly_once_under_concurrency() {
+        let counters = std::sync::Arc::new(Counters::default());
+        let key = |i: u32| CounterKey {
+            account: i % 7,
+            action: (i % 3) as u16,
+            month: Month(24_322),
+        };
+        let mut taken = 0u64;
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let counters = counters.clone();
+                scope.spawn(move || {
+                    for i in 0..50_000u32 {
+                        counters.add(key(i + t));
+                    }
+                });
+            }
+            for _ in 0..50 {
+                taken += counters.take().iter().map(|(_, n)| n).sum::<u64>();
+            }
+        });
+        taken += counters.take().iter().map(|(_, n)| n).sum::<u64>();
+        assert_eq!(taken, 200_000);
+        assert_eq!(counters.pending(), 0);
+    }
+}

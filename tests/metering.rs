@@ -1,0 +1,302 @@
+//! Metering end to end: every successful call is counted once and reaches the billing
+//! store (SQLite and PostgreSQL), API-level errors, refused calls and tenant actions are
+//! not counted, a retried batch is applied once, months follow the billing time zone,
+//! and tenants and operators read the counts.
+
+mod common;
+
+use common::*;
+use ekyc_gateway::clock::ManualClock;
+use ekyc_gateway::store::{UsageBatch, UsageRow};
+use ekyc_gateway::tc3::Signer;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const ACTIONS: [&str; 4] = [
+    "LivenessCompare",
+    "IdCardVerification",
+    "DetectAuth",
+    "GetFaceIdTokenIntl",
+];
+
+async fn reconcile(store_url: String) {
+    let sim = SimHandle::start(|c| c.error_rate = 0.25).await;
+    let mut config = gateway_config(
+        &format!("http://{}", sim.addr),
+        "[meter]\nflush_interval_ms = 200\n[rate_limit]\ndefault_qps = 0\n",
+    );
+    config.store_url = store_url;
+    let gateway = GatewayHandle::start_with(config, Arc::new(ekyc_gateway::clock::SystemClock)).await;
+    let mut signers = vec![(CLIENT_ACCOUNT.to_string(), client_signer())];
+    for id in ["acme", "globex"] {
+        admin(&gateway, "POST", "/v1/accounts", Some(json!({"id": id, "name": id}))).await;
+        admin(&gateway, "POST", &format!("/v1/accounts/{id}/activate"), None).await;
+        let (_, c) = admin(&gateway, "POST", &format!("/v1/accounts/{id}/credentials"), None).await;
+        signers.push((
+            id.to_string(),
+            Signer::new(
+                c["secret_id"].as_str().unwrap(),
+                c["secret_key"].as_str().unwrap(),
+                "faceid",
+            ),
+        ));
+    }
+    let client = http1_client();
+    let mut tally: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for i in 0..240 {
+        let (account, signer) = &signers[i % signers.len()];
+        let action = ACTIONS[i % ACTIONS.len()];
+        let request = signed_call(&gateway.url(), &gateway.data.to_string(), action, b"{}", signer);
+        let answer = send(&client, request).await;
+        if answer.get("Error").is_none() {
+            *tally.entry((account.clone(), action.to_string())).or_default() += 1;
+        }
+    }
+    // Never counted: refused calls, unknown actions, tenant actions.
+    let bad = Signer::new(CLIENT_SECRET_ID, "wrong", "faceid");
+    send(
+        &client,
+        signed_call(&gateway.url(), &gateway.data.to_string(), "DetectAuth", b"{}", &bad),
+    )
+    .await;
+    send(
+        &client,
+        signed_call(
+            &gateway.url(),
+            &gateway.data.to_string(),
+            "NoSuchAction",
+            b"{}",
+            &client_signer(),
+        ),
+    )
+    .await;
+    send(
+        &client,
+        signed_call(
+            &gateway.url(),
+            &gateway.data.to_string(),
+            "DescribeServiceStatus",
+            b"{}",
+            &client_signer(),
+        ),
+    )
+    .await;
+
+    let store = gateway.app.store.clone();
+    let month = ekyc_gateway::meter::Month::of(
+        ekyc_gateway::clock::Clock::now_unix(&ekyc_gateway::clock::SystemClock),
+        8 * 3600,
+    )
+    .unwrap()
+    .to_string();
+    gateway.shutdown().await; // the final flush runs after in-flight requests
+
+    let mut billed: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (account, _) in &signers {
+        for (action, calls) in store.usage(account, &month).await.unwrap() {
+            billed.insert((account.clone(), action), calls);
+        }
+    }
+    assert_eq!(
+        billed, tally,
+        "billed per (account, action) must equal the clients' successes"
+    );
+    let stats = sim.stats().await;
+    for action in ACTIONS {
+        let served = stats["actions"][action]["success"].as_u64().unwrap();
+        let billed_action: u64 = billed.iter().filter(|((_, a), _)| a == action).map(|(_, n)| n).sum();
+        assert_eq!(
+            billed_action, served,
+            "{action}: billed must equal what the simulator served"
+        );
+        assert!(
+            stats["actions"][action]["api_error"].as_u64().unwrap() > 0,
+            "the load must include API errors"
+        );
+    }
+    eprintln!(
+        "reconciled {} calls over {} (account, action) pairs",
+        tally.values().sum::<u64>(),
+        tally.len()
+    );
+}
+
+#[tokio::test]
+async fn billed_equals_served_on_sqlite() {
+    // A store that outlives the gateway, to be read after its shutdown.
+    let dir = tempfile::tempdir().unwrap();
+    reconcile(format!("sqlite://{}/billing.db", dir.path().display())).await;
+}
+
+#[tokio::test]
+async fn billed_equals_served_on_postgres() {
+    let db = PgDatabase::create().await;
+    reconcile(db.url()).await;
+}
+
+#[tokio::test]
+async fn a_retried_batch_is_applied_once() {
+    let db = PgDatabase::create().await;
+    let store = ekyc_gateway::store::Store::connect(&db.url()).await.unwrap();
+    let batch = UsageBatch {
+        instance_id: "gw-test".into(),
+        seq: 7,
+        rows: vec![
+            UsageRow {
+                account_id: "a".into(),
+                action: "DetectAuth".into(),
+                month: "2026-11".into(),
+                calls: 5,
+            },
+            UsageRow {
+                account_id: "a".into(),
+                action: "LivenessCompare".into(),
+                month: "2026-11".into(),
+                calls: 2,
+            },
+        ],
+    };
+    assert!(store.apply_usage_batch(&batch, 0).await.unwrap());
+    assert!(
+        !store.apply_usage_batch(&batch, 1).await.unwrap(),
+        "the same batch id twice"
+    );
+    let next = UsageBatch {
+        seq: 8,
+        ..batch.clone()
+    };
+    assert!(store.apply_usage_batch(&next, 2).await.unwrap());
+    let usage = store.usage("a", "2026-11").await.unwrap();
+    assert_eq!(
+        usage,
+        vec![("DetectAuth".to_string(), 10), ("LivenessCompare".to_string(), 4)]
+    );
+}
+
+#[tokio::test]
+async fn calls_count_in_the_month_of_their_arrival_in_the_billing_time_zone() {
+    // 2026-11-30 23:59:59 in UTC+8 (the default billing zone).
+    let last_second_of_november = 1_796_054_399;
+    let clock = ManualClock::new(last_second_of_november);
+    let sim_clock = clock.clone();
+    let sim = SimHandle::start(move |c| c.clock = Arc::new(sim_clock)).await;
+    let gateway = GatewayHandle::start_with_clock(&sim, "", clock.clone()).await;
+    let client = http1_client();
+    let call_at = |timestamp: i64| {
+        signed_call_at(
+            &gateway.url(),
+            &gateway.data.to_string(),
+            "DetectAuth",
+            b"{}",
+            &client_signer(),
+            timestamp,
+        )
+    };
+    assert!(
+        send(&client, call_at(last_second_of_november))
+            .await
+            .get("Error")
+            .is_none()
+    );
+    clock.advance(1);
+    assert!(
+        send(&client, call_at(last_second_of_november + 1))
+            .await
+            .get("Error")
+            .is_none()
+    );
+    assert!(
+        send(&client, call_at(last_second_of_november + 1))
+            .await
+            .get("Error")
+            .is_none()
+    );
+    gateway.app.flush_usage().await.unwrap();
+    let store = &gateway.app.store;
+    assert_eq!(
+        store.usage(CLIENT_ACCOUNT, "2026-11").await.unwrap(),
+        vec![("DetectAuth".to_string(), 1)]
+    );
+    assert_eq!(
+        store.usage(CLIENT_ACCOUNT, "2026-12").await.unwrap(),
+        vec![("DetectAuth".to_string(), 2)]
+    );
+
+    // Operators and the tenant read the same numbers.
+    let (status, usage) = admin(
+        &gateway,
+        "GET",
+        &format!("/v1/accounts/{CLIENT_ACCOUNT}/usage?month=2026-11"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(
+        usage,
+        json!({"account": CLIENT_ACCOUNT, "month": "2026-11", "actions": {"DetectAuth": 1}, "total": 1})
+    );
+    let (_, current) = admin(&gateway, "GET", &format!("/v1/accounts/{CLIENT_ACCOUNT}/usage"), None).await;
+    assert_eq!(current["month"], "2026-12");
+    assert_eq!(current["total"], 2);
+    let (status, _) = admin(
+        &gateway,
+        "GET",
+        &format!("/v1/accounts/{CLIENT_ACCOUNT}/usage?month=11-2026"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let now = last_second_of_november + 1;
+    let tenant = |body: &'static [u8]| {
+        signed_call_at(
+            &gateway.url(),
+            &gateway.data.to_string(),
+            "DescribeCallUsage",
+            body,
+            &client_signer(),
+            now,
+        )
+    };
+    let answer = send(&client, tenant(br#"{"Month":"2026-11"}"#)).await;
+    assert_eq!(answer["Month"], "2026-11", "{answer}");
+    assert_eq!(answer["TotalCalls"], 1);
+    assert_eq!(answer["Usage"], json!([{"Action": "DetectAuth", "Calls": 1}]));
+    let answer = send(&client, tenant(b"{}")).await;
+    assert_eq!(
+        (answer["Month"].as_str(), answer["TotalCalls"].as_u64()),
+        (Some("2026-12"), Some(2)),
+        "{answer}"
+    );
+    let answer = send(&client, tenant(br#"{"Month":"December"}"#)).await;
+    assert_eq!(error_code(&answer), Some("InvalidParameter"), "{answer}");
+}
+
+#[tokio::test]
+async fn usage_reaches_the_store_within_a_flush_interval_and_the_metrics_show_it() {
+    let sim = SimHandle::start(|_| {}).await;
+    let gateway = GatewayHandle::start(&sim, "[meter]\nflush_interval_ms = 100\n").await;
+    let client = http1_client();
+    for _ in 0..3 {
+        assert!(
+            send(&client, call(&gateway, "PhoneVerification", "{}"))
+                .await
+                .get("Error")
+                .is_none()
+        );
+    }
+    let (_, usage) = poll_until("the periodic flush", Duration::from_secs(5), || async {
+        let got = admin(&gateway, "GET", &format!("/v1/accounts/{CLIENT_ACCOUNT}/usage"), None).await;
+        (got.1["total"] == 3).then_some(got)
+    })
+    .await;
+    assert_eq!(usage["actions"]["PhoneVerification"], 3);
+    let metrics = gateway.metrics().await;
+    assert!(metrics.contains("ekyc_gateway_billable_calls_total 3"), "{metrics}");
+    assert!(metrics.contains("ekyc_gateway_usage_pending_calls 0"), "{metrics}");
+    assert!(
+        metrics.contains(r#"ekyc_gateway_flush_batches_total{kind="ok"}"#),
+        "{metrics}"
+    );
+}
