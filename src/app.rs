@@ -81,6 +81,7 @@ impl App {
         };
         let billable = config.actions.iter().map(|a| a.billable).collect();
         let config_instance_id = config.meter.instance_id.clone();
+        let config_max_keys = config.meter.max_pending_keys;
         let app = Arc::new(Self {
             config,
             clock,
@@ -92,7 +93,7 @@ impl App {
             mirror,
             publisher,
             freshness,
-            counters: Counters::default(),
+            counters: Counters::with_capacity_limit(config_max_keys),
             flusher: Flusher::new(config_instance_id),
             billable,
             cache_sync: Mutex::new(cache_sync),

@@ -206,6 +206,7 @@ struct RawMeter {
     flush_interval_ms: u64,
     billing_utc_offset: String,
     instance_id: Option<String>,
+    max_pending_keys: u64,
 }
 
 impl Default for RawMeter {
@@ -214,6 +215,7 @@ impl Default for RawMeter {
             flush_interval_ms: 1000,
             billing_utc_offset: "+08:00".into(),
             instance_id: None,
+            max_pending_keys: 1_000_000,
         }
     }
 }
@@ -336,6 +338,8 @@ pub struct MeterConfig {
     pub billing_utc_offset_seconds: i32,
     /// Names this process's flush batches; stable across restarts of one instance.
     pub instance_id: String,
+    /// Most distinct (account, action, month) counters held while the store lags.
+    pub max_pending_keys: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -658,6 +662,7 @@ impl Config {
                     .var("EKYC_INSTANCE_ID")
                     .or(raw.meter.instance_id)
                     .unwrap_or_else(|| format!("gw-{}", uuid::Uuid::new_v4().simple())),
+                max_pending_keys: within("meter.max_pending_keys", raw.meter.max_pending_keys, 1, 100_000_000)?,
             },
         })
     }

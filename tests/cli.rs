@@ -82,6 +82,14 @@ async fn operators_manage_accounts_and_credentials_from_the_command_line() {
         Some("AuthFailure.InvalidSecretId")
     );
 
+    gateway.app.flush_usage().await.unwrap();
+    let (ok, out, err) = cli(&gateway, &["usage", "acme"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("DetectAuth") && out.lines().any(|l| l.starts_with("TOTAL") && l.ends_with('2')),
+        "{out}"
+    );
+
     let (ok, out, _) = cli(&gateway, &["audit", "--account", "acme"]).await;
     assert!(ok, "{out}");
     for action in [

@@ -300,3 +300,53 @@ async fn usage_reaches_the_store_within_a_flush_interval_and_the_metrics_show_it
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn with_the_store_down_the_gateway_serves_keeps_counts_and_bounds_memory() {
+    let sim = SimHandle::start(|_| {}).await;
+    let db = PgDatabase::create().await;
+    let mut config = gateway_config(
+        &format!("http://{}", sim.addr),
+        "[meter]\nflush_interval_ms = 100\nmax_pending_keys = 2\n",
+    );
+    config.store_url = db.url();
+    let gateway = GatewayHandle::start_with(config, Arc::new(ekyc_gateway::clock::SystemClock)).await;
+    let client = http1_client();
+    db.cut().await;
+    for _ in 0..10 {
+        assert!(
+            send(&client, call(&gateway, "DetectAuth", "{}"))
+                .await
+                .get("Error")
+                .is_none()
+        );
+    }
+    assert!(
+        send(&client, call(&gateway, "PhoneVerification", "{}"))
+            .await
+            .get("Error")
+            .is_none()
+    );
+    // Flushes fail meanwhile; the counts wait in memory (frozen batch + counters).
+    poll_until("a failed flush", Duration::from_secs(5), || async {
+        gateway
+            .metrics()
+            .await
+            .contains(r#"ekyc_gateway_flush_batches_total{kind="failed"}"#)
+            .then_some(())
+    })
+    .await;
+    // A third distinct key would exceed max_pending_keys: refused before forwarding.
+    let answer = send(&client, call(&gateway, "IdCardVerification", "{}")).await;
+    assert_eq!(error_code(&answer), Some("ServiceUnavailable"), "{answer}");
+    assert_eq!(sim.successes("IdCardVerification").await, 0);
+
+    db.restore().await;
+    let (_, usage) = poll_until("the retried flush", Duration::from_secs(40), || async {
+        let got = admin(&gateway, "GET", &format!("/v1/accounts/{CLIENT_ACCOUNT}/usage"), None).await;
+        (got.1["total"] == 11).then_some(got)
+    })
+    .await;
+    assert_eq!(usage["actions"], json!({"DetectAuth": 10, "PhoneVerification": 1}));
+    assert_eq!(sim.successes("DetectAuth").await, 10);
+}

@@ -33,6 +33,13 @@ enum AdminCommand {
     /// Create, list and revoke an account's credentials.
     #[command(subcommand)]
     Credentials(CredentialsCommand),
+    /// Show an account's billable calls in a month (default: this billing month).
+    Usage {
+        account: String,
+        /// YYYY-MM
+        #[arg(long)]
+        month: Option<String>,
+    },
     /// Show the audit log, newest first.
     Audit {
         /// Only this account's entries.
@@ -172,6 +179,13 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
                 },
             ),
         },
+        AdminCommand::Usage { account, month } => {
+            let mut path = format!("/v1/accounts/{account}/usage");
+            if let Some(month) = month {
+                path.push_str(&format!("?month={month}"));
+            }
+            (api.call("GET", &path, None).await?, usage_table)
+        }
         AdminCommand::Audit { account, limit } => {
             let mut path = format!("/v1/audit?limit={limit}");
             if let Some(account) = account {
@@ -323,6 +337,24 @@ fn credentials_table(v: &Value) -> String {
         })
         .unwrap_or_default();
     table(&["SECRET_ID", "STATUS", "CREATED", "REVOKED"], &rows)
+}
+
+fn usage_table(v: &Value) -> String {
+    let mut rows: Vec<Vec<String>> = v["actions"]
+        .as_object()
+        .map(|a| {
+            a.iter()
+                .map(|(action, calls)| vec![action.clone(), text(calls)])
+                .collect()
+        })
+        .unwrap_or_default();
+    rows.push(vec!["TOTAL".into(), text(&v["total"])]);
+    format!(
+        "{} {}\n{}",
+        text(&v["account"]),
+        text(&v["month"]),
+        table(&["ACTION", "CALLS"], &rows)
+    )
 }
 
 fn audit_table(v: &Value) -> String {

@@ -60,12 +60,37 @@ pub struct CounterKey {
     pub month: Month,
 }
 
-#[derive(Default)]
 pub struct Counters {
     counts: DashMap<CounterKey, AtomicU64, ahash::RandomState>,
+    /// Most distinct keys held at once; a call that would need one more is refused
+    /// before it is forwarded (it could not be counted), never counted and dropped.
+    max_keys: usize,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::with_capacity_limit(1_000_000)
+    }
 }
 
 impl Counters {
+    pub fn with_capacity_limit(max_keys: usize) -> Self {
+        Self {
+            counts: DashMap::default(),
+            max_keys,
+        }
+    }
+
+    /// Whether a call under `key` can be counted: its key is held already, or there is
+    /// room for one more. Checked before forwarding.
+    pub fn admits(&self, key: &CounterKey) -> bool {
+        self.counts.len() < self.max_keys || self.counts.contains_key(key)
+    }
+
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
     /// Counts one call. The common case (a key seen before) is a shared-lock lookup and
     /// an atomic add; only a new key takes the shard's write lock, once.
     pub fn add(&self, key: CounterKey) {
@@ -78,14 +103,19 @@ impl Counters {
 
     /// Moves every count out (leaving zeros), for one batch. A call counted while this
     /// runs lands either in this batch or in the next one, never in both, never lost.
+    /// Keys with no call since the last take are dropped, so memory follows the keys
+    /// in use, not every key ever seen.
     pub fn take(&self) -> Vec<(CounterKey, u64)> {
         let mut rows = Vec::new();
-        for entry in self.counts.iter() {
-            let calls = entry.value().swap(0, Ordering::AcqRel);
+        // `retain` holds each shard's write lock while it visits it; `add` holds the
+        // read lock while it adds, so no add can land in an entry being removed.
+        self.counts.retain(|key, count| {
+            let calls = count.swap(0, Ordering::AcqRel);
             if calls > 0 {
-                rows.push((*entry.key(), calls));
+                rows.push((*key, calls));
             }
-        }
+            calls > 0
+        });
         rows
     }
 
@@ -138,6 +168,23 @@ mod tests {
         assert!(Month::parse("2026-1").is_none());
         assert!(Month::parse("26-11").is_none());
         assert!(Month::parse("2026-11").unwrap() < Month::parse("2026-12").unwrap());
+    }
+
+    #[test]
+    fn idle_keys_are_dropped_and_the_key_cap_holds() {
+        let counters = Counters::with_capacity_limit(2);
+        let key = |account| CounterKey {
+            account,
+            action: 0,
+            month: Month(1),
+        };
+        counters.add(key(1));
+        counters.add(key(2));
+        assert!(counters.admits(&key(1)));
+        assert!(!counters.admits(&key(3)), "full: a new key is refused");
+        assert_eq!(counters.take().len(), 2);
+        assert_eq!(counters.distinct_keys(), 0, "keys without calls since the last take go");
+        assert!(counters.admits(&key(3)));
     }
 
     #[test]

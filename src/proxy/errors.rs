@@ -92,6 +92,8 @@ pub enum GatewayError {
     Account(AccountStanding),
     #[error("the billing store could not answer: {0}")]
     Store(String),
+    #[error("calls cannot be counted right now (usage counters are full); try again later")]
+    MeterFull,
     #[error("account state is unavailable (the state cache has been unreachable for too long)")]
     StateStale,
     #[error("{0}")]
@@ -122,7 +124,7 @@ impl GatewayError {
             GatewayError::Account(AccountStanding::ManuallySuspended | AccountStanding::Enabled) => {
                 ErrorCode::OperationDenied
             }
-            GatewayError::StateStale => ErrorCode::ServiceUnavailable,
+            GatewayError::StateStale | GatewayError::MeterFull => ErrorCode::ServiceUnavailable,
             GatewayError::Store(_) => ErrorCode::InternalError,
             GatewayError::RateLimited(_) => ErrorCode::RequestLimitExceeded,
             GatewayError::MissingAction => ErrorCode::MissingParameter,
@@ -183,6 +185,7 @@ mod tests {
                 "OperationDenied",
             ),
             (GatewayError::StateStale, "ServiceUnavailable"),
+            (GatewayError::MeterFull, "ServiceUnavailable"),
             (GatewayError::Store("down".into()), "InternalError"),
             (RateLimited::Account.into(), "RequestLimitExceeded"),
             (RateLimited::Action.into(), "RequestLimitExceeded"),

@@ -140,24 +140,34 @@ async fn pipeline(
         }
         AuthMethod::V1 { params } => Resign::V1 { params },
     };
+    // Before forwarding: a call that could not be counted is not made.
+    let meter_key = if app.billable[action_id.0 as usize] {
+        let month = Month::of(now, app.config.meter.billing_utc_offset_seconds)
+            .ok_or_else(|| GatewayError::Store("the clock is outside the years 0-9999".into()))?;
+        let key = CounterKey {
+            account: caller.credential.account().index(),
+            action: action_id.0,
+            month,
+        };
+        if !app.counters.admits(&key) {
+            tracing::error!(
+                max_keys = app.counters.max_keys(),
+                "usage counters are full (the billing store has not taken counts for a while): refusing new keys"
+            );
+            return Err(GatewayError::MeterFull);
+        }
+        Some(key)
+    } else {
+        None
+    };
     let upstream_started = Instant::now();
     let response = app.upstream.forward(parts, body, resign, now).await?;
     app.metrics.record_upstream(upstream_started.elapsed().as_secs_f64());
     // 7. meter: decided as the answer streams through (`body::ProxyBody::Metered`)
-    if response.status() != http::StatusCode::OK || !app.billable[action_id.0 as usize] {
-        return Ok(response);
-    }
-    let Some(month) = Month::of(now, app.config.meter.billing_utc_offset_seconds) else {
+    let Some(key) = meter_key.filter(|_| response.status() == http::StatusCode::OK) else {
         return Ok(response);
     };
-    let ticket = MeterTicket {
-        app: app.clone(),
-        key: CounterKey {
-            account: caller.credential.account().index(),
-            action: action_id.0,
-            month,
-        },
-    };
+    let ticket = MeterTicket { app: app.clone(), key };
     // 8. respond
     Ok(response.map(|body| body.metered(ticket)))
 }

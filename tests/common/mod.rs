@@ -479,6 +479,30 @@ impl PgDatabase {
         Self { name, admin_conninfo }
     }
 
+    /// Runs SQL as the server's admin user (e.g. to cut the database off).
+    pub async fn admin_sql(&self, sql: &str) {
+        let (client, connection) = tokio_postgres::connect(&self.admin_conninfo, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client.batch_execute(sql).await.unwrap();
+    }
+
+    /// Refuses new connections to the database and ends the open ones: the store is down.
+    pub async fn cut(&self) {
+        self.admin_sql(&format!(
+            "ALTER DATABASE {0} ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}'",
+            self.name
+        ))
+        .await;
+    }
+
+    pub async fn restore(&self) {
+        self.admin_sql(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.name))
+            .await;
+    }
+
     /// The fresh database as a `postgres://` URL, for the gateway's `store.url`.
     pub fn url(&self) -> String {
         let mut user = "postgres".to_string();
