@@ -213,8 +213,60 @@ fn auth_with_a_million_credentials(c: &mut Criterion) {
     group.finish();
 }
 
+/// Counting a billable call, and the streaming billable check of a 5 MiB answer.
+fn metering(c: &mut Criterion) {
+    use ekyc_gateway::meter::billable::BillableScanner;
+    use ekyc_gateway::meter::{CounterKey, Counters, Month};
+    let counters = Counters::with_capacity_limit(2_000_000);
+    let key = |account: u32| CounterKey {
+        account,
+        action: 3,
+        month: Month(24_322),
+    };
+    for account in 0..1_000_000 {
+        counters.add(key(account));
+    }
+    c.bench_function("meter_increment_1M_keys_uncontended", |b| {
+        let mut i = 0u32;
+        b.iter(|| {
+            i = (i + 7919) % 1_000_000;
+            counters.add(black_box(key(i)))
+        })
+    });
+    c.bench_function("meter_increment_hot_key_2_threads", |b| {
+        b.iter_custom(|iterations| {
+            let started = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..iterations {
+                            counters.add(black_box(key(42)));
+                        }
+                    });
+                }
+            });
+            started.elapsed() / 2
+        })
+    });
+    let image = "A".repeat(5 << 20);
+    let answer = format!(r#"{{"Response":{{"BestFrameBase64":"{image}","Result":"Success","RequestId":"x"}}}}"#);
+    let mut group = c.benchmark_group("billable_check");
+    group.throughput(Throughput::Bytes(answer.len() as u64));
+    group.bench_function("5MiB_answer_in_16KiB_frames", |b| {
+        b.iter(|| {
+            let mut scanner = BillableScanner::new();
+            for frame in answer.as_bytes().chunks(16 * 1024) {
+                scanner.feed(black_box(frame));
+            }
+            assert!(scanner.is_billable());
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    metering,
     tc3_verification,
     upstream_signature,
     catalog_and_metrics,
