@@ -350,3 +350,41 @@ async fn with_the_store_down_the_gateway_serves_keeps_counts_and_bounds_memory()
     assert_eq!(usage["actions"], json!({"DetectAuth": 10, "PhoneVerification": 1}));
     assert_eq!(sim.successes("DetectAuth").await, 10);
 }
+
+/// The flush-size figure of the metering issue: 1 M distinct rows in one batch to
+/// PostgreSQL. Slow in a debug build, so run it on demand:
+/// `cargo nextest run --release --run-ignored only flush_of_a_million_rows`.
+#[tokio::test]
+#[ignore]
+async fn flush_of_a_million_rows() {
+    let db = PgDatabase::create().await;
+    let store = ekyc_gateway::store::Store::connect(&db.url()).await.unwrap();
+    let rows: Vec<UsageRow> = (0..1_000_000)
+        .map(|i| UsageRow {
+            account_id: format!("acct-{}", i / 5),
+            action: ACTIONS[i % 4].to_string(),
+            month: if i % 5 == 4 { "2026-10".into() } else { "2026-11".into() },
+            calls: 1 + (i as u64 % 3),
+        })
+        .collect();
+    let expected: u64 = rows.iter().map(|r| r.calls).sum();
+    let batch = UsageBatch {
+        instance_id: "gw-bench".into(),
+        seq: 1,
+        rows,
+    };
+    let started = std::time::Instant::now();
+    assert!(store.apply_usage_batch(&batch, 0).await.unwrap());
+    let elapsed = started.elapsed();
+    eprintln!("flushed 1,000,000 rows to PostgreSQL in {elapsed:?}");
+    let (client, connection) = tokio_postgres::connect(&db.conninfo(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let total: i64 = client
+        .query_one("SELECT SUM(calls)::BIGINT FROM usage", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total as u64, expected);
+}

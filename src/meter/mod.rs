@@ -183,7 +183,14 @@ mod tests {
         assert!(counters.admits(&key(1)));
         assert!(!counters.admits(&key(3)), "full: a new key is refused");
         assert_eq!(counters.take().len(), 2);
-        assert_eq!(counters.distinct_keys(), 0, "keys without calls since the last take go");
+        assert_eq!(counters.distinct_keys(), 2, "keys with calls stay for the next take");
+        counters.add(key(1));
+        assert_eq!(counters.take(), vec![(key(1), 1)]);
+        assert_eq!(
+            counters.distinct_keys(),
+            1,
+            "a key without a call since the last take goes"
+        );
         assert!(counters.admits(&key(3)));
     }
 

@@ -62,6 +62,9 @@ pub struct AccountChange {
     pub changed: bool,
 }
 
+/// 5 parameters a row: well under SQLite's 32,766 and PostgreSQL's 65,535 limits.
+const USAGE_ROWS_PER_STATEMENT: usize = 1000;
+
 const ACCOUNT_COLUMNS: &str = "id, name, activated, activated_at, manual_reason, manual_since, arrears_reason, \
                                arrears_since, rate_limit_qps, created_at, version";
 const CREDENTIAL_COLUMNS: &str =
@@ -396,19 +399,32 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        for row in &batch.rows {
-            sqlx::query(
-                "INSERT INTO usage (account_id, action, month, calls, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (account_id, month, action) DO UPDATE SET calls = usage.calls + excluded.calls, \
+        // Many rows per statement: one round trip per chunk instead of per row. The rows
+        // of a batch have distinct keys (they come from a map), as ON CONFLICT requires.
+        for chunk in batch.rows.chunks(USAGE_ROWS_PER_STATEMENT) {
+            let mut sql = String::with_capacity(120 + chunk.len() * 40);
+            sql.push_str("INSERT INTO usage (account_id, action, month, calls, updated_at) VALUES ");
+            for i in 0..chunk.len() {
+                let p = i * 5;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5));
+            }
+            sql.push_str(
+                " ON CONFLICT (account_id, month, action) DO UPDATE SET calls = usage.calls + excluded.calls, \
                  updated_at = excluded.updated_at",
-            )
-            .bind(&row.account_id)
-            .bind(&row.action)
-            .bind(&row.month)
-            .bind(row.calls as i64)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            );
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                query = query
+                    .bind(&row.account_id)
+                    .bind(&row.action)
+                    .bind(&row.month)
+                    .bind(row.calls as i64)
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(true)
