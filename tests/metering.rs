@@ -55,34 +55,15 @@ async fn reconcile(store_url: String) {
         }
     }
     // Never counted: refused calls, unknown actions, tenant actions.
-    let bad = Signer::new(CLIENT_SECRET_ID, "wrong", "faceid");
-    send(
-        &client,
-        signed_call(&gateway.url(), &gateway.data.to_string(), "DetectAuth", b"{}", &bad),
-    )
-    .await;
-    send(
-        &client,
-        signed_call(
-            &gateway.url(),
-            &gateway.data.to_string(),
-            "NoSuchAction",
-            b"{}",
-            &client_signer(),
-        ),
-    )
-    .await;
-    send(
-        &client,
-        signed_call(
-            &gateway.url(),
-            &gateway.data.to_string(),
-            "DescribeServiceStatus",
-            b"{}",
-            &client_signer(),
-        ),
-    )
-    .await;
+    let wrong_key = Signer::new(CLIENT_SECRET_ID, "wrong", "faceid");
+    for (action, signer) in [
+        ("DetectAuth", &wrong_key),
+        ("NoSuchAction", &client_signer()),
+        ("DescribeServiceStatus", &client_signer()),
+    ] {
+        let request = signed_call(&gateway.url(), &gateway.data.to_string(), action, b"{}", signer);
+        send(&client, request).await;
+    }
 
     let store = gateway.app.store.clone();
     let month = ekyc_gateway::meter::Month::of(
