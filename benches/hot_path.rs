@@ -224,13 +224,13 @@ fn metering(c: &mut Criterion) {
         month: Month(24_322),
     };
     for account in 0..1_000_000 {
-        counters.add(key(account));
+        counters.add(key(account), 1);
     }
     c.bench_function("meter_increment_1M_keys_uncontended", |b| {
         let mut i = 0u32;
         b.iter(|| {
             i = (i + 7919) % 1_000_000;
-            counters.add(black_box(key(i)))
+            counters.add(black_box(key(i)), 1)
         })
     });
     c.bench_function("meter_increment_hot_key_2_threads", |b| {
@@ -240,7 +240,7 @@ fn metering(c: &mut Criterion) {
                 for _ in 0..2 {
                     s.spawn(|| {
                         for _ in 0..iterations {
-                            counters.add(black_box(key(42)));
+                            counters.add(black_box(key(42)), 1);
                         }
                     });
                 }

@@ -73,6 +73,7 @@ pub struct Metrics {
     pub credentials_loaded: Gauge,
     pub billable_calls: Counter,
     pub usage_pending_calls: Gauge,
+    pub usage_oldest_pending_seconds: Gauge,
     pub flush_batches_ok: Counter,
     pub flush_batches_failed: Counter,
 }
@@ -157,6 +158,12 @@ impl Metrics {
             "Counted calls not yet acknowledged by the billing store",
             usage_pending_calls.clone(),
         );
+        let usage_oldest_pending_seconds = Gauge::default();
+        registry.register(
+            "usage_oldest_pending_seconds",
+            "Age of the oldest counted call not yet acknowledged by the billing store (0: none)",
+            usage_oldest_pending_seconds.clone(),
+        );
         let flushes = Family::<KindLabels, Counter>::default();
         let flush_batches_ok = flushes.get_or_create(&KindLabels { kind: "ok".into() }).clone();
         let flush_batches_failed = flushes.get_or_create(&KindLabels { kind: "failed".into() }).clone();
@@ -175,6 +182,7 @@ impl Metrics {
             credentials_loaded,
             billable_calls,
             usage_pending_calls,
+            usage_oldest_pending_seconds,
             flush_batches_ok,
             flush_batches_failed,
         }

@@ -194,7 +194,19 @@ async fn calls_count_in_the_month_of_their_arrival_in_the_billing_time_zone() {
             .get("Error")
             .is_none()
     );
+    clock.advance(30);
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains("ekyc_gateway_usage_oldest_pending_seconds 31"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ekyc_gateway_usage_pending_calls 3"), "{metrics}");
     gateway.app.flush_usage().await.unwrap();
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains("ekyc_gateway_usage_oldest_pending_seconds 0"),
+        "{metrics}"
+    );
     let store = &gateway.app.store;
     assert_eq!(
         store.usage(CLIENT_ACCOUNT, "2026-11").await.unwrap(),

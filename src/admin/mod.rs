@@ -58,6 +58,14 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Full
             metrics.credentials_loaded.set(app.mirror.credential_count() as i64);
             let pending = app.counters.pending() + app.flusher.frozen_calls().await;
             metrics.usage_pending_calls.set(pending as i64);
+            let oldest = [app.counters.oldest_pending(), app.flusher.frozen_since().await]
+                .into_iter()
+                .flatten()
+                .min();
+            let now = app.clock.now_unix();
+            metrics
+                .usage_oldest_pending_seconds
+                .set(oldest.map_or(0, |t| (now - t).max(0)));
             let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

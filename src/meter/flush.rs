@@ -17,8 +17,8 @@ use tokio::sync::{Mutex, watch};
 pub struct Flusher {
     instance_id: String,
     next_seq: AtomicU64,
-    /// The batch waiting for the store's acknowledgement.
-    pending: Mutex<Option<UsageBatch>>,
+    /// The batch waiting for the store's acknowledgement, and when its oldest count was made.
+    pending: Mutex<Option<(UsageBatch, i64)>>,
     pub batches_ok: AtomicU64,
     pub batches_failed: AtomicU64,
 }
@@ -46,7 +46,8 @@ impl Flusher {
     ) -> anyhow::Result<u64> {
         let mut pending = self.pending.lock().await;
         if pending.is_none() {
-            let taken = counters.take();
+            let (taken, oldest) = counters.take();
+            let oldest = oldest.unwrap_or(now);
             if taken.is_empty() {
                 return Ok(0);
             }
@@ -64,17 +65,20 @@ impl Flusher {
                 }
             }
             // Cannot happen (indexes come from the mirror); kept, never dropped.
-            counters.give_back(&unknown);
+            if !unknown.is_empty() {
+                counters.give_back(&unknown, oldest);
+            }
             if rows.is_empty() {
                 return Ok(0);
             }
-            *pending = Some(UsageBatch {
+            let batch = UsageBatch {
                 instance_id: self.instance_id.clone(),
                 seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
                 rows,
-            });
+            };
+            *pending = Some((batch, oldest));
         }
-        let batch = pending.as_ref().expect("set above");
+        let (batch, _) = pending.as_ref().expect("set above");
         match store.apply_usage_batch(batch, now).await {
             Ok(_) => {
                 let calls = batch.rows.iter().map(|r| r.calls).sum();
@@ -95,7 +99,12 @@ impl Flusher {
             .lock()
             .await
             .as_ref()
-            .map_or(0, |b| b.rows.iter().map(|r| r.calls).sum())
+            .map_or(0, |(b, _)| b.rows.iter().map(|r| r.calls).sum())
+    }
+
+    /// When the oldest count of the frozen batch was made.
+    pub async fn frozen_since(&self) -> Option<i64> {
+        self.pending.lock().await.as_ref().map(|(_, oldest)| *oldest)
     }
 }
 

@@ -13,7 +13,7 @@ pub mod billable;
 pub mod flush;
 
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// A calendar month, numbered `year * 12 + (month - 1)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,6 +62,8 @@ pub struct CounterKey {
 
 pub struct Counters {
     counts: DashMap<CounterKey, AtomicU64, ahash::RandomState>,
+    /// When the oldest count not yet taken was made (Unix seconds; 0: none).
+    oldest: AtomicI64,
     /// Most distinct keys held at once; a call that would need one more is refused
     /// before it is forwarded (it could not be counted), never counted and dropped.
     max_keys: usize,
@@ -77,6 +79,7 @@ impl Counters {
     pub fn with_capacity_limit(max_keys: usize) -> Self {
         Self {
             counts: DashMap::default(),
+            oldest: AtomicI64::new(0),
             max_keys,
         }
     }
@@ -93,19 +96,28 @@ impl Counters {
 
     /// Counts one call. The common case (a key seen before) is a shared-lock lookup and
     /// an atomic add; only a new key takes the shard's write lock, once.
-    pub fn add(&self, key: CounterKey) {
+    pub fn add(&self, key: CounterKey, now: i64) {
         if let Some(count) = self.counts.get(&key) {
             count.fetch_add(1, Ordering::Relaxed);
-            return;
+        } else {
+            self.counts.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
         }
-        self.counts.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
+        if self.oldest.load(Ordering::Relaxed) == 0 {
+            let _ = self
+                .oldest
+                .compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     /// Moves every count out (leaving zeros), for one batch. A call counted while this
     /// runs lands either in this batch or in the next one, never in both, never lost.
     /// Keys with no call since the last take are dropped, so memory follows the keys
     /// in use, not every key ever seen.
-    pub fn take(&self) -> Vec<(CounterKey, u64)> {
+    /// Also returns when the oldest of the taken counts was made.
+    pub fn take(&self) -> (Vec<(CounterKey, u64)>, Option<i64>) {
+        // Reset first: a count made meanwhile restarts the clock, and may still land in
+        // this batch (its age is then overstated, never understated).
+        let oldest = Some(self.oldest.swap(0, Ordering::Relaxed)).filter(|t| *t != 0);
         let mut rows = Vec::new();
         // `retain` holds each shard's write lock while it visits it; `add` holds the
         // read lock while it adds, so no add can land in an entry being removed.
@@ -116,17 +128,25 @@ impl Counters {
             }
             calls > 0
         });
-        rows
+        (rows, oldest)
+    }
+
+    /// When the oldest count not yet taken was made.
+    pub fn oldest_pending(&self) -> Option<i64> {
+        Some(self.oldest.load(Ordering::Relaxed)).filter(|t| *t != 0)
     }
 
     /// Puts counts back (a batch that could not be built), adding to what came since.
-    pub fn give_back(&self, rows: &[(CounterKey, u64)]) {
+    pub fn give_back(&self, rows: &[(CounterKey, u64)], oldest: i64) {
         for (key, calls) in rows {
             self.counts
                 .entry(*key)
                 .or_default()
                 .fetch_add(*calls, Ordering::Relaxed);
         }
+        let _ = self
+            .oldest
+            .compare_exchange(0, oldest.max(1), Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Calls counted and not yet taken.
@@ -178,14 +198,15 @@ mod tests {
             action: 0,
             month: Month(1),
         };
-        counters.add(key(1));
-        counters.add(key(2));
+        counters.add(key(1), 100);
+        counters.add(key(2), 101);
         assert!(counters.admits(&key(1)));
         assert!(!counters.admits(&key(3)), "full: a new key is refused");
-        assert_eq!(counters.take().len(), 2);
+        let (rows, oldest) = counters.take();
+        assert_eq!((rows.len(), oldest), (2, Some(100)));
         assert_eq!(counters.distinct_keys(), 2, "keys with calls stay for the next take");
-        counters.add(key(1));
-        assert_eq!(counters.take(), vec![(key(1), 1)]);
+        counters.add(key(1), 100);
+        assert_eq!(counters.take(), (vec![(key(1), 1)], Some(100)));
         assert_eq!(
             counters.distinct_keys(),
             1,
@@ -208,15 +229,15 @@ mod tests {
                 let counters = counters.clone();
                 scope.spawn(move || {
                     for i in 0..50_000u32 {
-                        counters.add(key(i + t));
+                        counters.add(key(i + t), 1);
                     }
                 });
             }
             for _ in 0..50 {
-                taken += counters.take().iter().map(|(_, n)| n).sum::<u64>();
+                taken += counters.take().0.iter().map(|(_, n)| n).sum::<u64>();
             }
         });
-        taken += counters.take().iter().map(|(_, n)| n).sum::<u64>();
+        taken += counters.take().0.iter().map(|(_, n)| n).sum::<u64>();
         assert_eq!(taken, 200_000);
         assert_eq!(counters.pending(), 0);
     }

@@ -82,11 +82,13 @@ async fn drain_for_lingering_close(headers: &HeaderMap, body: Incoming, limit: u
 pub struct MeterTicket {
     pub app: Arc<App>,
     pub key: CounterKey,
+    /// The call's arrival (Unix seconds).
+    pub at: i64,
 }
 
 impl MeterTicket {
     fn count(self) {
-        self.app.counters.add(self.key);
+        self.app.counters.add(self.key, self.at);
         self.app.metrics.billable_calls.inc();
     }
 }

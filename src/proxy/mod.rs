@@ -167,7 +167,11 @@ async fn pipeline(
     let Some(key) = meter_key.filter(|_| response.status() == http::StatusCode::OK) else {
         return Ok(response);
     };
-    let ticket = MeterTicket { app: app.clone(), key };
+    let ticket = MeterTicket {
+        app: app.clone(),
+        key,
+        at: now,
+    };
     // 8. respond
     Ok(response.map(|body| body.metered(ticket)))
 }
