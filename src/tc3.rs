@@ -436,6 +436,7 @@ mod tests {
     use super::*;
 
     /// A raw request from `tests/vectors/tc3/`.
+    #[derive(Clone)]
     pub(crate) struct Vector {
         pub method: String,
         pub query: String,
@@ -517,12 +518,7 @@ mod tests {
         ] {
             let v = load_vector(name);
             for i in 0..v.body.len() {
-                let mut changed = Vector {
-                    body: v.body.clone(),
-                    headers: v.headers.clone(),
-                    method: v.method.clone(),
-                    query: v.query.clone(),
-                };
+                let mut changed = v.clone();
                 changed.body[i] ^= 0x01;
                 assert_eq!(
                     verify_vector(&changed, timestamp_of(&v)),
@@ -552,14 +548,10 @@ mod tests {
                 ("x-tc-timestamp", (now + 1).to_string()),
             ];
             for (header, value) in edits {
-                let mut h = v.headers.clone();
-                h.insert(http::HeaderName::from_static(header), value.parse().unwrap());
-                let changed = Vector {
-                    headers: h,
-                    body: v.body.clone(),
-                    method: v.method.clone(),
-                    query: v.query.clone(),
-                };
+                let mut changed = v.clone();
+                changed
+                    .headers
+                    .insert(http::HeaderName::from_static(header), value.parse().unwrap());
                 assert_eq!(
                     verify_vector(&changed, now),
                     Err(Tc3Error::SignatureFailure),
@@ -569,14 +561,8 @@ mod tests {
             let auth = v.headers.get("authorization").unwrap().to_str().unwrap();
             let last = auth.chars().last().unwrap();
             let flipped = format!("{}{}", &auth[..auth.len() - 1], if last == '0' { '1' } else { '0' });
-            let mut h = v.headers.clone();
-            h.insert("authorization", flipped.parse().unwrap());
-            let changed = Vector {
-                headers: h,
-                body: v.body.clone(),
-                method: v.method.clone(),
-                query: v.query.clone(),
-            };
+            let mut changed = v.clone();
+            changed.headers.insert("authorization", flipped.parse().unwrap());
             assert_eq!(
                 verify_vector(&changed, now),
                 Err(Tc3Error::SignatureFailure),
