@@ -216,21 +216,26 @@ fn auth_with_a_million_credentials(c: &mut Criterion) {
 /// Counting a billable call, and the streaming billable check of a 5 MiB answer.
 fn metering(c: &mut Criterion) {
     use ekyc_gateway::meter::billable::BillableScanner;
+    use ekyc_gateway::meter::journal::Journal;
     use ekyc_gateway::meter::{CounterKey, Counters, Month};
-    let counters = Counters::with_capacity_limit(2_000_000);
+    // The real thing: counters in a memory-mapped journal file.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&dir.path().join("meter.journal"), 2_000_000, "bench").unwrap();
+    let counters = Counters::new(journal, 2_000_000);
+    let names = |account: u32| move || (format!("acct-{account}"), "LivenessCompare".to_string());
     let key = |account: u32| CounterKey {
         account,
         action: 3,
         month: Month(24_322),
     };
     for account in 0..1_000_000 {
-        counters.add(key(account), 1);
+        counters.add(key(account), 1, names(account));
     }
     c.bench_function("meter_increment_1M_keys_uncontended", |b| {
         let mut i = 0u32;
         b.iter(|| {
             i = (i + 7919) % 1_000_000;
-            counters.add(black_box(key(i)), 1)
+            counters.add(black_box(key(i)), 1, names(i))
         })
     });
     c.bench_function("meter_increment_hot_key_2_threads", |b| {
@@ -240,7 +245,7 @@ fn metering(c: &mut Criterion) {
                 for _ in 0..2 {
                     s.spawn(|| {
                         for _ in 0..iterations {
-                            counters.add(black_box(key(42)), 1);
+                            counters.add(black_box(key(42)), 1, names(42));
                         }
                     });
                 }

@@ -6,8 +6,9 @@
 use crate::catalog::Catalog;
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::meter::Counters;
 use crate::meter::flush::Flusher;
+use crate::meter::journal::Journal;
+use crate::meter::{Counters, SLOT_HEADROOM};
 use crate::metrics::Metrics;
 use crate::proxy::forward::UpstreamClient;
 use crate::proxy::ratelimit::RateLimits;
@@ -80,8 +81,19 @@ impl App {
             }
         };
         let billable = config.actions.iter().map(|a| a.billable).collect();
-        let config_instance_id = config.meter.instance_id.clone();
-        let config_max_keys = config.meter.max_pending_keys;
+        let max_keys = config.meter.max_pending_keys;
+        let journal = Journal::open(
+            &config.meter.journal_path,
+            max_keys as u32 + SLOT_HEADROOM,
+            &config.meter.instance_id,
+        )?;
+        let counters = Counters::new(journal, max_keys);
+        tracing::info!(
+            instance_id = counters.journal().instance_id(),
+            journal = %config.meter.journal_path.display(),
+            carried_over = counters.distinct_keys(),
+            "meter journal open"
+        );
         let app = Arc::new(Self {
             config,
             clock,
@@ -93,8 +105,8 @@ impl App {
             mirror,
             publisher,
             freshness,
-            counters: Counters::with_capacity_limit(config_max_keys),
-            flusher: Flusher::new(config_instance_id),
+            counters,
+            flusher: Flusher::new(),
             billable,
             cache_sync: Mutex::new(cache_sync),
             shutdown_hooks: Mutex::new(Vec::new()),
@@ -114,10 +126,7 @@ impl App {
     /// Moves the counted calls into the billing store (one batch, retried until acknowledged).
     pub async fn flush_usage(&self) -> anyhow::Result<u64> {
         let now = self.clock.now_unix();
-        let result = self
-            .flusher
-            .flush_once(&self.counters, &self.mirror, &self.catalog, &self.store, now)
-            .await;
+        let result = self.flusher.flush_once(&self.counters, &self.store, now).await;
         match &result {
             Ok(_) => self.metrics.flush_batches_ok.inc(),
             Err(_) => self.metrics.flush_batches_failed.inc(),
@@ -131,7 +140,7 @@ impl App {
         let mut delay = std::time::Duration::from_millis(100);
         loop {
             match self.flush_usage().await {
-                Ok(0) if self.counters.pending() == 0 && self.flusher.frozen_calls().await == 0 => {
+                Ok(0) if self.counters.pending() == 0 => {
                     tracing::info!("final usage flush done");
                     return;
                 }
@@ -142,8 +151,11 @@ impl App {
                     delay = (delay * 2).min(std::time::Duration::from_secs(2));
                 }
                 Err(e) => {
-                    let lost = self.counters.pending() + self.flusher.frozen_calls().await;
-                    tracing::error!(error = %e, calls = lost, "final usage flush gave up: these counted calls are not in the billing store");
+                    tracing::error!(
+                        error = %e,
+                        calls = self.counters.pending(),
+                        "final usage flush gave up: these calls stay in the meter journal and are sent at the next start"
+                    );
                     return;
                 }
             }

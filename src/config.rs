@@ -207,6 +207,7 @@ struct RawMeter {
     billing_utc_offset: String,
     instance_id: Option<String>,
     max_pending_keys: u64,
+    journal_path: String,
 }
 
 impl Default for RawMeter {
@@ -216,6 +217,7 @@ impl Default for RawMeter {
             billing_utc_offset: "+08:00".into(),
             instance_id: None,
             max_pending_keys: 1_000_000,
+            journal_path: "./data/meter.journal".into(),
         }
     }
 }
@@ -336,8 +338,11 @@ pub struct MeterConfig {
     /// The billing time zone, seconds east of UTC: a call belongs to the calendar month
     /// of its arrival there.
     pub billing_utc_offset_seconds: i32,
-    /// Names this process's flush batches; stable across restarts of one instance.
+    /// The prefix of the instance id a new meter journal gets (a random suffix follows),
+    /// which names this instance's flush batches for as long as the journal lives.
     pub instance_id: String,
+    /// The meter journal (memory-mapped counters); one per gateway process.
+    pub journal_path: std::path::PathBuf,
     /// Most distinct (account, action, month) counters held while the store lags.
     pub max_pending_keys: usize,
 }
@@ -658,10 +663,20 @@ impl Config {
                 billing_utc_offset_seconds: parse_utc_offset(&raw.meter.billing_utc_offset).ok_or_else(|| {
                     ConfigError::new("meter.billing_utc_offset", "must look like +08:00, -05:30 or Z")
                 })?,
-                instance_id: env
-                    .var("EKYC_INSTANCE_ID")
-                    .or(raw.meter.instance_id)
-                    .unwrap_or_else(|| format!("gw-{}", uuid::Uuid::new_v4().simple())),
+                instance_id: {
+                    let prefix = env
+                        .var("EKYC_INSTANCE_ID")
+                        .or(raw.meter.instance_id)
+                        .unwrap_or_else(|| "gw".into());
+                    if prefix.is_empty() || prefix.len() > 100 || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+                        return Err(ConfigError::new(
+                            "meter.instance_id",
+                            "must be 1 to 100 printable ASCII characters",
+                        ));
+                    }
+                    prefix
+                },
+                journal_path: raw.meter.journal_path.into(),
                 max_pending_keys: within("meter.max_pending_keys", raw.meter.max_pending_keys, 1, 100_000_000)?,
             },
         })

@@ -107,6 +107,7 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()> + Send
     )
     .await?;
     drop(store);
+    config.meter.journal_path = options.data_dir.join("meter.journal");
     config.data_listen = options.listen;
     config.admin_listen = options.admin_listen;
     config.upstream.scheme = http::uri::Scheme::HTTP;

@@ -56,7 +56,7 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Full
             metrics.state_age_seconds.set(age);
             metrics.accounts_loaded.set(app.mirror.account_count() as i64);
             metrics.credentials_loaded.set(app.mirror.credential_count() as i64);
-            let pending = app.counters.pending() + app.flusher.frozen_calls().await;
+            let pending = app.counters.pending();
             metrics.usage_pending_calls.set(pending as i64);
             let oldest = [app.counters.oldest_pending(), app.flusher.frozen_since().await]
                 .into_iter()

@@ -5,101 +5,93 @@
 //! `meter.flush_interval` and once more at shutdown, after in-flight requests. Must
 //! not be called from the request path.
 
-use super::{CounterKey, Counters};
-use crate::catalog::Catalog;
-use crate::state::mirror::StateMirror;
-use crate::store::{Store, UsageBatch, UsageRow};
+use super::{Counters, FrozenBatch};
+use crate::store::{Store, UsageBatch};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 
 pub struct Flusher {
-    instance_id: String,
-    next_seq: AtomicU64,
-    /// The batch waiting for the store's acknowledgement, and when its oldest count was made.
+    /// The batch waiting for the store's acknowledgement, and when its oldest count was
+    /// made. Also in the journal (`Counters::frozen_batch`), for a process that dies.
     pending: Mutex<Option<(UsageBatch, i64)>>,
     pub batches_ok: AtomicU64,
     pub batches_failed: AtomicU64,
 }
 
+impl Default for Flusher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Flusher {
-    pub fn new(instance_id: String) -> Self {
+    pub fn new() -> Self {
         Self {
-            instance_id,
-            next_seq: AtomicU64::new(1),
             pending: Mutex::new(None),
             batches_ok: AtomicU64::new(0),
             batches_failed: AtomicU64::new(0),
         }
     }
 
-    /// Sends the frozen batch, or freezes a new one from the counters and sends it.
-    /// Returns the calls the store acknowledged.
-    pub async fn flush_once(
-        &self,
-        counters: &Counters,
-        mirror: &StateMirror,
-        catalog: &Catalog,
-        store: &Store,
-        now: i64,
-    ) -> anyhow::Result<u64> {
+    /// Sends the frozen batch (this process's, or one a killed process left in the
+    /// journal), or freezes a new one from the counters and sends it. Returns the calls
+    /// the store acknowledged.
+    pub async fn flush_once(&self, counters: &Counters, store: &Store, now: i64) -> anyhow::Result<u64> {
         let mut pending = self.pending.lock().await;
         if pending.is_none() {
-            let (taken, oldest) = counters.take();
-            let oldest = oldest.unwrap_or(now);
-            if taken.is_empty() {
-                return Ok(0);
-            }
-            let mut rows = Vec::with_capacity(taken.len());
-            let mut unknown: Vec<(CounterKey, u64)> = Vec::new();
-            for (key, calls) in taken {
-                match mirror.account_by_index(key.account) {
-                    Some(account) => rows.push(UsageRow {
-                        account_id: account.id().to_string(),
-                        action: catalog.name(crate::catalog::ActionId(key.action)).to_string(),
-                        month: key.month.to_string(),
-                        calls,
-                    }),
-                    None => unknown.push((key, calls)),
+            let (batch, oldest) = match counters.frozen_batch() {
+                Some(resumed) => {
+                    tracing::info!(
+                        seq = resumed.seq,
+                        rows = resumed.rows.len(),
+                        "resending the usage batch left frozen in the meter journal"
+                    );
+                    (resumed, now)
                 }
-            }
-            // Cannot happen (indexes come from the mirror); kept, never dropped.
-            if !unknown.is_empty() {
-                counters.give_back(&unknown, oldest);
-            }
+                None => {
+                    let oldest = counters.oldest_pending().unwrap_or(now);
+                    match counters.freeze() {
+                        Some(batch) => (batch, oldest),
+                        None => return Ok(0),
+                    }
+                }
+            };
+            let FrozenBatch { seq, rows } = batch;
             if rows.is_empty() {
+                // Every slot already shows it flushed: the process died between the
+                // acknowledgement and clearing the mark.
+                counters.acknowledge();
                 return Ok(0);
             }
             let batch = UsageBatch {
-                instance_id: self.instance_id.clone(),
-                seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+                instance_id: counters.journal().instance_id().to_string(),
+                seq,
                 rows,
             };
             *pending = Some((batch, oldest));
         }
         let (batch, _) = pending.as_ref().expect("set above");
         match store.apply_usage_batch(batch, now).await {
-            Ok(_) => {
+            Ok(applied) => {
+                if !applied {
+                    tracing::info!(
+                        seq = batch.seq,
+                        "usage batch was already in the store (acknowledgement lost); not counted again"
+                    );
+                }
                 let calls = batch.rows.iter().map(|r| r.calls).sum();
+                counters.acknowledge();
                 *pending = None;
                 self.batches_ok.fetch_add(1, Ordering::Relaxed);
-                Ok(calls)
+                Ok(if applied { calls } else { 0 })
             }
             Err(e) => {
                 self.batches_failed.fetch_add(1, Ordering::Relaxed);
                 Err(e.into())
             }
         }
-    }
-
-    /// Calls in the frozen batch, not yet acknowledged.
-    pub async fn frozen_calls(&self) -> u64 {
-        self.pending
-            .lock()
-            .await
-            .as_ref()
-            .map_or(0, |(b, _)| b.rows.iter().map(|r| r.calls).sum())
     }
 
     /// When the oldest count of the frozen batch was made.

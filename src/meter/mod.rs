@@ -2,18 +2,24 @@
 //! memory on the hot path and flushed to the billing store in batches.
 //!
 //! - `billable`: the streaming check of an upstream answer.
-//! - `Counters`: a concurrent map of atomics keyed by small integers (account index,
-//!   action id, month number), so counting a call allocates nothing and takes no lock
-//!   the flusher holds for long.
+//! - `Counters`: a concurrent map from small integers (account index, action id, month
+//!   number) to a slot of the `journal`, a memory-mapped file whose atomics are the
+//!   counts, so counting a call allocates nothing, takes no lock the flusher holds for
+//!   long, and survives the process being killed.
 //! - `Month`: the calendar month of a call's arrival in the billing time zone.
 //!
 //! Must not do I/O on the hot path; the flusher (`flush`) does that.
 
 pub mod billable;
 pub mod flush;
+pub mod journal;
 
+use crate::store::UsageRow;
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use journal::Journal;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// A calendar month, numbered `year * 12 + (month - 1)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,8 +57,8 @@ impl std::fmt::Display for Month {
     }
 }
 
-/// What a billable call is counted under. Account indexes are this process's (see
-/// `StateMirror`); the flusher turns them back into account ids.
+/// What a billable call is counted under, on the hot path. Account indexes are this
+/// process's (see `StateMirror`); the journal slot a key maps to holds the names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CounterKey {
     pub account: u32,
@@ -60,34 +66,62 @@ pub struct CounterKey {
     pub month: Month,
 }
 
+/// Journal slots beyond `max_keys`: calls admitted while the last free key was being
+/// taken still find a slot. More than this many new keys in flight at once would be
+/// needed to reach the in-memory overflow.
+pub const SLOT_HEADROOM: u32 = 65_536;
+
+/// A batch cut from the counters: what the store must apply under `(instance_id, seq)`.
+#[derive(Debug, Clone)]
+pub struct FrozenBatch {
+    pub seq: u64,
+    pub rows: Vec<UsageRow>,
+}
+
 pub struct Counters {
-    counts: DashMap<CounterKey, AtomicU64, ahash::RandomState>,
-    /// When the oldest count not yet taken was made (Unix seconds; 0: none).
+    /// Hot-path index: key → journal slot.
+    index: DashMap<CounterKey, u32, ahash::RandomState>,
+    journal: Journal,
+    /// Live slots not in `index`: left in the journal by an earlier process. Nothing is
+    /// added to them; they go once flushed.
+    orphans: Mutex<Vec<u32>>,
+    /// Calls that found every journal slot taken (see `SLOT_HEADROOM`): kept in memory
+    /// only, flushed with the next batch, lost on a crash. Logged loudly.
+    overflow: Mutex<HashMap<(String, String, Month), u64>>,
+    /// When the oldest count not yet frozen was made (Unix seconds; 0: none).
     oldest: AtomicI64,
     /// Most distinct keys held at once; a call that would need one more is refused
     /// before it is forwarded (it could not be counted), never counted and dropped.
     max_keys: usize,
 }
 
-impl Default for Counters {
-    fn default() -> Self {
-        Self::with_capacity_limit(1_000_000)
-    }
-}
-
 impl Counters {
-    pub fn with_capacity_limit(max_keys: usize) -> Self {
+    /// Counters over `journal`; live slots found in it are carried over.
+    pub fn new(journal: Journal, max_keys: usize) -> Self {
+        let orphans: Vec<u32> = (0..journal.high_water()).filter(|s| journal.is_live(*s)).collect();
         Self {
-            counts: DashMap::default(),
+            index: DashMap::default(),
+            journal,
+            orphans: Mutex::new(orphans),
+            overflow: Mutex::new(HashMap::new()),
             oldest: AtomicI64::new(0),
             max_keys,
         }
     }
 
+    /// Counters whose journal is anonymous memory (benchmarks, unit tests).
+    pub fn in_memory(max_keys: usize) -> Self {
+        Self::new(Journal::in_memory(max_keys as u32 + SLOT_HEADROOM), max_keys)
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
     /// Whether a call under `key` can be counted: its key is held already, or there is
     /// room for one more. Checked before forwarding.
     pub fn admits(&self, key: &CounterKey) -> bool {
-        self.counts.len() < self.max_keys || self.counts.contains_key(key)
+        (self.journal.live() as usize) < self.max_keys || self.index.contains_key(key)
     }
 
     pub fn max_keys(&self) -> usize {
@@ -95,12 +129,14 @@ impl Counters {
     }
 
     /// Counts one call. The common case (a key seen before) is a shared-lock lookup and
-    /// an atomic add; only a new key takes the shard's write lock, once.
-    pub fn add(&self, key: CounterKey, now: i64) {
-        if let Some(count) = self.counts.get(&key) {
-            count.fetch_add(1, Ordering::Relaxed);
+    /// an atomic add on the mapped journal; only a new key takes the shard's write lock
+    /// and a slot, once. `names` gives the key's account id and action name then.
+    #[inline]
+    pub fn add(&self, key: CounterKey, now: i64, names: impl FnOnce() -> (String, String)) {
+        if let Some(slot) = self.index.get(&key) {
+            self.journal.add(*slot, 1);
         } else {
-            self.counts.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
+            self.add_new(key, names);
         }
         if self.oldest.load(Ordering::Relaxed) == 0 {
             let _ = self
@@ -109,53 +145,151 @@ impl Counters {
         }
     }
 
-    /// Moves every count out (leaving zeros), for one batch. A call counted while this
-    /// runs lands either in this batch or in the next one, never in both, never lost.
-    /// Keys with no call since the last take are dropped, so memory follows the keys
-    /// in use, not every key ever seen.
-    /// Also returns when the oldest of the taken counts was made.
-    pub fn take(&self) -> (Vec<(CounterKey, u64)>, Option<i64>) {
-        // Reset first: a count made meanwhile restarts the clock, and may still land in
-        // this batch (its age is then overstated, never understated).
-        let oldest = Some(self.oldest.swap(0, Ordering::Relaxed)).filter(|t| *t != 0);
-        let mut rows = Vec::new();
-        // `retain` holds each shard's write lock while it visits it; `add` holds the
-        // read lock while it adds, so no add can land in an entry being removed.
-        self.counts.retain(|key, count| {
-            let calls = count.swap(0, Ordering::AcqRel);
-            if calls > 0 {
-                rows.push((*key, calls));
+    #[cold]
+    fn add_new(&self, key: CounterKey, names: impl FnOnce() -> (String, String)) {
+        use dashmap::mapref::entry::Entry;
+        // The shard's write lock is held until the add is done, so the freeze cannot
+        // release the slot in between.
+        match self.index.entry(key) {
+            Entry::Occupied(slot) => self.journal.add(*slot.get(), 1),
+            Entry::Vacant(vacant) => {
+                let (account, action) = names();
+                match self.journal.allocate(&account, &action, key.month) {
+                    Some(slot) => {
+                        self.journal.add(slot, 1);
+                        vacant.insert(slot);
+                    }
+                    None => {
+                        tracing::error!(
+                            account = %account, action = %action, capacity = self.journal.capacity(),
+                            "meter journal full: counting in memory only (lost if the process is killed)"
+                        );
+                        *self
+                            .overflow
+                            .lock()
+                            .expect("overflow")
+                            .entry((account, action, key.month))
+                            .or_default() += 1;
+                    }
+                }
             }
-            calls > 0
-        });
-        (rows, oldest)
+        }
     }
 
-    /// When the oldest count not yet taken was made.
+    /// Cuts the next batch: every slot's calls since the last acknowledged batch, merged
+    /// by (account, action, month). Slots without a call since then are released, so
+    /// memory and journal follow the keys in use. A call counted meanwhile lands in this
+    /// batch or the next, never both. None: nothing to send. Must only be called when no
+    /// batch is frozen.
+    pub fn freeze(&self) -> Option<FrozenBatch> {
+        debug_assert!(self.journal.frozen_seq().is_none());
+        // Reset first: a count made meanwhile restarts the clock (its age may then be
+        // overstated, never understated).
+        self.oldest.store(0, Ordering::Relaxed);
+        let mut parts: Vec<(u32, u64)> = Vec::new();
+        let mut cut = |slot: u32| {
+            let figures = self.journal.figures(slot);
+            if figures.counted == figures.flushed {
+                self.journal.release(slot);
+                return false;
+            }
+            self.journal.set_frozen(slot, figures.counted);
+            parts.push((slot, figures.counted - figures.flushed));
+            true
+        };
+        // `retain` holds each shard's write lock while it visits it; `add` holds the
+        // read lock while it adds, so the slot is quiet while it is cut or released.
+        self.index.retain(|_, slot| cut(*slot));
+        self.orphans.lock().expect("orphans").retain(|slot| cut(*slot));
+        let overflow = std::mem::take(&mut *self.overflow.lock().expect("overflow"));
+        if parts.is_empty() && overflow.is_empty() {
+            return None;
+        }
+        let seq = self.journal.commit_freeze();
+        let mut rows = self.merge(parts);
+        rows.extend(
+            overflow
+                .into_iter()
+                .map(|((account_id, action, month), calls)| UsageRow {
+                    account_id,
+                    action,
+                    month: month.to_string(),
+                    calls,
+                }),
+        );
+        Some(FrozenBatch { seq, rows })
+    }
+
+    /// The batch frozen in the journal (by this process or one that died), rebuilt from
+    /// the slots. After a partial acknowledgement its rows may be fewer; the store
+    /// already holds it then, and the seq is what matters.
+    pub fn frozen_batch(&self) -> Option<FrozenBatch> {
+        let seq = self.journal.frozen_seq()?;
+        let parts = self
+            .live_slots()
+            .filter_map(|slot| {
+                let figures = self.journal.figures(slot);
+                (figures.frozen > figures.flushed).then(|| (slot, figures.frozen - figures.flushed))
+            })
+            .collect();
+        Some(FrozenBatch {
+            seq,
+            rows: self.merge(parts),
+        })
+    }
+
+    /// The frozen batch is in the store.
+    pub fn acknowledge(&self) {
+        for slot in self.live_slots() {
+            let figures = self.journal.figures(slot);
+            if figures.frozen > figures.flushed {
+                self.journal.set_flushed(slot, figures.frozen);
+            }
+        }
+        self.journal.clear_frozen();
+    }
+
+    fn live_slots(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.journal.high_water()).filter(|slot| self.journal.is_live(*slot))
+    }
+
+    /// Rows from slot parts; two slots of one key (an orphan and its successor) merge.
+    fn merge(&self, parts: Vec<(u32, u64)>) -> Vec<UsageRow> {
+        let mut merged: HashMap<(&str, &str, Month), u64, ahash::RandomState> = HashMap::default();
+        merged.reserve(parts.len());
+        for (slot, calls) in parts {
+            *merged.entry(self.journal.key(slot)).or_default() += calls;
+        }
+        merged
+            .into_iter()
+            .map(|((account, action, month), calls)| UsageRow {
+                account_id: account.to_string(),
+                action: action.to_string(),
+                month: month.to_string(),
+                calls,
+            })
+            .collect()
+    }
+
+    /// When the oldest count not yet frozen was made.
     pub fn oldest_pending(&self) -> Option<i64> {
         Some(self.oldest.load(Ordering::Relaxed)).filter(|t| *t != 0)
     }
 
-    /// Puts counts back (a batch that could not be built), adding to what came since.
-    pub fn give_back(&self, rows: &[(CounterKey, u64)], oldest: i64) {
-        for (key, calls) in rows {
-            self.counts
-                .entry(*key)
-                .or_default()
-                .fetch_add(*calls, Ordering::Relaxed);
-        }
-        let _ = self
-            .oldest
-            .compare_exchange(0, oldest.max(1), Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    /// Calls counted and not yet taken.
+    /// Calls counted and not yet acknowledged by the store (frozen or not).
     pub fn pending(&self) -> u64 {
-        self.counts.iter().map(|e| e.value().load(Ordering::Relaxed)).sum()
+        let in_journal: u64 = self
+            .live_slots()
+            .map(|slot| {
+                let figures = self.journal.figures(slot);
+                figures.counted.saturating_sub(figures.flushed)
+            })
+            .sum();
+        in_journal + self.overflow.lock().expect("overflow").values().sum::<u64>()
     }
 
     pub fn distinct_keys(&self) -> usize {
-        self.counts.len()
+        self.journal.live() as usize
     }
 }
 
@@ -190,55 +324,125 @@ mod tests {
         assert!(Month::parse("2026-11").unwrap() < Month::parse("2026-12").unwrap());
     }
 
+    fn key(account: u32) -> CounterKey {
+        CounterKey {
+            account,
+            action: (account % 3) as u16,
+            month: Month(24_322),
+        }
+    }
+
+    fn names(key: CounterKey) -> impl FnOnce() -> (String, String) {
+        move || (format!("acct-{}", key.account), format!("Action{}", key.action))
+    }
+
+    fn total(batch: &FrozenBatch) -> u64 {
+        batch.rows.iter().map(|r| r.calls).sum()
+    }
+
     #[test]
     fn idle_keys_are_dropped_and_the_key_cap_holds() {
-        let counters = Counters::with_capacity_limit(2);
-        let key = |account| CounterKey {
-            account,
-            action: 0,
-            month: Month(1),
-        };
-        counters.add(key(1), 100);
-        counters.add(key(2), 101);
+        let counters = Counters::in_memory(2);
+        counters.add(key(1), 100, names(key(1)));
+        counters.add(key(2), 101, names(key(2)));
         assert!(counters.admits(&key(1)));
         assert!(!counters.admits(&key(3)), "full: a new key is refused");
-        let (rows, oldest) = counters.take();
-        assert_eq!((rows.len(), oldest), (2, Some(100)));
-        assert_eq!(counters.distinct_keys(), 2, "keys with calls stay for the next take");
-        counters.add(key(1), 100);
-        assert_eq!(counters.take(), (vec![(key(1), 1)], Some(100)));
+        let batch = counters.freeze().unwrap();
+        assert_eq!((batch.seq, batch.rows.len()), (1, 2));
+        counters.acknowledge();
+        assert_eq!(counters.distinct_keys(), 2, "keys with calls stay for the next batch");
+        counters.add(key(1), 100, names(key(1)));
+        let batch = counters.freeze().unwrap();
+        assert_eq!(
+            batch.rows,
+            vec![UsageRow {
+                account_id: "acct-1".into(),
+                action: "Action1".into(),
+                month: "2026-11".into(),
+                calls: 1
+            }]
+        );
         assert_eq!(
             counters.distinct_keys(),
             1,
-            "a key without a call since the last take goes"
+            "a key without a call since the last batch goes"
         );
         assert!(counters.admits(&key(3)));
+        counters.acknowledge();
+        assert!(counters.freeze().is_none(), "nothing new");
+    }
+
+    #[test]
+    fn a_frozen_batch_stays_until_acknowledged() {
+        let counters = Counters::in_memory(10);
+        for _ in 0..3 {
+            counters.add(key(1), 100, names(key(1)));
+        }
+        let batch = counters.freeze().unwrap();
+        counters.add(key(1), 100, names(key(1)));
+        let again = counters.frozen_batch().unwrap();
+        assert_eq!((again.seq, total(&again)), (batch.seq, 3), "new calls are not in it");
+        assert_eq!(counters.pending(), 4);
+        counters.acknowledge();
+        assert_eq!(counters.pending(), 1);
+        let next = counters.freeze().unwrap();
+        assert_eq!((next.seq, total(&next)), (batch.seq + 1, 1));
     }
 
     #[test]
     fn counts_move_out_exactly_once_under_concurrency() {
-        let counters = std::sync::Arc::new(Counters::default());
-        let key = |i: u32| CounterKey {
-            account: i % 7,
-            action: (i % 3) as u16,
-            month: Month(24_322),
-        };
+        let counters = std::sync::Arc::new(Counters::in_memory(1000));
         let mut taken = 0u64;
         std::thread::scope(|scope| {
             for t in 0..4 {
                 let counters = counters.clone();
                 scope.spawn(move || {
                     for i in 0..50_000u32 {
-                        counters.add(key(i + t), 1);
+                        let k = key((i + t) % 7);
+                        counters.add(k, 1, names(k));
                     }
                 });
             }
             for _ in 0..50 {
-                taken += counters.take().0.iter().map(|(_, n)| n).sum::<u64>();
+                if let Some(batch) = counters.freeze() {
+                    taken += total(&batch);
+                    counters.acknowledge();
+                }
             }
         });
-        taken += counters.take().0.iter().map(|(_, n)| n).sum::<u64>();
+        if let Some(batch) = counters.freeze() {
+            taken += total(&batch);
+            counters.acknowledge();
+        }
         assert_eq!(taken, 200_000);
         assert_eq!(counters.pending(), 0);
+    }
+
+    #[test]
+    fn a_reopened_journal_resumes_its_frozen_batch_and_merges_old_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meter.journal");
+        let open = || Counters::new(Journal::open(&path, 100, "gw").unwrap(), 90);
+        let seq = {
+            let counters = open();
+            for _ in 0..5 {
+                counters.add(key(1), 100, names(key(1)));
+            }
+            let batch = counters.freeze().unwrap();
+            counters.add(key(1), 100, names(key(1)));
+            batch.seq
+            // dropped without acknowledgement: as if killed while the store was away
+        };
+        let counters = open();
+        let resumed = counters.frozen_batch().unwrap();
+        assert_eq!((resumed.seq, total(&resumed)), (seq, 5), "same id, same calls");
+        counters.acknowledge();
+        counters.add(key(1), 100, names(key(1)));
+        let next = counters.freeze().unwrap();
+        assert_eq!(next.rows.len(), 1, "the old slot and the new one are one row");
+        assert_eq!((next.seq, total(&next)), (seq + 1, 2));
+        counters.acknowledge();
+        assert!(counters.freeze().is_none());
+        assert_eq!(counters.distinct_keys(), 0, "idle slots, old and new, are released");
     }
 }

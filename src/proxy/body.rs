@@ -88,7 +88,15 @@ pub struct MeterTicket {
 
 impl MeterTicket {
     fn count(self) {
-        self.app.counters.add(self.key, self.at);
+        let app = &self.app;
+        let key = self.key;
+        app.counters.add(key, self.at, || {
+            let account = app.mirror.account_by_index(key.account).map(|a| a.id().to_string());
+            (
+                account.unwrap_or_else(|| format!("unknown-account-{}", key.account)),
+                app.catalog.name(crate::catalog::ActionId(key.action)).to_string(),
+            )
+        });
         self.app.metrics.billable_calls.inc();
     }
 }

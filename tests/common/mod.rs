@@ -164,6 +164,10 @@ impl GatewayHandle {
             config.store_url = format!("sqlite://{}/billing.db", dir.path().display());
             store_dir = Some(dir);
         }
+        if config.meter.journal_path == std::path::Path::new("./data/meter.journal") {
+            let dir = store_dir.get_or_insert_with(|| tempfile::tempdir().unwrap());
+            config.meter.journal_path = dir.path().join("meter.journal");
+        }
         seed_tenant(&config).await;
         let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap())
             .await
@@ -728,9 +732,12 @@ impl GatewayProcess {
             format!("[listen]\ndata = \"{data}\"\nadmin = \"{admin}\"\n{extra_toml}"),
         )
         .unwrap();
+        // The working directory is the process's own: its ./data (SQLite store, meter
+        // journal) is private to it.
         let mut child = Command::new(env!("CARGO_BIN_EXE_ekyc-gateway"))
             .args(["serve", "--config"])
             .arg(&file)
+            .current_dir(dir.path())
             .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
