@@ -112,7 +112,8 @@ pub async fn run(app: Arc<crate::app::App>, interval: Duration, mut shutdown: wa
         match app.flush_usage().await {
             Ok(_) => delay = interval,
             Err(e) => {
-                delay = (delay * 2).min(Duration::from_secs(30));
+                // Capped low: once the store is back, the backlog should not wait long.
+                delay = (delay * 2).min(Duration::from_secs(5).max(interval));
                 tracing::warn!(error = %e, retry_in = ?delay, "usage flush failed; counts are kept and retried");
             }
         }

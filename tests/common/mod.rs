@@ -4,6 +4,8 @@
 //! Nothing here sleeps to wait: readiness is polled with a deadline.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use bytes::Bytes;
 use ekyc_gateway::app::App;
 use ekyc_gateway::clock::{ManualClock, SharedClock, SystemClock};
@@ -717,16 +719,24 @@ pub struct GatewayProcess {
     pub data: SocketAddr,
     pub admin: SocketAddr,
     pub logs: ChildLogs,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl GatewayProcess {
     /// Starts `serve` with the `[listen]` table filled in and `extra_toml` after it.
     pub async fn start(extra_toml: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let mut process = Self::start_in(dir.path(), extra_toml, env).await;
+        process._dir = Some(dir);
+        process
+    }
+
+    /// The same, in a working directory the caller keeps: a process started again in
+    /// it finds the previous one's ./data (meter journal, SQLite store).
+    pub async fn start_in(dir: &std::path::Path, extra_toml: &str, env: &[(&str, &str)]) -> Self {
         let data = closed_port().await;
         let admin = closed_port().await;
-        let file = dir.path().join("gateway.toml");
+        let file = dir.join("gateway.toml");
         std::fs::write(
             &file,
             format!("[listen]\ndata = \"{data}\"\nadmin = \"{admin}\"\n{extra_toml}"),
@@ -737,7 +747,7 @@ impl GatewayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ekyc-gateway"))
             .args(["serve", "--config"])
             .arg(&file)
-            .current_dir(dir.path())
+            .current_dir(dir)
             .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -751,8 +761,14 @@ impl GatewayProcess {
             data,
             admin,
             logs,
-            _dir: dir,
+            _dir: None,
         }
+    }
+
+    /// SIGKILL: no shutdown hook, no final flush.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     pub fn url(&self) -> String {
