@@ -64,6 +64,7 @@ pub struct AccountChange {
 
 /// 5 parameters a row: well under SQLite's 32,766 and PostgreSQL's 65,535 limits.
 const USAGE_ROWS_PER_STATEMENT: usize = 1000;
+const PG_USAGE_ROWS_PER_STATEMENT: usize = 20_000;
 
 const ACCOUNT_COLUMNS: &str = "id, name, activated, activated_at, manual_reason, manual_since, arrears_reason, \
                                arrears_since, rate_limit_qps, created_at, version";
@@ -399,8 +400,51 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        // Many rows per statement: one round trip per chunk instead of per row. The rows
-        // of a batch have distinct keys (they come from a map), as ON CONFLICT requires.
+        // The rows of a batch have distinct keys (the meter merges them), as one ON
+        // CONFLICT statement requires.
+        if self.backend == Backend::Postgres {
+            // PostgreSQL: the rows travel as one text parameter per chunk (tab-separated
+            // fields, one line per row; ids and action names cannot hold either) and are
+            // split server-side: one parameter instead of five per row, no per-row
+            // placeholders to parse. 1 M rows: see the `flush_of_a_million_rows` test.
+            // In primary-key order: the index is then filled left to right, which
+            // PostgreSQL does markedly faster than in hash order.
+            let mut sorted: Vec<&UsageRow> = batch.rows.iter().collect();
+            sorted.sort_unstable_by(|a, b| {
+                (a.account_id.as_bytes(), a.month.as_bytes(), a.action.as_bytes()).cmp(&(
+                    b.account_id.as_bytes(),
+                    b.month.as_bytes(),
+                    b.action.as_bytes(),
+                ))
+            });
+            for chunk in sorted.chunks(PG_USAGE_ROWS_PER_STATEMENT) {
+                let mut lines = String::with_capacity(chunk.len() * 48);
+                for row in chunk {
+                    use std::fmt::Write;
+                    let _ = writeln!(
+                        lines,
+                        "{}\t{}\t{}\t{}",
+                        row.account_id, row.action, row.month, row.calls
+                    );
+                }
+                lines.pop();
+                sqlx::query(
+                    "INSERT INTO usage (account_id, action, month, calls, updated_at) \
+                     SELECT f[1], f[2], f[3], f[4]::BIGINT, $2 \
+                     FROM (SELECT string_to_array(line, E'\\t') AS f \
+                           FROM unnest(string_to_array($1, E'\\n')) AS line) AS parsed \
+                     ON CONFLICT (account_id, month, action) DO UPDATE SET calls = usage.calls + excluded.calls, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(lines)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            return Ok(true);
+        }
+        // SQLite: many rows per statement, one round trip per chunk instead of per row.
         for chunk in batch.rows.chunks(USAGE_ROWS_PER_STATEMENT) {
             let mut sql = String::with_capacity(120 + chunk.len() * 40);
             sql.push_str("INSERT INTO usage (account_id, action, month, calls, updated_at) VALUES ");
