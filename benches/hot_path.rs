@@ -238,6 +238,9 @@ fn metering(c: &mut Criterion) {
             counters.add(black_box(key(i)), 1, names(i))
         })
     });
+    c.bench_function("meter_increment_one_key_uncontended", |b| {
+        b.iter(|| counters.add(black_box(key(42)), 1, names(42)))
+    });
     c.bench_function("meter_increment_hot_key_2_threads", |b| {
         b.iter_custom(|iterations| {
             let started = std::time::Instant::now();
