@@ -3,6 +3,7 @@
 //! environment only, never from the file. Must not open sockets or files other than
 //! the ones it is told to read; building clients and listeners is `server`'s job.
 
+use crate::billing::pricing::{Price, PriceBook, Tier, TierMode, parse_amount};
 use crate::crypto::MasterKey;
 use crate::state::StalePolicy;
 use serde::Deserialize;
@@ -71,6 +72,7 @@ struct RawConfig {
     state: RawState,
     rate_limit: RawRateLimit,
     meter: RawMeter,
+    billing: RawBilling,
     actions: Option<BTreeMap<String, RawAction>>,
 }
 
@@ -198,6 +200,93 @@ impl Default for RawShutdown {
 struct RawAction {
     rate_limit_qps: Option<u32>,
     billable: Option<bool>,
+    /// The action's prices, each from a month on.
+    prices: Option<Vec<RawPrice>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    /// "YYYY-MM": in force from this month on (default: always).
+    from: Option<String>,
+    /// Flat price per call, as a decimal string ("0.05").
+    unit: Option<String>,
+    /// "graduated" (default) or "volume", with `tiers`.
+    mode: Option<String>,
+    tiers: Option<Vec<RawTier>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    up_to: Option<u64>,
+    unit: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBilling {
+    currency: String,
+    /// Flat price per call of any action without `prices`; unset: such actions cannot be billed.
+    default_unit: Option<String>,
+    /// Bill totals are rounded half up to a multiple of this (default "0.01").
+    total_rounding: String,
+}
+
+impl Default for RawBilling {
+    fn default() -> Self {
+        Self {
+            currency: "USD".into(),
+            default_unit: Some("0.10".into()),
+            total_rounding: "0.01".into(),
+        }
+    }
+}
+
+fn parse_price(key: &str, raw: &RawPrice) -> Result<(String, Price), ConfigError> {
+    let from = raw.from.clone().unwrap_or_else(|| "0000-01".into());
+    if crate::meter::Month::parse(&from).is_none() {
+        return Err(ConfigError::new(format!("{key}.from"), "must look like 2026-01"));
+    }
+    let amount = |field: String, text: &str| {
+        parse_amount(text)
+            .ok_or_else(|| ConfigError::new(field, "must be a decimal amount like \"0.05\" (at most 6 decimals)"))
+    };
+    let price = match (&raw.unit, &raw.tiers) {
+        (Some(unit), None) if raw.mode.is_none() => Price::Flat {
+            unit: amount(format!("{key}.unit"), unit)?,
+        },
+        (None, Some(tiers)) => Price::Tiered {
+            mode: match raw.mode.as_deref() {
+                None | Some("graduated") => TierMode::Graduated,
+                Some("volume") => TierMode::Volume,
+                Some(_) => {
+                    return Err(ConfigError::new(
+                        format!("{key}.mode"),
+                        "must be \"graduated\" or \"volume\"",
+                    ));
+                }
+            },
+            tiers: tiers
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    Ok(Tier {
+                        up_to: t.up_to,
+                        unit: amount(format!("{key}.tiers[{i}].unit"), &t.unit)?,
+                    })
+                })
+                .collect::<Result<_, ConfigError>>()?,
+        },
+        _ => {
+            return Err(ConfigError::new(
+                key.to_string(),
+                "give either `unit` (a flat price) or `tiers` (with an optional `mode`)",
+            ));
+        }
+    };
+    price.validate().map_err(|e| ConfigError::new(key.to_string(), e))?;
+    Ok((from, price))
 }
 
 #[derive(Debug, Deserialize)]
@@ -323,6 +412,8 @@ pub struct Config {
     /// 0 means no limit.
     pub default_rate_limit_qps: u32,
     pub meter: MeterConfig,
+    /// Prices per action and the bill rounding rule.
+    pub prices: PriceBook,
     /// `postgres://…` or `sqlite://path` (env `EKYC_STORE_URL` wins over the file).
     pub store_url: String,
     pub state: StateConfig,
@@ -568,6 +659,33 @@ impl Config {
             }
         };
 
+        let mut prices = PriceBook {
+            currency: raw.billing.currency.clone(),
+            default: match &raw.billing.default_unit {
+                Some(text) => Some(Price::Flat {
+                    unit: parse_amount(text).filter(|u| *u >= 0).ok_or_else(|| {
+                        ConfigError::new("billing.default_unit", "must be a decimal amount like \"0.10\"")
+                    })?,
+                }),
+                None => None,
+            },
+            actions: BTreeMap::new(),
+            total_rounding: parse_amount(&raw.billing.total_rounding)
+                .filter(|r| *r > 0)
+                .ok_or_else(|| ConfigError::new("billing.total_rounding", "must be a positive amount like \"0.01\""))?,
+        };
+        if raw.billing.currency.len() != 3 || !raw.billing.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(ConfigError::new(
+                "billing.currency",
+                "must be an ISO 4217 code like USD",
+            ));
+        }
+        for (name, action) in raw.actions.iter().flatten() {
+            for (i, raw_price) in action.prices.iter().flatten().enumerate() {
+                let (from, price) = parse_price(&format!("actions.{name}.prices[{i}]"), raw_price)?;
+                prices.actions.entry(name.clone()).or_default().insert(from, price);
+            }
+        }
         let actions: Vec<ActionConfig> = match raw.actions {
             None => DEFAULT_ACTIONS
                 .iter()
@@ -657,6 +775,7 @@ impl Config {
             upstream,
             shutdown_grace: ms("shutdown.grace_period_ms", raw.shutdown.grace_period_ms, 0, 3_600_000)?,
             actions,
+            prices,
             default_rate_limit_qps: raw.rate_limit.default_qps,
             meter: MeterConfig {
                 flush_interval: ms("meter.flush_interval_ms", raw.meter.flush_interval_ms, 10, 3_600_000)?,

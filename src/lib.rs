@@ -14,7 +14,8 @@
 //! | `store`   | the billing store (PostgreSQL or SQLite): accounts, credentials, audit |
 //! | `crypto`  | SecretKeys sealed at rest, credential generation |
 //! | `catalog` | the actions this gateway sells |
-//! | `meter`   | billable-call counters, the billable check, the flusher |
+//! | `meter`   | billable-call counters, the journal, the billable check, the flusher |
+//! | `billing` | prices, the monthly billing job, ledger, balance and bill status |
 //! | `admin`   | the admin listener: health, readiness, metrics |
 //! | `metrics` | Prometheus counters, lock-free on the hot path |
 //! | `tencent` | Tencent API 3.0 wire shapes (error body, RequestId) |
@@ -26,6 +27,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod billing;
 pub mod catalog;
 pub mod cli;
 pub mod clock;

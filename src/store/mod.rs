@@ -5,6 +5,7 @@
 //! (`migrations/postgres`, `migrations/sqlite`), applied at start. Must not be called on
 //! the request hot path: gateways read state from their in-memory mirror.
 
+pub mod billing;
 pub mod records;
 
 use records::{AccountRecord, AuditEntry, CredentialRecord, CredentialStatus, Suspension};

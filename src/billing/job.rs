@@ -1,0 +1,342 @@
+//! The monthly billing job: for a closed month M, every account with calls not yet on
+//! a bill (M's, and late usage of earlier months) gets one bill for M with a line per
+//! (usage month, action); the charge goes into the ledger in the same transaction; then
+//! accounts whose balance went negative get the `arrears` flag through the same write
+//! path as operator toggles (store, audit, publish), and accounts back at zero or above
+//! lose it.
+//!
+//! Idempotent: an account with a bill for M is skipped (unique (account, month) in the
+//! store, charge keyed by bill id); two runs cannot overlap (a lock row in the store).
+//! Must not edit or delete a bill or a ledger entry, and must not bill an open month.
+
+use super::pricing::{Price, PriceBook, TierCharge, format_amount};
+use crate::meter::Month;
+use crate::state::StatePublisher;
+use crate::store::billing::{BillRecord, BilledUsage, NewBill, Unbilled};
+use crate::store::records::Suspension;
+use crate::store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+/// A lock older than this belongs to a run that died; the next run takes it over.
+const STALE_LOCK_SECONDS: i64 = 3600;
+/// Accounts written per transaction.
+const ACCOUNTS_PER_TRANSACTION: usize = 2000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    /// Calls of the bill's month.
+    Usage,
+    /// Calls of an earlier month that reached the store after that month was billed.
+    LateUsage,
+}
+
+/// One line of a bill, as stored in `bills.lines` (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillLine {
+    pub kind: LineKind,
+    pub action: String,
+    /// The month the calls were made in.
+    pub month: String,
+    pub calls: u64,
+    /// Calls of that month billed before (late usage continues the month's tiers).
+    pub previously_billed: u64,
+    /// The price in force for `month`, and the month it took effect.
+    pub price: Price,
+    pub price_from: Option<String>,
+    /// The month's tier breakdown, counting every call of the month billed so far.
+    pub tiers: Vec<TierCharge>,
+    /// Micro-units: price of all the month's calls billed so far, minus what was
+    /// charged for `previously_billed`.
+    pub amount: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    #[error("{0} is not over yet in the billing time zone: only past months can be billed")]
+    OpenMonth(Month),
+    #[error("another billing run holds the lock (since less than an hour); try again when it has finished")]
+    Locked,
+    #[error(
+        "no price for {action} in {month}: add one to the catalog (actions.{action}.prices) or set billing.default_unit"
+    )]
+    NoPrice { action: String, month: String },
+    #[error("amount overflow billing {account}")]
+    Overflow { account: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("could not tell the gateways about account {account}: {error}")]
+    Publish { account: String, error: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub month: Month,
+    /// Unix seconds.
+    pub now: i64,
+    /// Compute and report, write nothing.
+    pub dry_run: bool,
+    /// Who runs it, for the audit log and the ledger.
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    pub month: String,
+    pub currency: String,
+    pub dry_run: bool,
+    /// Accounts that got a bill in this run.
+    pub bills_created: u64,
+    /// Accounts skipped because they already had a bill for the month.
+    pub already_billed: u64,
+    /// Sum of the new bills' totals (micro-units).
+    pub total: i64,
+    /// New bills covered by the balance at issue.
+    pub paid: u64,
+    pub overdue: u64,
+    pub arrears_set: u64,
+    pub arrears_lifted: u64,
+}
+
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}billing {}: {} bills created ({} already billed), total {} {}, {} paid, {} overdue; arrears set on {}, lifted on {}",
+            if self.dry_run { "[dry run] " } else { "" },
+            self.month,
+            self.bills_created,
+            self.already_billed,
+            format_amount(self.total),
+            self.currency,
+            self.paid,
+            self.overdue,
+            self.arrears_set,
+            self.arrears_lifted
+        )
+    }
+}
+
+/// The bill id of `account` for `month`: stable, so a re-run finds it.
+pub fn bill_id(account: &str, month: Month) -> String {
+    format!("B{:04}{:02}-{account}", month.year(), month.number())
+}
+
+/// Bills `request.month`. `progress(done, total)` is called as accounts are written.
+pub async fn run(
+    store: &Store,
+    prices: &PriceBook,
+    publisher: &dyn StatePublisher,
+    billing_utc_offset_seconds: i32,
+    request: RunRequest,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<RunSummary, BillingError> {
+    let current = Month::of(request.now, billing_utc_offset_seconds)
+        .ok_or_else(|| BillingError::Store(StoreError::Invalid("the clock is outside the years 0-9999".into())))?;
+    if request.month >= current {
+        return Err(BillingError::OpenMonth(request.month));
+    }
+    if request.dry_run {
+        return bill_month(store, prices, publisher, &request, progress).await;
+    }
+    let holder = format!("{}:{}", request.actor, uuid::Uuid::new_v4().simple());
+    if !store.try_lock_billing(&holder, request.now, STALE_LOCK_SECONDS).await? {
+        return Err(BillingError::Locked);
+    }
+    let result = bill_month(store, prices, publisher, &request, progress).await;
+    if let Err(e) = store.unlock_billing(&holder).await {
+        tracing::warn!(error = %e, "could not release the billing lock; the next run takes it over after an hour");
+    }
+    result
+}
+
+async fn bill_month(
+    store: &Store,
+    prices: &PriceBook,
+    publisher: &dyn StatePublisher,
+    request: &RunRequest,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+) -> Result<RunSummary, BillingError> {
+    let month = request.month.to_string();
+    let mut summary = RunSummary {
+        month: month.clone(),
+        currency: prices.currency.clone(),
+        dry_run: request.dry_run,
+        ..Default::default()
+    };
+    let already: HashSet<String> = store.billed_accounts(&month).await?.into_iter().collect();
+    let mut by_account: BTreeMap<String, Vec<Unbilled>> = BTreeMap::new();
+    for row in store.unbilled_through(&month).await? {
+        by_account.entry(row.account_id.clone()).or_default().push(row);
+    }
+    let mut balances = store.balances().await?;
+    let mut bills = Vec::with_capacity(by_account.len());
+    for (account, rows) in by_account {
+        if already.contains(&account) {
+            // Its late usage waits for the next month's bill.
+            summary.already_billed += 1;
+            continue;
+        }
+        let bill = price_bill(&account, request, prices, &rows)?;
+        let balance = balances.entry(account.clone()).or_default();
+        *balance -= bill.bill.total;
+        summary.bills_created += 1;
+        summary.total += bill.bill.total;
+        if *balance >= 0 {
+            summary.paid += 1;
+        } else {
+            summary.overdue += 1;
+        }
+        bills.push(bill);
+    }
+    let total_accounts = bills.len() as u64;
+    if request.dry_run {
+        return Ok(summary);
+    }
+    let mut done = 0u64;
+    progress(done, total_accounts);
+    for chunk in bills.chunks(ACCOUNTS_PER_TRANSACTION) {
+        store.insert_bills(chunk).await?;
+        done += chunk.len() as u64;
+        progress(done, total_accounts);
+    }
+    reconcile_arrears(store, publisher, request, &balances, &mut summary).await?;
+    Ok(summary)
+}
+
+fn price_bill(
+    account: &str,
+    request: &RunRequest,
+    prices: &PriceBook,
+    rows: &[Unbilled],
+) -> Result<NewBill, BillingError> {
+    let month = request.month.to_string();
+    let overflow = || BillingError::Overflow {
+        account: account.to_string(),
+    };
+    let mut lines = Vec::with_capacity(rows.len());
+    let mut billed = Vec::with_capacity(rows.len());
+    let mut subtotal = 0i64;
+    for row in rows {
+        let price = prices
+            .price(&row.action, &row.month)
+            .ok_or_else(|| BillingError::NoPrice {
+                action: row.action.clone(),
+                month: row.month.clone(),
+            })?;
+        let price_from = prices
+            .actions
+            .get(&row.action)
+            .and_then(|p| p.range(..=row.month.clone()).next_back().map(|(from, _)| from.clone()));
+        let (all, tiers) = price.charge(row.calls).ok_or_else(overflow)?;
+        let (before, _) = price.charge(row.billed).ok_or_else(overflow)?;
+        let amount = all - before;
+        subtotal = subtotal.checked_add(amount).ok_or_else(overflow)?;
+        let calls = row.calls - row.billed;
+        lines.push(BillLine {
+            kind: if row.month == month && row.billed == 0 {
+                LineKind::Usage
+            } else {
+                LineKind::LateUsage
+            },
+            action: row.action.clone(),
+            month: row.month.clone(),
+            calls,
+            previously_billed: row.billed,
+            price: price.clone(),
+            price_from,
+            tiers,
+            amount,
+        });
+        billed.push(BilledUsage {
+            month: row.month.clone(),
+            action: row.action.clone(),
+            calls,
+        });
+    }
+    let total = prices.round_total(subtotal);
+    Ok(NewBill {
+        bill: BillRecord {
+            id: bill_id(account, request.month),
+            account_id: account.to_string(),
+            month,
+            currency: prices.currency.clone(),
+            subtotal,
+            total,
+            lines: serde_json::to_string(&lines).expect("bill lines serialize"),
+            issued_at: request.now,
+        },
+        billed,
+        actor: request.actor.clone(),
+    })
+}
+
+/// Arrears follow the balance: negative sets the flag, zero or more lifts it. Accounts
+/// in arrears are published even when their flag did not change here, so a run that
+/// died between the store and the publish is repaired by the next one.
+async fn reconcile_arrears(
+    store: &Store,
+    publisher: &dyn StatePublisher,
+    request: &RunRequest,
+    balances: &std::collections::HashMap<String, i64>,
+    summary: &mut RunSummary,
+) -> Result<(), BillingError> {
+    for account in store.all_accounts().await? {
+        let balance = balances.get(&account.id).copied().unwrap_or(0);
+        let owes = balance < 0;
+        if !owes && account.arrears.is_none() {
+            continue;
+        }
+        let reason = format!("overdue bills: balance {}", format_amount(balance));
+        let change = store
+            .update_account(&account.id, &request.actor, "billing.arrears", request.now, |a| {
+                if owes && a.arrears.is_none() {
+                    a.arrears = Some(Suspension {
+                        reason: reason.clone(),
+                        since: request.now,
+                    });
+                } else if !owes {
+                    a.arrears = None;
+                }
+                Ok(())
+            })
+            .await?;
+        if change.changed {
+            if owes {
+                summary.arrears_set += 1;
+            } else {
+                summary.arrears_lifted += 1;
+            }
+        }
+        publish(publisher, &change.after).await?;
+    }
+    Ok(())
+}
+
+/// Publishes an account change, retrying for a few seconds.
+pub async fn publish(
+    publisher: &dyn StatePublisher,
+    account: &crate::store::records::AccountRecord,
+) -> Result<(), BillingError> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempts = 0;
+    loop {
+        match publisher.account_changed(account).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempts >= 6 => {
+                return Err(BillingError::Publish {
+                    account: account.id.clone(),
+                    error: e.to_string(),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, account = %account.id, "state cache unreachable; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempts += 1;
+            }
+        }
+    }
+}
