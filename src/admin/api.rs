@@ -7,9 +7,14 @@
 
 use super::{ApiError, json};
 use crate::app::App;
+use crate::billing::job::{BillingError, RunRequest};
+use crate::billing::ledger::views::bill_json;
+use crate::billing::ledger::{BillStatus, balance, bill_statuses};
+use crate::billing::pricing::{format_amount, parse_amount};
 use crate::crypto;
 use crate::meter::Month;
 use crate::store::StoreError;
+use crate::store::billing::TopupOutcome;
 use crate::store::records::{
     AccountRecord, AuditEntry, CredentialRecord, CredentialStatus, Suspension, SuspensionFlag,
 };
@@ -164,6 +169,26 @@ struct CreateAccount {
 #[serde(deny_unknown_fields)]
 struct SuspendBody {
     reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopupBody {
+    amount: String,
+    idempotency_key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    month: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// The month before `month`.
+pub fn previous_month(month: Month) -> Month {
+    Month(month.0.saturating_sub(1))
 }
 
 #[derive(Deserialize)]
@@ -327,6 +352,139 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             Ok(json(
                 StatusCode::OK,
                 j!({"account": id, "month": month.to_string(), "actions": actions, "total": total}),
+            ))
+        }
+        (&Method::POST, ["accounts", id, "topups"]) => {
+            let request: TopupBody = parse(body)?;
+            let amount = parse_amount(&request.amount)
+                .filter(|a| *a > 0)
+                .ok_or_else(|| ApiError::bad_request("amount must be a positive decimal string like \"12.50\""))?;
+            let key = request.idempotency_key.trim();
+            if key.is_empty() || key.len() > 200 {
+                return Err(ApiError::bad_request("idempotency_key must be 1-200 characters"));
+            }
+            let outcome = app.store.record_topup(id, amount, key, actor, now).await?;
+            let (status, entry, duplicate) = match outcome {
+                TopupOutcome::Recorded(entry) => (StatusCode::CREATED, entry, false),
+                TopupOutcome::Duplicate(entry) => (StatusCode::OK, entry, true),
+            };
+            // Settles overdue bills oldest first (derived); none left: arrears lifted.
+            let balance = app.store.balance(id).await?;
+            let account = if balance >= 0 {
+                change_account(app, id, actor, "billing.arrears_lifted", |a| {
+                    a.arrears = None;
+                    Ok(())
+                })
+                .await?
+            } else {
+                app.store
+                    .get_account(id)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?
+            };
+            Ok(json(
+                status,
+                j!({
+                    "account": id,
+                    "ledger_id": entry.id,
+                    "amount": format_amount(entry.amount),
+                    "idempotency_key": key,
+                    "duplicate": duplicate,
+                    "balance": format_amount(balance),
+                    "currency": app.config.prices.currency,
+                    "state": account_view(&account),
+                }),
+            ))
+        }
+        (&Method::GET, ["accounts", id, "balance"]) => {
+            if app.store.get_account(id).await?.is_none() {
+                return Err(StoreError::NotFound(format!("account {id}")).into());
+            }
+            let ledger = app.store.ledger(id).await?;
+            let bills = app.store.bills(id).await?;
+            let overdue = bill_statuses(&bills, &ledger)
+                .iter()
+                .filter(|s| **s == BillStatus::Overdue)
+                .count();
+            let entries: Vec<Value> = ledger
+                .iter()
+                .rev()
+                .take(100)
+                .map(|e| {
+                    j!({"id": e.id, "at": e.at, "kind": e.kind, "amount": format_amount(e.amount),
+                        "bill_id": e.bill_id, "actor": e.actor, "note": e.note})
+                })
+                .collect();
+            Ok(json(
+                StatusCode::OK,
+                j!({"account": id, "balance": format_amount(balance(&ledger)), "currency": app.config.prices.currency,
+                    "overdue_bills": overdue, "ledger": entries}),
+            ))
+        }
+        (&Method::GET, ["accounts", id, "bills"]) => {
+            if app.store.get_account(id).await?.is_none() {
+                return Err(StoreError::NotFound(format!("account {id}")).into());
+            }
+            let ledger = app.store.ledger(id).await?;
+            let bills = app.store.bills(id).await?;
+            let views: Vec<Value> = bills
+                .iter()
+                .zip(bill_statuses(&bills, &ledger))
+                .map(|(b, s)| bill_json(b, s))
+                .collect();
+            Ok(json(
+                StatusCode::OK,
+                j!({"account": id, "balance": format_amount(balance(&ledger)), "bills": views}),
+            ))
+        }
+        (&Method::GET, ["bills", bill_id]) => {
+            let bill = app
+                .store
+                .bill(bill_id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("bill {bill_id}")))?;
+            let ledger = app.store.ledger(&bill.account_id).await?;
+            let bills = app.store.bills(&bill.account_id).await?;
+            let status = bills
+                .iter()
+                .zip(bill_statuses(&bills, &ledger))
+                .find(|(b, _)| b.id == bill.id)
+                .map_or(BillStatus::Overdue, |(_, s)| s);
+            Ok(json(StatusCode::OK, bill_json(&bill, status)))
+        }
+        (&Method::POST, ["billing", "run"]) => {
+            let request: RunBody = parse(body)?;
+            let month = match request.month.as_deref() {
+                Some(text) => Month::parse(text).ok_or_else(|| ApiError::bad_request("month must be YYYY-MM"))?,
+                None => previous_month(current_month(app)),
+            };
+            let run = RunRequest {
+                month,
+                now,
+                dry_run: request.dry_run,
+                actor: actor.to_string(),
+            };
+            let summary = crate::billing::job::run(
+                &app.store,
+                &app.config.prices,
+                app.publisher.as_ref(),
+                app.config.meter.billing_utc_offset_seconds,
+                run,
+                &mut |_, _| {},
+            )
+            .await
+            .map_err(|e| match e {
+                BillingError::Store(e) => ApiError::from(e),
+                BillingError::Locked => ApiError {
+                    status: StatusCode::CONFLICT,
+                    code: "conflict",
+                    message: e.to_string(),
+                },
+                other => ApiError::bad_request(other.to_string()),
+            })?;
+            Ok(json(
+                StatusCode::OK,
+                serde_json::to_value(&summary).unwrap_or(Value::Null),
             ))
         }
         (&Method::GET, ["audit"]) => {

@@ -89,7 +89,7 @@ pub struct RunSummary {
     pub dry_run: bool,
     /// Accounts that got a bill in this run.
     pub bills_created: u64,
-    /// Accounts skipped because they already had a bill for the month.
+    /// Accounts that had a bill for the month before this run (skipped).
     pub already_billed: u64,
     /// Sum of the new bills' totals (micro-units).
     pub total: i64,
@@ -167,6 +167,7 @@ async fn bill_month(
         ..Default::default()
     };
     let already: HashSet<String> = store.billed_accounts(&month).await?.into_iter().collect();
+    summary.already_billed = already.len() as u64;
     let mut by_account: BTreeMap<String, Vec<Unbilled>> = BTreeMap::new();
     for row in store.unbilled_through(&month).await? {
         by_account.entry(row.account_id.clone()).or_default().push(row);
@@ -176,7 +177,6 @@ async fn bill_month(
     for (account, rows) in by_account {
         if already.contains(&account) {
             // Its late usage waits for the next month's bill.
-            summary.already_billed += 1;
             continue;
         }
         let bill = price_bill(&account, request, prices, &rows)?;

@@ -105,3 +105,65 @@ mod tests {
         assert_eq!(balance(&ledger), 0);
     }
 }
+
+/// An account's bills with their status, as the admin API and the tenants see them.
+pub mod views {
+    use super::*;
+    use crate::billing::job::BillLine;
+    use crate::billing::pricing::format_amount;
+    use serde_json::{Value, json};
+
+    pub fn bill_json(bill: &BillRecord, status: BillStatus) -> Value {
+        let lines: Vec<BillLine> = serde_json::from_str(&bill.lines).unwrap_or_default();
+        let lines: Vec<Value> = lines
+            .iter()
+            .map(|line| {
+                let mut value = serde_json::to_value(line).unwrap_or(Value::Null);
+                value["amount_text"] = format_amount(line.amount).into();
+                value
+            })
+            .collect();
+        let (status_name, paid_at) = match status {
+            BillStatus::Paid { paid_at } => ("paid", Some(paid_at)),
+            BillStatus::Overdue => ("overdue", None),
+        };
+        json!({
+            "id": bill.id,
+            "account": bill.account_id,
+            "month": bill.month,
+            "currency": bill.currency,
+            "subtotal": format_amount(bill.subtotal),
+            "total": format_amount(bill.total),
+            "total_micros": bill.total,
+            "status": status_name,
+            "paid_at": paid_at,
+            "issued_at": bill.issued_at,
+            "lines": lines,
+        })
+    }
+
+    /// The tenant's view (API 3.0 style field names).
+    pub fn bill_api3(bill: &BillRecord, status: BillStatus) -> Value {
+        let lines: Vec<BillLine> = serde_json::from_str(&bill.lines).unwrap_or_default();
+        let (status_name, paid_at) = match status {
+            BillStatus::Paid { paid_at } => ("Paid", Some(paid_at)),
+            BillStatus::Overdue => ("Overdue", None),
+        };
+        json!({
+            "BillId": bill.id,
+            "Month": bill.month,
+            "Currency": bill.currency,
+            "Total": format_amount(bill.total),
+            "Status": status_name,
+            "PaidAt": paid_at,
+            "IssuedAt": bill.issued_at,
+            "Lines": lines.iter().map(|l| json!({
+                "Action": l.action,
+                "Month": l.month,
+                "Kind": if l.kind == crate::billing::job::LineKind::Usage { "Usage" } else { "LateUsage" },
+                "Calls": l.calls,
+                "Amount": format_amount(l.amount),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}

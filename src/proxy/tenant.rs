@@ -21,6 +21,7 @@ pub enum TenantAction {
     ActivateService,
     DescribeServiceStatus,
     DescribeCallUsage,
+    DescribeBills,
 }
 
 impl TenantAction {
@@ -29,6 +30,7 @@ impl TenantAction {
             "ActivateService" => Some(TenantAction::ActivateService),
             "DescribeServiceStatus" => Some(TenantAction::DescribeServiceStatus),
             "DescribeCallUsage" => Some(TenantAction::DescribeCallUsage),
+            "DescribeBills" => Some(TenantAction::DescribeBills),
             _ => None,
         }
     }
@@ -40,8 +42,10 @@ pub async fn handle(
     action: TenantAction,
     body: &[u8],
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    if action == TenantAction::DescribeCallUsage {
-        return call_usage(app, account_id, body).await;
+    match action {
+        TenantAction::DescribeCallUsage => return call_usage(app, account_id, body).await,
+        TenantAction::DescribeBills => return describe_bills(app, account_id).await,
+        _ => {}
     }
     let account = match action {
         TenantAction::ActivateService => {
@@ -62,7 +66,7 @@ pub async fn handle(
             .await
             .map_err(|e| GatewayError::Store(e.message))?
         }
-        TenantAction::DescribeServiceStatus | TenantAction::DescribeCallUsage => app
+        TenantAction::DescribeServiceStatus | TenantAction::DescribeCallUsage | TenantAction::DescribeBills => app
             .store
             .get_account(account_id)
             .await
@@ -132,6 +136,33 @@ async fn call_usage(app: &Arc<App>, account_id: &str, body: &[u8]) -> Result<Res
         .collect();
     fields.insert("Usage".into(), rows.into());
     fields.insert("TotalCalls".into(), total.into());
+    Ok(tencent::json_response(tencent::success_body(
+        fields,
+        &tencent::new_request_id(),
+    )))
+}
+
+/// `DescribeBills`: the tenant's bills, newest first, with their status, and the
+/// balance. Answered while suspended: a tenant in arrears must see what it owes.
+async fn describe_bills(app: &Arc<App>, account_id: &str) -> Result<Response<ProxyBody>, GatewayError> {
+    let store_error = |e: crate::store::StoreError| GatewayError::Store(e.to_string());
+    let bills = app.store.bills(account_id).await.map_err(store_error)?;
+    let ledger = app.store.ledger(account_id).await.map_err(store_error)?;
+    let statuses = crate::billing::ledger::bill_statuses(&bills, &ledger);
+    let mut rows: Vec<Value> = bills
+        .iter()
+        .zip(statuses)
+        .map(|(bill, status)| crate::billing::ledger::views::bill_api3(bill, status))
+        .collect();
+    rows.reverse();
+    let mut fields = Map::new();
+    fields.insert("Currency".into(), app.config.prices.currency.clone().into());
+    fields.insert(
+        "Balance".into(),
+        crate::billing::pricing::format_amount(crate::billing::ledger::balance(&ledger)).into(),
+    );
+    fields.insert("TotalCount".into(), rows.len().into());
+    fields.insert("Bills".into(), rows.into());
     Ok(tencent::json_response(tencent::success_body(
         fields,
         &tencent::new_request_id(),

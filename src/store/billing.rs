@@ -103,7 +103,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT u.account_id, u.month, u.action, u.calls, COALESCE(b.calls, 0) AS billed \
              FROM usage u LEFT JOIN ( \
-                 SELECT account_id, month, action, SUM(calls) AS calls FROM billed_usage \
+                 SELECT account_id, month, action, CAST(SUM(calls) AS BIGINT) AS calls FROM billed_usage \
                  WHERE month <= $1 GROUP BY account_id, month, action \
              ) b ON b.account_id = u.account_id AND b.month = u.month AND b.action = u.action \
              WHERE u.month <= $1 AND u.calls > COALESCE(b.calls, 0) \
