@@ -19,6 +19,11 @@ pub const DEMO_SECRET_ID: &str = "AKIDDEMO00000000000000000000000000000";
 pub const DEMO_SECRET_KEY: &str = "demo-secret-key-do-not-use-in-prod";
 pub const DEMO_API_KEY: &str = "demo-api-key";
 pub const DEMO_ADMIN_TOKEN: &str = "demo-admin-token";
+/// A second demo tenant with no balance and last month's calls: `billing run` puts it
+/// in arrears, `admin topup` brings it back.
+pub const DEMO_DEBTOR: &str = "demo-nobalance";
+pub const DEMO_DEBTOR_SECRET_ID: &str = "AKIDDEMONOBALANCE00000000000000000000";
+pub const DEMO_DEBTOR_API_KEY: &str = "demo-nobalance-api-key";
 /// Seals the demo's SecretKeys in its SQLite file; public like the rest of the demo.
 pub const DEMO_MASTER_KEY: &str = "64656d6f2d6d61737465722d6b65792d646f2d6e6f742d7573652d696e2d7072";
 
@@ -60,7 +65,7 @@ pub async fn ensure_account_with_credential(
     Ok(())
 }
 
-const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 pub struct DemoOptions {
     pub listen: SocketAddr,
@@ -106,6 +111,42 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()> + Send
         SystemClock.now_unix(),
     )
     .await?;
+    let now = SystemClock.now_unix();
+    ensure_account_with_credential(
+        &store,
+        &config.master_key,
+        DEMO_DEBTOR,
+        "Demo tenant without balance",
+        true,
+        DEMO_DEBTOR_SECRET_ID,
+        "demo-nobalance-secret-key",
+        DEMO_DEBTOR_API_KEY,
+        now,
+    )
+    .await?;
+    // The first account starts with credit; the second has 42 calls last month and none.
+    store
+        .record_topup(
+            DEMO_ACCOUNT,
+            100 * crate::billing::pricing::MICROS,
+            "demo-initial-credit",
+            "demo",
+            now,
+        )
+        .await?;
+    if let Some(this_month) = crate::meter::Month::of(now, config.meter.billing_utc_offset_seconds) {
+        let seed = crate::store::UsageBatch {
+            instance_id: "demo-seed".into(),
+            seq: 1,
+            rows: vec![crate::store::UsageRow {
+                account_id: DEMO_DEBTOR.into(),
+                action: "IdCardVerification".into(),
+                month: crate::admin::api::previous_month(this_month).to_string(),
+                calls: 42,
+            }],
+        };
+        store.apply_usage_batch(&seed, now).await?;
+    }
     drop(store);
     config.meter.journal_path = options.data_dir.join("meter.journal");
     config.data_listen = options.listen;
@@ -154,6 +195,11 @@ req = models.IdCardVerificationRequest()
 req.IdCard, req.Name = "11204416541220243X", "Zhang San"
 print(client.IdCardVerification(req).to_json_string())
 EOF
+
+Second account "{DEMO_DEBTOR}": 42 calls last month, no balance (API key {DEMO_DEBTOR_API_KEY}).
+  ekyc-gateway billing run                      # bills last month: it goes into arrears
+  curl -s http://{data}/ -H 'Authorization: Bearer {DEMO_DEBTOR_API_KEY}' -H 'X-TC-Action: DescribeBills' -H 'X-TC-Version: 2018-03-01' -d '{{}}'
+  EKYC_ADMIN_URL=http://{admin} EKYC_ADMIN_TOKEN={DEMO_ADMIN_TOKEN} ekyc-gateway admin topup {DEMO_DEBTOR} 4.20
 "#
     )
 }

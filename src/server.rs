@@ -62,6 +62,8 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(sync) = app.take_cache_sync() {
         tokio::spawn(sync.run(stop_rx.clone()));
+    } else {
+        tokio::spawn(reload_from_store(app.clone(), stop_rx.clone()));
     }
     tokio::spawn(crate::meter::flush::run(
         app.clone(),
@@ -216,5 +218,25 @@ pub(crate) async fn accept_loop<F, Fut, B>(
             }
             gauge.dec();
         });
+    }
+}
+
+/// Single node (no Redis): other processes on the same store (`billing run`, a second
+/// admin) change accounts behind this one's back, so the mirror is reloaded from the
+/// store every `state.resync_interval`.
+async fn reload_from_store(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(app.config.state.resync_interval) => {}
+            _ = stop.changed() => return,
+        }
+        match (app.store.all_accounts().await, app.store.all_credentials().await) {
+            (Ok(accounts), Ok(credentials)) => {
+                app.mirror.apply_snapshot(&accounts, &credentials);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "reloading account state from the store failed; keeping the last one")
+            }
+        }
     }
 }

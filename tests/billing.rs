@@ -254,3 +254,102 @@ async fn billing_lifecycle_on_postgres() {
     let db = PgDatabase::create().await;
     lifecycle(Some(db.url())).await;
 }
+
+/// The README's walkthrough, as a user types it: `demo`, `billing run` (embedded store
+/// under ./data), the second demo account refused for arrears, `admin topup`, served again.
+#[tokio::test]
+async fn demo_walkthrough_bill_suspend_topup_reactivate() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let (data, admin_addr) = (closed_port().await, closed_port().await);
+    let binary = env!("CARGO_BIN_EXE_ekyc-gateway");
+    let mut demo = Command::new(binary)
+        .args([
+            "demo",
+            "--listen",
+            &data.to_string(),
+            "--admin-listen",
+            &admin_addr.to_string(),
+        ])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ChildLogs::capture(&mut demo).wait_for("ekyc-gateway serving").await;
+    let call = || async move {
+        let request = http::Request::post(format!("http://{data}/"))
+            .header(
+                "authorization",
+                format!("Bearer {}", ekyc_gateway::demo::DEMO_DEBTOR_API_KEY),
+            )
+            .header("x-tc-action", "IdCardVerification")
+            .header("x-tc-version", "2018-03-01")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap();
+        error_code(&send(&http1_client(), request).await).map(str::to_string)
+    };
+    assert_eq!(call().await, None, "served before the bill");
+
+    let run = Command::new(binary)
+        .args(["billing", "run"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        stdout.contains("1 bills created") && stdout.contains("1 overdue"),
+        "{stdout}"
+    );
+    poll_until(
+        "the arrears to reach the gateway",
+        std::time::Duration::from_secs(10),
+        || async { (call().await.as_deref() == Some("UnauthorizedOperation.Arrears")).then_some(()) },
+    )
+    .await;
+
+    let again = Command::new(binary)
+        .args(["billing", "run"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 bills created"));
+
+    let topup = Command::new(binary)
+        .args(["admin", "topup", ekyc_gateway::demo::DEMO_DEBTOR, "4.20"])
+        .env("EKYC_ADMIN_URL", format!("http://{admin_addr}"))
+        .env("EKYC_ADMIN_TOKEN", ekyc_gateway::demo::DEMO_ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&topup.stdout);
+    assert!(
+        topup.status.success() && out.contains("enabled"),
+        "{out}{}",
+        String::from_utf8_lossy(&topup.stderr)
+    );
+    poll_until(
+        "the account to be served again",
+        std::time::Duration::from_secs(10),
+        || async { call().await.is_none().then_some(()) },
+    )
+    .await;
+
+    let export = Command::new(binary)
+        .args(["billing", "export", "--month"])
+        .arg(stdout.split_whitespace().nth(1).unwrap().trim_end_matches(':'))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&export.stdout);
+    assert!(
+        csv.lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("demo-nobalance") && l.contains(",42,4.20,4.20,")),
+        "{csv}"
+    );
+    let _ = demo.kill();
+    let _ = demo.wait();
+}

@@ -40,6 +40,17 @@ enum AdminCommand {
         #[arg(long)]
         month: Option<String>,
     },
+    /// Record a payment: settles overdue bills oldest first and lifts arrears once none is left.
+    Topup {
+        account: String,
+        /// In currency units, e.g. 12.50
+        amount: String,
+        /// The same key twice records one payment (default: a new random key).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show an account's bills (oldest first) and balance.
+    Bills { account: String },
     /// Show the audit log, newest first.
     Audit {
         /// Only this account's entries.
@@ -186,6 +197,23 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
             }
             (api.call("GET", &path, None).await?, usage_table)
         }
+        AdminCommand::Topup {
+            account,
+            amount,
+            idempotency_key,
+        } => {
+            let key = idempotency_key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple()));
+            let body = serde_json::json!({"amount": amount, "idempotency_key": key});
+            (
+                api.call("POST", &format!("/v1/accounts/{account}/topups"), Some(body))
+                    .await?,
+                topup_text,
+            )
+        }
+        AdminCommand::Bills { account } => (
+            api.call("GET", &format!("/v1/accounts/{account}/bills"), None).await?,
+            bills_table,
+        ),
         AdminCommand::Audit { account, limit } => {
             let mut path = format!("/v1/audit?limit={limit}");
             if let Some(account) = account {
@@ -337,6 +365,54 @@ fn credentials_table(v: &Value) -> String {
         })
         .unwrap_or_default();
     table(&["SECRET_ID", "STATUS", "CREATED", "REVOKED"], &rows)
+}
+
+fn topup_text(v: &Value) -> String {
+    format!(
+        "{} {} {} (key {}){}; balance {} {}; {}\n",
+        if v["duplicate"] == Value::Bool(true) {
+            "already recorded:"
+        } else {
+            "recorded:"
+        },
+        text(&v["amount"]),
+        text(&v["currency"]),
+        text(&v["idempotency_key"]),
+        "",
+        text(&v["balance"]),
+        text(&v["currency"]),
+        if v["state"]["enabled"] == Value::Bool(true) {
+            "the account is enabled"
+        } else {
+            "the account is still refused"
+        }
+    )
+}
+
+fn bills_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["bills"]
+        .as_array()
+        .map(|bills| {
+            bills
+                .iter()
+                .map(|b| {
+                    vec![
+                        text(&b["id"]),
+                        text(&b["month"]),
+                        format!("{} {}", text(&b["total"]), text(&b["currency"])),
+                        text(&b["status"]),
+                        b["lines"].as_array().map_or(0, |l| l.len()).to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "{}  balance {}\n{}",
+        text(&v["account"]),
+        text(&v["balance"]),
+        table(&["BILL", "MONTH", "TOTAL", "STATUS", "LINES"], &rows)
+    )
 }
 
 fn usage_table(v: &Value) -> String {

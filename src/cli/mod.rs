@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 
 mod admin;
+mod billing;
 
 use crate::config::{Config, ProcessEnv};
 use crate::server::{self, Listeners};
@@ -65,6 +66,8 @@ enum Command {
     },
     /// Operate a running gateway through its admin API: accounts, credentials, audit.
     Admin(admin::AdminArgs),
+    /// The monthly billing job and the finance export, on the billing store.
+    Billing(billing::BillingArgs),
     /// Everything on one machine with embedded defaults: simulator, gateway, demo account.
     Demo {
         /// Data listener address.
@@ -137,6 +140,7 @@ async fn run(command: Command) -> ExitCode {
             config.error_rate = error_rate;
             exit(sim::run(listener, config, shutdown_signal()).await)
         }
+        Command::Billing(args) => exit(billing::run(args).await),
         Command::Admin(args) => match admin::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -47,6 +47,21 @@ impl StatePublisher for LocalPublisher {
     }
 }
 
+/// For a process that serves no calls (`billing run`) on a single-node store: changes
+/// are in the store, which single-node gateways reload every `state.resync_interval`.
+pub struct StoreOnlyPublisher;
+
+#[async_trait::async_trait]
+impl StatePublisher for StoreOnlyPublisher {
+    async fn account_changed(&self, _record: &AccountRecord) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn credential_changed(&self, _record: &CredentialRecord) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
 /// What to do when the mirror is older than `state.max_staleness`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
