@@ -353,3 +353,89 @@ async fn demo_walkthrough_bill_suspend_topup_reactivate() {
     let _ = demo.kill();
     let _ = demo.wait();
 }
+
+/// Two runs at once bill once; a held lock refuses a run; a lock left by a dead run
+/// (older than an hour) is taken over.
+#[tokio::test]
+async fn concurrent_runs_bill_once_and_the_lock_holds() {
+    use ekyc_gateway::billing::job::{self, BillingError, RunRequest};
+    use ekyc_gateway::state::StoreOnlyPublisher;
+    let db = PgDatabase::create().await;
+    let store = ekyc_gateway::store::Store::connect(&db.url()).await.unwrap();
+    let now = FIRST_OF_NOVEMBER;
+    let mut rows = Vec::new();
+    for i in 0..300 {
+        let account = format!("acct-{i:03}");
+        store
+            .create_account(
+                &ekyc_gateway::store::records::AccountRecord::new(&account, &account, 0),
+                "test",
+                0,
+            )
+            .await
+            .unwrap();
+        rows.push(UsageRow {
+            account_id: account,
+            action: "DetectAuth".into(),
+            month: "2026-10".into(),
+            calls: 3,
+        });
+    }
+    store
+        .apply_usage_batch(
+            &UsageBatch {
+                instance_id: "t".into(),
+                seq: 1,
+                rows,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let config = gateway_config("http://127.0.0.1:9", PRICES);
+    let request = RunRequest {
+        month: ekyc_gateway::meter::Month::parse("2026-10").unwrap(),
+        now,
+        dry_run: false,
+        actor: "test".into(),
+    };
+    assert!(store.try_lock_billing("someone-else", now, 3600).await.unwrap());
+    let locked = job::run(
+        &store,
+        &config.prices,
+        &StoreOnlyPublisher,
+        8 * 3600,
+        request.clone(),
+        &mut |_, _| {},
+    )
+    .await;
+    assert!(matches!(locked, Err(BillingError::Locked)), "{locked:?}");
+    store.unlock_billing("someone-else").await.unwrap();
+    assert!(store.try_lock_billing("dead-run", now - 7200, 3600).await.unwrap());
+
+    let store = Arc::new(store);
+    let run = |store: Arc<ekyc_gateway::store::Store>| {
+        let (prices, request) = (config.prices.clone(), request.clone());
+        tokio::spawn(
+            async move { job::run(&store, &prices, &StoreOnlyPublisher, 8 * 3600, request, &mut |_, _| {}).await },
+        )
+    };
+    let (a, b) = (run(store.clone()), run(store.clone()));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let created: u64 = [&a, &b]
+        .iter()
+        .map(|r| match r {
+            Ok(summary) => summary.bills_created,
+            Err(BillingError::Locked) => 0,
+            Err(e) => panic!("{e}"),
+        })
+        .sum();
+    assert_eq!(created, 300, "each account billed exactly once: {a:?} {b:?}");
+    let mut charged = 0;
+    for i in 0..300 {
+        let ledger = store.ledger(&format!("acct-{i:03}")).await.unwrap();
+        assert_eq!(ledger.len(), 1, "one charge");
+        charged += ledger[0].amount;
+    }
+    assert_eq!(charged, -300 * 750_000, "3 DetectAuth at 0.25 each");
+}
