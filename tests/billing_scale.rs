@@ -38,7 +38,7 @@ async fn billing_100k_accounts_by_5_actions() {
              SELECT 'acct-' || i, a, '2026-10', 1 + (i % 5000), 0 \
              FROM generate_series(1, {ACCOUNTS}) i, unnest(ARRAY['{}']) a;
              INSERT INTO ledger (account_id, at, kind, amount, bill_id, idempotency_key, actor) \
-             SELECT 'acct-' || i, 0, 'topup', 1000000000, NULL, 'seed-' || i, 'bench' \
+             SELECT 'acct-' || i, 0, 'topup', 10000000000, NULL, 'seed-' || i, 'bench' \
              FROM generate_series(1, {ACCOUNTS}) i WHERE i % 10 <> 0;",
             actions.join("','")
         ))
