@@ -228,6 +228,15 @@ async fn lifecycle(store_url: Option<String>) {
     let (_, again) = admin(&gateway, "POST", "/v1/billing/run", Some(json!({"month": "2026-11"}))).await;
     assert_eq!(again["bills_created"], 0, "late usage is billed once");
 
+    // Corrections are new ledger entries.
+    let adjust = json!({"amount": "-0.25", "reason": "manual correction", "idempotency_key": "adj-1"});
+    let (status, adjusted) = admin(&gateway, "POST", "/v1/accounts/payer/adjustments", Some(adjust.clone())).await;
+    assert_eq!((status, &adjusted["balance"]), (201, &json!("5.50")), "{adjusted}");
+    let (status, _) = admin(&gateway, "POST", "/v1/accounts/payer/adjustments", Some(adjust)).await;
+    assert_eq!(status, 200, "same key: recorded once");
+    let (_, balance) = admin(&gateway, "GET", "/v1/accounts/payer/balance", None).await;
+    assert_eq!(balance["ledger"][0]["kind"], "adjustment");
+
     // No refunds: the store refuses edits and deletions.
     for sql in [
         "UPDATE bills SET total = 0",

@@ -180,6 +180,14 @@ struct TopupBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AdjustmentBody {
+    amount: String,
+    reason: String,
+    idempotency_key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RunBody {
     month: Option<String>,
     #[serde(default)]
@@ -394,6 +402,37 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
                     "currency": app.config.prices.currency,
                     "state": account_view(&account),
                 }),
+            ))
+        }
+        (&Method::POST, ["accounts", id, "adjustments"]) => {
+            let request: AdjustmentBody = parse(body)?;
+            let amount = parse_amount(&request.amount)
+                .filter(|a| *a != 0)
+                .ok_or_else(|| ApiError::bad_request("amount must be a non-zero decimal string like \"-1.50\""))?;
+            let (key, reason) = (request.idempotency_key.trim(), request.reason.trim());
+            if key.is_empty() || key.len() > 200 || reason.is_empty() || reason.len() > 500 {
+                return Err(ApiError::bad_request(
+                    "idempotency_key (1-200 characters) and reason (1-500) are required",
+                ));
+            }
+            let outcome = app.store.record_adjustment(id, amount, reason, key, actor, now).await?;
+            let (status, entry, duplicate) = match outcome {
+                TopupOutcome::Recorded(entry) => (StatusCode::CREATED, entry, false),
+                TopupOutcome::Duplicate(entry) => (StatusCode::OK, entry, true),
+            };
+            // A credit can settle the debt; a debit waits for the next billing run.
+            let balance = app.store.balance(id).await?;
+            if balance >= 0 {
+                change_account(app, id, actor, "billing.arrears_lifted", |a| {
+                    a.arrears = None;
+                    Ok(())
+                })
+                .await?;
+            }
+            Ok(json(
+                status,
+                j!({"account": id, "ledger_id": entry.id, "amount": format_amount(entry.amount), "reason": reason,
+                    "duplicate": duplicate, "balance": format_amount(balance), "currency": app.config.prices.currency}),
             ))
         }
         (&Method::GET, ["accounts", id, "balance"]) => {

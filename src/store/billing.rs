@@ -241,19 +241,62 @@ impl Store {
         if amount <= 0 {
             return Err(StoreError::Invalid("a top-up amount must be positive".into()));
         }
+        self.record_entry(account_id, "topup", amount, idempotency_key, actor, None, now)
+            .await
+    }
+
+    /// Records an operator's correction (a credit > 0 or a debit < 0, with its reason),
+    /// once per idempotency key. Nothing is ever edited: a correction is a new entry.
+    pub async fn record_adjustment(
+        &self,
+        account_id: &str,
+        amount: i64,
+        reason: &str,
+        idempotency_key: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<TopupOutcome, StoreError> {
+        if amount == 0 {
+            return Err(StoreError::Invalid("an adjustment amount cannot be zero".into()));
+        }
+        self.record_entry(
+            account_id,
+            "adjustment",
+            amount,
+            idempotency_key,
+            actor,
+            Some(reason),
+            now,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record_entry(
+        &self,
+        account_id: &str,
+        kind: &str,
+        amount: i64,
+        idempotency_key: &str,
+        actor: &str,
+        note: Option<&str>,
+        now: i64,
+    ) -> Result<TopupOutcome, StoreError> {
         if self.get_account(account_id).await?.is_none() {
             return Err(StoreError::NotFound(format!("account {account_id}")));
         }
-        let key = format!("topup:{account_id}:{idempotency_key}");
+        let key = format!("{kind}:{account_id}:{idempotency_key}");
         let inserted = sqlx::query(
             "INSERT INTO ledger (account_id, at, kind, amount, bill_id, idempotency_key, actor, note) \
-             VALUES ($1, $2, 'topup', $3, NULL, $4, $5, NULL) ON CONFLICT (idempotency_key) DO NOTHING",
+             VALUES ($1, $2, $3, $4, NULL, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(account_id)
         .bind(now)
+        .bind(kind)
         .bind(amount)
         .bind(&key)
         .bind(actor)
+        .bind(note)
         .execute(&self.pool)
         .await?;
         let row = sqlx::query(&format!(
@@ -268,7 +311,7 @@ impl Store {
         }
         if entry.amount != amount {
             return Err(StoreError::Conflict(format!(
-                "a top-up with idempotency key {idempotency_key:?} and another amount"
+                "a {kind} with idempotency key {idempotency_key:?} and another amount"
             )));
         }
         Ok(TopupOutcome::Duplicate(entry))
