@@ -73,6 +73,7 @@ struct RawConfig {
     rate_limit: RawRateLimit,
     meter: RawMeter,
     billing: RawBilling,
+    runtime: RawRuntime,
     actions: Option<BTreeMap<String, RawAction>>,
 }
 
@@ -221,6 +222,13 @@ struct RawPrice {
 struct RawTier {
     up_to: Option<u64>,
     unit: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRuntime {
+    /// Data-plane threads, one current-thread runtime each; 0: one per core.
+    worker_threads: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -414,6 +422,8 @@ pub struct Config {
     pub meter: MeterConfig,
     /// Prices per action and the bill rounding rule.
     pub prices: PriceBook,
+    /// Data-plane threads (`runtime.worker_threads`; 0: one per core).
+    pub worker_threads: usize,
     /// `postgres://…` or `sqlite://path` (env `EKYC_STORE_URL` wins over the file).
     pub store_url: String,
     pub state: StateConfig,
@@ -776,6 +786,7 @@ impl Config {
             shutdown_grace: ms("shutdown.grace_period_ms", raw.shutdown.grace_period_ms, 0, 3_600_000)?,
             actions,
             prices,
+            worker_threads: within("runtime.worker_threads", raw.runtime.worker_threads, 0, 1024)?,
             default_rate_limit_qps: raw.rate_limit.default_qps,
             meter: MeterConfig {
                 flush_interval: ms("meter.flush_interval_ms", raw.meter.flush_interval_ms, 10, 3_600_000)?,

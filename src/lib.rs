@@ -45,3 +45,4 @@ pub mod store;
 pub mod tc3;
 pub mod tencent;
 pub mod tls;
+pub mod workers;

@@ -8,6 +8,7 @@
 use crate::app::App;
 use crate::clock::SystemClock;
 use crate::config::{Config, Limits};
+use crate::workers::Workers;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -81,9 +82,11 @@ pub async fn serve(
         "ekyc-gateway serving"
     );
 
+    let workers = Arc::new(Workers::start(crate::workers::thread_count(app.config.worker_threads))?);
     let data_app = app.clone();
     let data_loop = accept_loop(
         listeners.data,
+        Some(workers.clone()),
         tls,
         builder.clone(),
         data_graceful.clone(),
@@ -98,6 +101,7 @@ pub async fn serve(
     let admin_app = app.clone();
     let admin_loop = accept_loop(
         listeners.admin,
+        None,
         None,
         builder,
         admin_graceful.clone(),
@@ -131,6 +135,9 @@ pub async fn serve(
         tracing::warn!("grace period over with requests still in flight; closing them");
     }
     app.run_shutdown_hooks().await;
+    if let Ok(workers) = Arc::try_unwrap(workers) {
+        tokio::task::spawn_blocking(move || workers.stop()).await?;
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }
@@ -157,6 +164,7 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn accept_loop<F, Fut, B>(
     listener: TcpListener,
+    workers: Option<Arc<Workers>>,
     tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
@@ -190,7 +198,7 @@ pub(crate) async fn accept_loop<F, Fut, B>(
         let tls = tls.clone();
         let handler = handler.clone();
         let gauge = open_connections.clone();
-        tokio::spawn(async move {
+        let serve = move |stream: TcpStream| async move {
             gauge.inc();
             let service = hyper::service::service_fn(handler);
             let result = match tls {
@@ -217,7 +225,24 @@ pub(crate) async fn accept_loop<F, Fut, B>(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             gauge.dec();
-        });
+        };
+        match &workers {
+            Some(workers) => {
+                // The socket moves to the worker's runtime: its reactor must own it.
+                match stream.into_std() {
+                    Ok(stream) => workers.spawn(async move {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => serve(stream).await,
+                            Err(e) => tracing::warn!(error = %e, "could not hand a connection to a worker"),
+                        }
+                    }),
+                    Err(e) => tracing::warn!(error = %e, "could not hand a connection to a worker"),
+                }
+            }
+            None => {
+                tokio::spawn(serve(stream));
+            }
+        }
     }
 }
 

@@ -150,6 +150,7 @@ pub async fn run(
     tracing::info!(listen = %listener.local_addr()?, "upstream simulator serving");
     let accept = tokio::spawn(crate::server::accept_loop(
         listener,
+        None,
         tls,
         builder,
         graceful.clone(),

@@ -41,7 +41,9 @@ pub enum Resign<'a> {
 const CLIENT_ONLY: [&str; 3] = ["authorization", "x-tc-token", "x-tc-timestamp"];
 
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// One pool per data-plane worker (index 0: any other thread), so a request uses
+    /// connections driven by its own thread (see `workers`).
+    clients: Vec<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     host_header: HeaderValue,
@@ -53,7 +55,7 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(upstream: &config::Upstream, max_body_bytes: usize) -> anyhow::Result<Self> {
+    pub fn new(upstream: &config::Upstream, max_body_bytes: usize, workers: usize) -> anyhow::Result<Self> {
         let tls = crate::tls::client_config(upstream.extra_ca_file.as_deref())?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -65,14 +67,18 @@ impl UpstreamClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(upstream.pool_idle_timeout)
-            .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
-            .build(https);
+        let clients = (0..=workers)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .pool_idle_timeout(upstream.pool_idle_timeout)
+                    .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
+                    .build(https.clone())
+            })
+            .collect();
         Ok(Self {
-            client,
+            clients,
             scheme: upstream.scheme.clone(),
             authority: upstream.authority.clone(),
             host_header: HeaderValue::from_str(upstream.authority.as_str())?,
@@ -97,7 +103,12 @@ impl UpstreamClient {
         now_unix: i64,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         let request = self.upstream_request(parts, body, resign, now_unix)?;
-        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let response = match tokio::time::timeout(
+            self.timeout,
+            self.clients[crate::workers::current_worker() % self.clients.len()].request(request),
+        )
+        .await
+        {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
             Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(error_chain(&e))),
             Ok(Err(e)) => return Err(ForwardError::Protocol(error_chain(&e))),
