@@ -8,6 +8,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
+use std::sync::{Arc, RwLock};
 
 pub const ALGORITHM: &str = "TC3-HMAC-SHA256";
 /// The `X-TC-Content-SHA256` value that opts out of hashing the body.
@@ -384,6 +385,8 @@ pub struct Signer {
     secret_id: String,
     secret_key: String,
     service: String,
+    /// The day's signing key: deriving it costs three HMACs, and it changes once a day.
+    day_key: Arc<RwLock<Option<(String, SigningKey)>>>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -402,7 +405,19 @@ impl Signer {
             secret_id: secret_id.into(),
             secret_key: secret_key.into(),
             service: service.into(),
+            day_key: Arc::default(),
         }
+    }
+
+    fn key_for(&self, date: &str) -> SigningKey {
+        if let Some((day, key)) = self.day_key.read().expect("signing key lock").as_ref()
+            && day == date
+        {
+            return key.clone();
+        }
+        let key = SigningKey::derive(&self.secret_key, date, &self.service);
+        *self.day_key.write().expect("signing key lock") = Some((date.to_string(), key.clone()));
+        key
     }
 
     pub fn secret_id(&self) -> &str {
@@ -418,7 +433,7 @@ impl Signer {
             "host"
         };
         let date = utc_date(request.timestamp).unwrap_or_default();
-        let key = SigningKey::derive(&self.secret_key, &date, &self.service);
+        let key = self.key_for(&date);
         // Headers the signer itself set are always present; a missing one signs as empty.
         let canonical = canonical_request_hash(request, signed_headers, HeaderCase::AsSent).unwrap_or_default();
         let mac = string_to_sign_mac(&key, request.timestamp, &date, &self.service, &canonical);
