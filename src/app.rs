@@ -44,11 +44,7 @@ pub struct App {
 impl App {
     pub async fn new(config: Config, clock: SharedClock) -> anyhow::Result<Arc<Self>> {
         let catalog = Catalog::new(&config.actions);
-        let upstream = UpstreamClient::new(
-            &config.upstream,
-            config.limits.max_body_bytes,
-            crate::workers::thread_count(config.worker_threads),
-        )?;
+        let upstream = UpstreamClient::new(&config.upstream, config.limits.max_body_bytes)?;
         let metrics = Metrics::new(&catalog);
         let rate_limits = RateLimits::new(config.default_rate_limit_qps, &config.actions);
         let store = Arc::new(Store::connect(&config.store_url).await?);

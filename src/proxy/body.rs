@@ -5,6 +5,7 @@
 use crate::app::App;
 use crate::meter::CounterKey;
 use crate::meter::billable::BillableScanner;
+use crate::proxy::pool::PooledConnection;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -108,28 +109,56 @@ pin_project_lite::pin_project! {
     #[project = ProxyBodyProjection]
     pub enum ProxyBody {
         Local { #[pin] body: Full<Bytes> },
-        Upstream { #[pin] body: Limited<Incoming> },
-        Metered { #[pin] body: Limited<Incoming>, scanner: BillableScanner, ticket: Option<MeterTicket> },
+        Upstream { #[pin] body: Limited<Incoming>, connection: Option<PooledConnection> },
+        Metered {
+            #[pin] body: Limited<Incoming>,
+            connection: Option<PooledConnection>,
+            scanner: BillableScanner,
+            ticket: Option<MeterTicket>,
+        },
     }
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, limit: usize) -> Self {
+    /// The upstream's answer; `connection` goes back to the pool once it has ended.
+    pub fn upstream(body: Incoming, limit: usize, connection: PooledConnection) -> Self {
+        let ended = body.is_end_stream();
+        let mut connection = Some(connection);
+        if ended {
+            release(&mut connection);
+        }
         ProxyBody::Upstream {
             body: Limited::new(body, limit),
+            connection,
         }
     }
 
     /// The same upstream answer, counted by `ticket` if it turns out billable.
     pub fn metered(self, ticket: MeterTicket) -> Self {
         match self {
-            ProxyBody::Upstream { body } => ProxyBody::Metered {
+            ProxyBody::Upstream { body, connection } => ProxyBody::Metered {
                 body,
+                connection,
                 scanner: BillableScanner::new(),
                 ticket: Some(ticket),
             },
             other => other,
         }
+    }
+}
+
+/// The upstream's answer was read to its end without error: its connection is reusable.
+fn answer_ended(polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>, end_stream: bool) -> bool {
+    match polled {
+        Poll::Ready(None) => true,
+        Poll::Ready(Some(Ok(_))) => end_stream,
+        _ => false,
+    }
+}
+
+fn release(connection: &mut Option<PooledConnection>) {
+    if let Some(connection) = connection.take() {
+        connection.release();
     }
 }
 
@@ -146,13 +175,23 @@ impl Body for ProxyBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
             ProxyBodyProjection::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
-            ProxyBodyProjection::Upstream { body } => body.poll_frame(cx),
+            ProxyBodyProjection::Upstream { mut body, connection } => {
+                let polled = body.as_mut().poll_frame(cx);
+                if answer_ended(&polled, body.is_end_stream()) {
+                    release(connection);
+                }
+                polled
+            }
             ProxyBodyProjection::Metered {
                 mut body,
+                connection,
                 scanner,
                 ticket,
             } => {
                 let polled = body.as_mut().poll_frame(cx);
+                if answer_ended(&polled, body.is_end_stream()) {
+                    release(connection);
+                }
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
@@ -184,14 +223,14 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Local { body } => body.is_end_stream(),
-            ProxyBody::Upstream { body } | ProxyBody::Metered { body, .. } => body.is_end_stream(),
+            ProxyBody::Upstream { body, .. } | ProxyBody::Metered { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Local { body } => body.size_hint(),
-            ProxyBody::Upstream { body } | ProxyBody::Metered { body, .. } => body.size_hint(),
+            ProxyBody::Upstream { body, .. } | ProxyBody::Metered { body, .. } => body.size_hint(),
         }
     }
 }

@@ -7,14 +7,11 @@
 use crate::config;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::headers::strip_hop_by_hop;
+use crate::proxy::pool::{PoolError, UpstreamPool};
 use crate::tc3::{SignedRequest, Signer};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri, header, request};
 use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,10 +38,8 @@ pub enum Resign<'a> {
 const CLIENT_ONLY: [&str; 3] = ["authorization", "x-tc-token", "x-tc-timestamp"];
 
 pub struct UpstreamClient {
-    /// One pool per data-plane worker (index 0: any other thread), so a request uses
-    /// connections driven by its own thread (see `workers`).
-    clients: Vec<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,
-    scheme: http::uri::Scheme,
+    /// Keep-alive connections, idle per data-plane thread (see `pool`).
+    pool: UpstreamPool,
     authority: http::uri::Authority,
     host_header: HeaderValue,
     signer: Signer,
@@ -55,31 +50,9 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(upstream: &config::Upstream, max_body_bytes: usize, workers: usize) -> anyhow::Result<Self> {
-        let tls = crate::tls::client_config(upstream.extra_ca_file.as_deref())?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(upstream.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let clients = (0..=workers)
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .pool_idle_timeout(upstream.pool_idle_timeout)
-                    .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
-                    .build(https.clone())
-            })
-            .collect();
+    pub fn new(upstream: &config::Upstream, max_body_bytes: usize) -> anyhow::Result<Self> {
         Ok(Self {
-            clients,
-            scheme: upstream.scheme.clone(),
+            pool: UpstreamPool::new(upstream)?,
             authority: upstream.authority.clone(),
             host_header: HeaderValue::from_str(upstream.authority.as_str())?,
             signer: Signer::new(
@@ -103,16 +76,11 @@ impl UpstreamClient {
         now_unix: i64,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         let request = self.upstream_request(parts, body, resign, now_unix)?;
-        let response = match tokio::time::timeout(
-            self.timeout,
-            self.clients[crate::workers::current_worker() % self.clients.len()].request(request),
-        )
-        .await
-        {
+        let (response, connection) = match tokio::time::timeout(self.timeout, self.pool.send(request)).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
-            Ok(Err(e)) if e.is_connect() => return Err(ForwardError::Connect(error_chain(&e))),
-            Ok(Err(e)) => return Err(ForwardError::Protocol(error_chain(&e))),
-            Ok(Ok(response)) => response,
+            Ok(Err(PoolError::Connect(e))) => return Err(ForwardError::Connect(e)),
+            Ok(Err(PoolError::Protocol(e))) => return Err(ForwardError::Protocol(e)),
+            Ok(Ok(answer)) => answer,
         };
         let declared = response
             .headers()
@@ -128,7 +96,7 @@ impl UpstreamClient {
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(body, self.max_body_bytes),
+            ProxyBody::upstream(body, self.max_body_bytes, connection),
         ))
     }
 
@@ -169,12 +137,8 @@ impl UpstreamClient {
             }
         }
         let query = path_and_query.query().unwrap_or("");
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query.clone())
-            .build()
-            .map_err(|e| ForwardError::Protocol(e.to_string()))?;
+        // Origin form: the connection is to the upstream already; `Host` names it.
+        let uri = Uri::from(path_and_query.clone());
 
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
@@ -208,17 +172,6 @@ impl UpstreamClient {
     pub fn authority(&self) -> &http::uri::Authority {
         &self.authority
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 pub type SharedUpstream = Arc<UpstreamClient>;

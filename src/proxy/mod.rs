@@ -26,6 +26,7 @@ pub mod body;
 pub mod errors;
 pub mod forward;
 pub mod headers;
+pub mod pool;
 pub mod ratelimit;
 pub mod tenant;
 
