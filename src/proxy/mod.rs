@@ -36,9 +36,10 @@ use crate::meter::{CounterKey, Month};
 use crate::metrics::Outcome;
 use crate::state::StalePolicy;
 use crate::state::mirror::AccountStanding;
+use crate::tencent;
 use auth::AuthMethod;
 use body::{MeterTicket, ProxyBody};
-use errors::GatewayError;
+use errors::{ErrorCode, GatewayError};
 use forward::{ForwardError, Resign};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -50,6 +51,40 @@ use tenant::TenantAction;
 pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
+    // Transfer-Encoding on a request: the SDKs always send Content-Length (the TC3
+    // signature covers the body's hash anyway), and hyper has already dropped any
+    // Content-Length sent alongside, so this is also the only place a smuggling attempt
+    // (RFC 9112 §6.3: both headers) can be caught. Refused, never forwarded, and the
+    // connection is closed.
+    // CONNECT: this is not a forward proxy; nothing but the configured upstream is
+    // ever contacted.
+    let refusal = if parts.method == http::Method::CONNECT {
+        Some((
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported: this is not a forward proxy",
+        ))
+    } else if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        Some((
+            http::StatusCode::BAD_REQUEST,
+            "chunked request bodies are refused: send Content-Length",
+        ))
+    } else {
+        None
+    };
+    if let Some((status, message)) = refusal {
+        let body = tencent::error_body("InvalidParameter", message, &tencent::new_request_id());
+        let mut response: Response<ProxyBody> = tencent::json_response(body);
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        app.metrics.record_request(
+            None,
+            Outcome::Refused(ErrorCode::InvalidParameter),
+            started.elapsed().as_secs_f64(),
+        );
+        return response;
+    }
     let mut action = parts
         .headers
         .get("x-tc-action")
