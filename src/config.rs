@@ -518,6 +518,12 @@ impl<const N: usize> Env for [(&str, &str); N] {
     }
 }
 
+impl Env for Vec<(&str, &str)> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+}
+
 impl Config {
     pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
         let text =
@@ -770,8 +776,14 @@ impl Config {
                 "environment variable is not set (32 bytes, hex or base64)",
             )
         })?;
-        let master_key =
-            Arc::new(MasterKey::parse(&master_key).map_err(|e| ConfigError::new("EKYC_MASTER_KEY", e.to_string()))?);
+        let mut master_key =
+            MasterKey::parse(&master_key).map_err(|e| ConfigError::new("EKYC_MASTER_KEY", e.to_string()))?;
+        if let Some(previous) = env.var("EKYC_MASTER_KEY_PREVIOUS") {
+            let previous =
+                MasterKey::parse(&previous).map_err(|e| ConfigError::new("EKYC_MASTER_KEY_PREVIOUS", e.to_string()))?;
+            master_key = master_key.with_previous(previous);
+        }
+        let master_key = Arc::new(master_key);
 
         Ok(Config {
             store_url,

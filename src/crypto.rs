@@ -25,11 +25,16 @@ pub enum CryptoError {
 pub struct MasterKey {
     key: LessSafeKey,
     id: String,
+    /// During a rotation: the key being retired, still able to open what it sealed.
+    previous: Option<Box<MasterKey>>,
 }
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MasterKey({})", self.id)
+        match &self.previous {
+            Some(previous) => write!(f, "MasterKey({}, previous {})", self.id, previous.id),
+            None => write!(f, "MasterKey({})", self.id),
+        }
     }
 }
 
@@ -51,7 +56,20 @@ impl MasterKey {
         Ok(Self {
             key: LessSafeKey::new(unbound),
             id,
+            previous: None,
         })
+    }
+
+    /// This key, also opening what `previous` sealed (`EKYC_MASTER_KEY_PREVIOUS`, during
+    /// a rotation). New seals always use this key.
+    pub fn with_previous(mut self, previous: MasterKey) -> Self {
+        self.previous = Some(Box::new(previous));
+        self
+    }
+
+    /// Whether `sealed` was sealed by another key than this one (it should be resealed).
+    pub fn is_stale(&self, sealed: &str) -> bool {
+        sealed.split('.').nth(1) != Some(self.id.as_str())
     }
 
     pub fn id(&self) -> &str {
@@ -84,7 +102,10 @@ impl MasterKey {
             return Err(CryptoError::Malformed);
         };
         if key_id != self.id {
-            return Err(CryptoError::UnknownKey(key_id.to_string()));
+            return match &self.previous {
+                Some(previous) if previous.id == key_id => previous.open(sealed, bound_to),
+                _ => Err(CryptoError::UnknownKey(key_id.to_string())),
+            };
         }
         let blob = STANDARD_NO_PAD.decode(blob).map_err(|_| CryptoError::Malformed)?;
         if blob.len() < NONCE_LEN + AES_256_GCM.tag_len() {

@@ -4,6 +4,7 @@
 
 mod admin;
 mod billing;
+mod keys;
 
 use crate::config::{Config, ProcessEnv};
 use crate::server::{self, Listeners};
@@ -68,6 +69,13 @@ enum Command {
     Admin(admin::AdminArgs),
     /// The monthly billing job and the finance export, on the billing store.
     Billing(billing::BillingArgs),
+    /// Reseal every SecretKey under EKYC_MASTER_KEY (old ones opened with
+    /// EKYC_MASTER_KEY_PREVIOUS). See the README's "Rotating the master key".
+    RotateMasterKey {
+        /// The gateway's configuration (for the store and Redis).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Everything on one machine with embedded defaults: simulator, gateway, demo account.
     Demo {
         /// Data listener address.
@@ -141,6 +149,7 @@ async fn run(command: Command) -> ExitCode {
             exit(sim::run(listener, config, shutdown_signal()).await)
         }
         Command::Billing(args) => exit(billing::run(args).await),
+        Command::RotateMasterKey { config } => exit(keys::rotate(config).await),
         Command::Admin(args) => match admin::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

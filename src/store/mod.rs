@@ -378,6 +378,62 @@ impl Store {
         Ok(self.get_credential(secret_id).await?.unwrap_or(after))
     }
 
+    /// Master-key rotation: every SecretKey sealed by another key than `master_key` is
+    /// opened (with `master_key` or its previous key) and sealed again with
+    /// `master_key`, one audited transaction per credential (the audit entry names the
+    /// key ids, never a secret). Returns the changed records, for the caches. Safe to
+    /// run again: already resealed ones are skipped.
+    pub async fn reseal_credentials(
+        &self,
+        master_key: &crate::crypto::MasterKey,
+        actor: &str,
+        now: i64,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        let mut changed = Vec::new();
+        for before in self.all_credentials().await? {
+            if !master_key.is_stale(&before.secret_key_sealed) {
+                continue;
+            }
+            let plain = master_key
+                .open(&before.secret_key_sealed, &before.account_id)
+                .map_err(|e| StoreError::Invalid(format!("credential {}: {e}", before.secret_id)))?;
+            let mut after = before.clone();
+            after.secret_key_sealed = master_key.seal(&plain, &before.account_id);
+            after.version += 1;
+            let old_key = before.secret_key_sealed.split('.').nth(1).unwrap_or("?").to_string();
+            let mut tx = self.pool.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE credentials SET secret_key_sealed = $1, version = version + 1 WHERE secret_id = $2 AND version = $3",
+            )
+            .bind(&after.secret_key_sealed)
+            .bind(&before.secret_id)
+            .bind(before.version)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::Invalid(format!(
+                    "credential {} changed during the rotation; run it again",
+                    before.secret_id
+                )));
+            }
+            insert_audit(
+                &mut tx,
+                AuditInsert {
+                    at: now,
+                    actor,
+                    action: "credential.reseal",
+                    target: &before.account_id,
+                    before: Some(serde_json::json!({"secret_id": before.secret_id, "master_key": old_key})),
+                    after: Some(serde_json::json!({"secret_id": before.secret_id, "master_key": master_key.id()})),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            changed.push(after);
+        }
+        Ok(changed)
+    }
+
     // ------------------------------------------------------------ usage
 
     /// Applies a flush batch at most once: the batch id is inserted in the same
