@@ -142,6 +142,7 @@ struct RawLimits {
     max_headers: u64,
     header_read_timeout_ms: u64,
     body_read_timeout_ms: u64,
+    max_connections: u64,
 }
 
 impl Default for RawLimits {
@@ -150,6 +151,7 @@ impl Default for RawLimits {
             max_body_bytes: 10 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
+            max_connections: 10_000,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
         }
@@ -383,6 +385,8 @@ pub struct TlsFiles {
 
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Open data connections at most; beyond it new ones are closed at once.
+    pub max_connections: usize,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -574,6 +578,7 @@ impl Config {
         };
         let limits = Limits {
             max_body_bytes: within("limits.max_body_bytes", raw.limits.max_body_bytes, 1024, 1 << 30)?,
+            max_connections: within("limits.max_connections", raw.limits.max_connections, 1, 10_000_000)?,
             max_header_bytes: within("limits.max_header_bytes", raw.limits.max_header_bytes, 8192, 1 << 20)?,
             max_headers: within("limits.max_headers", raw.limits.max_headers, 16, 1000)?,
             header_read_timeout: ms(
@@ -770,6 +775,17 @@ impl Config {
             max_staleness: ms("state.max_staleness_ms", raw.state.max_staleness_ms, 1000, 86_400_000)?,
             stale_policy: raw.state.stale_policy,
         };
+        let admin_tokens = admin_tokens(env)?;
+        // The admin API moves money and suspends accounts: off loopback it must be
+        // encrypted and authenticated.
+        if !admin_listen.ip().is_loopback() && (tls.is_none() || admin_tokens.is_empty()) {
+            return Err(ConfigError::new(
+                "listen.admin",
+                format!(
+                    "{admin_listen} is not a loopback address: the admin listener then needs [tls] (it serves HTTPS with the same certificate) and EKYC_ADMIN_TOKEN"
+                ),
+            ));
+        }
         let master_key = env.var("EKYC_MASTER_KEY").ok_or_else(|| {
             ConfigError::new(
                 "EKYC_MASTER_KEY",
@@ -789,7 +805,7 @@ impl Config {
             store_url,
             state,
             master_key,
-            admin_tokens: admin_tokens(env)?,
+            admin_tokens,
             data_listen,
             admin_listen,
             tls,
@@ -897,6 +913,7 @@ mod tests {
     fn errors_name_the_key() {
         let cases = [
             ("[listen]\ndata = \"nope\"", "listen.data"),
+            ("[listen]\nadmin = \"0.0.0.0:9090\"", "listen.admin"),
             ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
             ("[upstream]\nurl = \"http://x/path\"", "upstream.url"),
             ("[limits]\nmax_body_bytes = 1", "limits.max_body_bytes"),

@@ -83,9 +83,15 @@ pub async fn serve(
     );
 
     let workers = Arc::new(Workers::start(crate::workers::thread_count(app.config.worker_threads))?);
+    // Off loopback the admin listener speaks TLS only (config refuses it without).
+    let admin_tls = match listeners.admin.local_addr()?.ip().is_loopback() {
+        true => None,
+        false => tls.clone(),
+    };
     let data_app = app.clone();
     let data_loop = accept_loop(
         listeners.data,
+        Some(app.config.limits.max_connections),
         Some(workers.clone()),
         tls,
         builder.clone(),
@@ -103,6 +109,7 @@ pub async fn serve(
         listeners.admin,
         None,
         None,
+        admin_tls,
         builder,
         admin_graceful.clone(),
         app.metrics.admin_connections.clone(),
@@ -164,6 +171,7 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn accept_loop<F, Fut, B>(
     listener: TcpListener,
+    max_connections: Option<usize>,
     workers: Option<Arc<Workers>>,
     tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -192,6 +200,13 @@ pub(crate) async fn accept_loop<F, Fut, B>(
                 }
             },
         };
+        if max_connections.is_some_and(|cap| open_connections.get() >= cap as i64) {
+            // Closed at once: memory stays bounded whatever a client opens.
+            tracing::debug!(%peer, "connection cap reached: closing a new connection");
+            drop(stream);
+            continue;
+        }
+        open_connections.inc();
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -199,7 +214,6 @@ pub(crate) async fn accept_loop<F, Fut, B>(
         let handler = handler.clone();
         let gauge = open_connections.clone();
         let serve = move |stream: TcpStream| async move {
-            gauge.inc();
             let service = hyper::service::service_fn(handler);
             let result = match tls {
                 None => {
@@ -229,14 +243,21 @@ pub(crate) async fn accept_loop<F, Fut, B>(
         match &workers {
             Some(workers) => {
                 // The socket moves to the worker's runtime: its reactor must own it.
+                let gauge = open_connections.clone();
                 match stream.into_std() {
                     Ok(stream) => workers.spawn(async move {
                         match TcpStream::from_std(stream) {
                             Ok(stream) => serve(stream).await,
-                            Err(e) => tracing::warn!(error = %e, "could not hand a connection to a worker"),
+                            Err(e) => {
+                                gauge.dec();
+                                tracing::warn!(error = %e, "could not hand a connection to a worker")
+                            }
                         }
                     }),
-                    Err(e) => tracing::warn!(error = %e, "could not hand a connection to a worker"),
+                    Err(e) => {
+                        open_connections.dec();
+                        tracing::warn!(error = %e, "could not hand a connection to a worker")
+                    }
                 }
             }
             None => {

@@ -138,6 +138,7 @@ pub async fn run(
         last_request: Mutex::new(None),
     });
     let limits = Limits {
+        max_connections: 100_000,
         max_body_bytes: MAX_BODY,
         max_header_bytes: 64 * 1024,
         max_headers: 200,
@@ -150,6 +151,7 @@ pub async fn run(
     tracing::info!(listen = %listener.local_addr()?, "upstream simulator serving");
     let accept = tokio::spawn(crate::server::accept_loop(
         listener,
+        None,
         None,
         tls,
         builder,

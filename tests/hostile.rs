@@ -192,3 +192,54 @@ async fn slowloris_and_header_floods_do_not_starve_other_clients() {
     let answer = send(&client, call(&gateway, "IdCardVerification", "{}")).await;
     assert_eq!(answer["Result"], "0");
 }
+
+fn resident_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_capped_and_cheap() {
+    let sim = SimHandle::start(|_| {}).await;
+    let gateway = GatewayHandle::start(
+        &sim,
+        "[limits]\nmax_connections = 3000\nheader_read_timeout_ms = 1500\n",
+    )
+    .await;
+    // 3,000 idle connections, up to the cap: memory per connection stays small.
+    let before = resident_kib();
+    let mut idle = Vec::new();
+    for _ in 0..3000 {
+        idle.push(TcpStream::connect(gateway.data).await.unwrap());
+    }
+    poll_until("the gateway to hold them all", Duration::from_secs(10), || async {
+        (gateway
+            .metrics()
+            .await
+            .contains(r#"ekyc_gateway_open_connections{listener="data"} 3000"#))
+        .then_some(())
+    })
+    .await;
+    let per_connection = (resident_kib().saturating_sub(before)) as f64 / 3000.0;
+    eprintln!("3000 idle connections: {per_connection:.1} KiB resident each (client and server sides in one process)");
+    assert!(per_connection < 64.0, "{per_connection} KiB per idle connection");
+
+    // One more is closed at once.
+    let mut extra = TcpStream::connect(gateway.data).await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "over the cap: closed at once");
+
+    // The idle ones time out, and honest clients are served again.
+    drop(idle);
+    poll_until("service to resume", Duration::from_secs(10), || async {
+        let client = http1_client();
+        let request = call(&gateway, "IdCardVerification", "{}");
+        match client.request(request).await {
+            Ok(response) => (response.status() == 200).then_some(()),
+            Err(_) => None,
+        }
+    })
+    .await;
+}
