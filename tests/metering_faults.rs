@@ -94,6 +94,7 @@ async fn three_gateways_bill_exactly_what_was_served() {
     let tally = run_load(load, 50_000, Arc::default(), Arc::default()).await;
     let elapsed = started.elapsed();
     assert_eq!(tally.failed, 0, "no call may fail without a fault");
+    assert!(tally.refused.is_empty(), "no call may be refused: {:?}", tally.refused);
     assert_eq!(tally.total_ok() + tally.api_errors, 50_000);
     assert!(tally.api_errors > 5_000, "the load must include API errors");
     for gateway in gateways {
