@@ -75,24 +75,7 @@ async fn chaos_reconciliation() {
     }
     let tenants = create_tenants(gateways[0].admin, 50).await;
     for gateway in &gateways {
-        poll_until(
-            "the tenants to reach every gateway",
-            Duration::from_secs(10),
-            || async {
-                let t = tenants.last().unwrap();
-                let request = signed_call(
-                    &format!("http://{}/", gateway.data),
-                    &gateway.data.to_string(),
-                    "DescribeServiceStatus",
-                    b"{}",
-                    &t.signer,
-                );
-                error_code(&send(&http1_client(), request).await)
-                    .is_none()
-                    .then_some(())
-            },
-        )
-        .await;
+        until_known(gateway.data, tenants.last().unwrap()).await;
     }
     // Accounts 0-24 use every gateway; 25-49 never use gateway 0, the one killed.
     let (everywhere, spared) = tenants.split_at(25);
@@ -115,22 +98,26 @@ async fn chaos_reconciliation() {
     };
 
     // Phase 1: load everywhere, then SIGKILL gateway 0 in the middle and restart it.
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(AtomicU64::new(0));
-    let all = |g: &Vec<GatewayProcess>| g.iter().map(|p| p.data).collect::<Vec<_>>();
-    let spared_targets = |g: &Vec<GatewayProcess>| g[1..].iter().map(|p| p.data).collect::<Vec<_>>();
-    let a = tokio::spawn(run_load(
-        phase(all(&gateways), everywhere),
-        usize::MAX,
-        stop.clone(),
-        progress.clone(),
-    ));
-    let b = tokio::spawn(run_load(
-        phase(spared_targets(&gateways), spared),
-        usize::MAX,
-        stop.clone(),
-        Arc::default(),
-    ));
+    // Two loads at once: the first 25 accounts on every gateway, the others on 1 and 2.
+    let start_loads = |gateways: &Vec<GatewayProcess>| {
+        let (stop, progress) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let all = gateways.iter().map(|p| p.data).collect();
+        let not_first = gateways[1..].iter().map(|p| p.data).collect();
+        let a = tokio::spawn(run_load(
+            phase(all, everywhere),
+            usize::MAX,
+            stop.clone(),
+            progress.clone(),
+        ));
+        let b = tokio::spawn(run_load(
+            phase(not_first, spared),
+            usize::MAX,
+            stop.clone(),
+            Arc::default(),
+        ));
+        (stop, progress, a, b)
+    };
+    let (stop, progress, a, b) = start_loads(&gateways);
     poll_until("load before the kill", Duration::from_secs(60), || async {
         (progress.load(Ordering::SeqCst) >= calls_per_phase as u64 / 2).then_some(())
     })
@@ -146,20 +133,7 @@ async fn chaos_reconciliation() {
     gateways[0] = GatewayProcess::start_in(dirs[0].path(), &config, &env).await;
 
     // Phase 2: Redis restarted empty and PostgreSQL cut off, under load.
-    let stop = Arc::new(AtomicBool::new(false));
-    let progress = Arc::new(AtomicU64::new(0));
-    let a = tokio::spawn(run_load(
-        phase(all(&gateways), everywhere),
-        usize::MAX,
-        stop.clone(),
-        progress.clone(),
-    ));
-    let b = tokio::spawn(run_load(
-        phase(spared_targets(&gateways), spared),
-        usize::MAX,
-        stop.clone(),
-        Arc::default(),
-    ));
+    let (stop, progress, a, b) = start_loads(&gateways);
     redis.kill();
     redis.restart().await;
     report("Redis restarted empty".into());

@@ -45,23 +45,6 @@ async fn wait_for_progress(progress: &AtomicU64, at_least: u64, what: &str) {
     .await;
 }
 
-/// Waits until the gateway at `data` knows `tenant` (state reaches every process).
-async fn until_known(data: SocketAddr, tenant: &LoadTenant) {
-    poll_until("the tenant to reach the gateway", Duration::from_secs(10), || async {
-        let request = signed_call(
-            &format!("http://{data}/"),
-            &data.to_string(),
-            "DescribeServiceStatus",
-            b"{}",
-            &tenant.signer,
-        );
-        error_code(&send(&http1_client(), request).await)
-            .is_none()
-            .then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_bill_exactly_what_was_served() {
     let sim = SimHandle::start(|c| c.error_rate = 0.2).await;

@@ -165,6 +165,23 @@ pub async fn create_tenants(admin: SocketAddr, count: usize) -> Vec<LoadTenant> 
     tenants
 }
 
+/// Waits until the gateway at `data` knows `tenant` (state reaches every process).
+pub async fn until_known(data: SocketAddr, tenant: &LoadTenant) {
+    poll_until("the tenant to reach the gateway", Duration::from_secs(10), || async {
+        let request = signed_call(
+            &format!("http://{data}/"),
+            &data.to_string(),
+            "DescribeServiceStatus",
+            b"{}",
+            &tenant.signer,
+        );
+        error_code(&send(&http1_client(), request).await)
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
 /// What the clients saw.
 #[derive(Debug, Default)]
 pub struct Tally {
