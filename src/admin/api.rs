@@ -125,7 +125,14 @@ impl Change {
 /// Tells every gateway about a committed change. If the cache is unreachable the change
 /// stays committed and is retried in the background until it gets through.
 async fn propagate(app: &Arc<App>, change: Change) -> &'static str {
-    match change.publish(app).await {
+    // A second try at once: after a Redis restart the first command only finds the
+    // old connection broken, and the connection manager has reconnected by now.
+    let first = change.publish(app).await;
+    let result = match first {
+        Ok(()) => Ok(()),
+        Err(_) => change.publish(app).await,
+    };
+    match result {
         Ok(()) => "done",
         Err(e) => {
             tracing::warn!(error = %e, "state cache unreachable; will retry propagating the change");

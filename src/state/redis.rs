@@ -185,22 +185,16 @@ impl CacheSync {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(EVENTS_CHANNEL).await?;
         let mut conn = ConnectionManager::new(client).await?;
-        if reconnecting {
-            let copied = refill_from_store(&mut conn, &self.store).await?;
-            tracing::info!(
-                records = copied,
-                "state cache: reconnected; re-copied the billing store into Redis"
-            );
-        }
-        self.full_sync(&mut conn).await?;
-        tracing::info!(
-            accounts = self.mirror.account_count(),
-            credentials = self.mirror.credential_count(),
-            "state cache: in sync with Redis"
-        );
+        // The SQL-to-Redis copy owed after an outage. The billing store may be down at
+        // the same time: then stay subscribed (live events keep being applied) and
+        // retry the copy every second, instead of dropping the subscription and
+        // missing events while backing off.
+        let mut repair_owed = reconnecting;
+        self.sync(&mut conn, &mut repair_owed).await?;
         let mut events = pubsub.on_message();
         let mut resync = tokio::time::interval(self.resync_interval);
         resync.reset();
+        let mut repair = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 message = events.next() => {
@@ -210,10 +204,45 @@ impl CacheSync {
                     let payload: String = message.get_payload()?;
                     self.apply_event(&payload);
                 }
-                _ = resync.tick() => self.full_sync(&mut conn).await?,
+                _ = resync.tick() => self.sync(&mut conn, &mut repair_owed).await?,
+                _ = repair.tick(), if repair_owed => self.sync(&mut conn, &mut repair_owed).await?,
                 _ = shutdown.changed() => return Ok(()),
             }
         }
+    }
+
+    /// Repairs Redis from SQL when owed (or when Redis is empty), then loads the mirror
+    /// from Redis. Errors are Redis's only: with the store down the repair stays owed,
+    /// and an empty Redis is not taken for "no accounts" (the mirror is kept, and it
+    /// ages, so `state.stale_policy` applies).
+    async fn sync(&self, conn: &mut ConnectionManager, repair_owed: &mut bool) -> anyhow::Result<()> {
+        let filled: bool = conn.exists(FILLED_KEY).await?;
+        if *repair_owed || !filled {
+            match (self.store.all_accounts().await, self.store.all_credentials().await) {
+                (Ok(accounts), Ok(credentials)) => {
+                    for account in &accounts {
+                        put_account(conn, account).await?;
+                    }
+                    for credential in &credentials {
+                        put_credential(conn, credential).await?;
+                    }
+                    let _: () = conn.set(FILLED_KEY, "1").await?;
+                    *repair_owed = false;
+                    tracing::info!(
+                        records = accounts.len() + credentials.len(),
+                        "state cache: copied the billing store into Redis"
+                    );
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    *repair_owed = true;
+                    tracing::warn!(error = %e, "state cache: billing store unreachable; Redis not repaired yet (live changes still applied)");
+                    if !filled {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.load_mirror(conn).await
     }
 
     fn apply_event(&self, payload: &str) {
@@ -237,6 +266,10 @@ impl CacheSync {
                 "state cache: Redis was empty; refilled it from the billing store"
             );
         }
+        self.load_mirror(conn).await
+    }
+
+    async fn load_mirror(&self, conn: &mut ConnectionManager) -> anyhow::Result<()> {
         let accounts: HashMap<String, String> = conn.hgetall(ACCOUNTS_KEY).await?;
         let credentials: HashMap<String, String> = conn.hgetall(CREDENTIALS_KEY).await?;
         let accounts: Vec<AccountRecord> = accounts.values().filter_map(|j| serde_json::from_str(j).ok()).collect();
