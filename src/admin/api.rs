@@ -14,7 +14,7 @@ use crate::billing::pricing::{format_amount, parse_amount};
 use crate::crypto;
 use crate::meter::Month;
 use crate::store::StoreError;
-use crate::store::billing::TopupOutcome;
+use crate::store::billing::{LedgerEntry, TopupOutcome};
 use crate::store::records::{
     AccountRecord, AuditEntry, CredentialRecord, CredentialStatus, Suspension, SuspensionFlag,
 };
@@ -201,6 +201,36 @@ struct RunBody {
     dry_run: bool,
 }
 
+/// After a ledger credit or correction: the answer's status, the entry, whether it was
+/// a repeat, the new balance, and the account, its arrears lifted when the balance is
+/// back at zero or above (credits settle overdue bills oldest first; a debit waits for
+/// the next billing run to set arrears).
+async fn settle(
+    app: &Arc<App>,
+    id: &str,
+    actor: &str,
+    outcome: TopupOutcome,
+) -> Result<(StatusCode, LedgerEntry, bool, i64, AccountRecord), ApiError> {
+    let (status, entry, duplicate) = match outcome {
+        TopupOutcome::Recorded(entry) => (StatusCode::CREATED, entry, false),
+        TopupOutcome::Duplicate(entry) => (StatusCode::OK, entry, true),
+    };
+    let balance = app.store.balance(id).await?;
+    let account = if balance >= 0 {
+        change_account(app, id, actor, "billing.arrears_lifted", |a| {
+            a.arrears = None;
+            Ok(())
+        })
+        .await?
+    } else {
+        app.store
+            .get_account(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?
+    };
+    Ok((status, entry, duplicate, balance, account))
+}
+
 /// The month before `month`.
 pub fn previous_month(month: Month) -> Month {
     Month(month.0.saturating_sub(1))
@@ -379,24 +409,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
                 return Err(ApiError::bad_request("idempotency_key must be 1-200 characters"));
             }
             let outcome = app.store.record_topup(id, amount, key, actor, now).await?;
-            let (status, entry, duplicate) = match outcome {
-                TopupOutcome::Recorded(entry) => (StatusCode::CREATED, entry, false),
-                TopupOutcome::Duplicate(entry) => (StatusCode::OK, entry, true),
-            };
-            // Settles overdue bills oldest first (derived); none left: arrears lifted.
-            let balance = app.store.balance(id).await?;
-            let account = if balance >= 0 {
-                change_account(app, id, actor, "billing.arrears_lifted", |a| {
-                    a.arrears = None;
-                    Ok(())
-                })
-                .await?
-            } else {
-                app.store
-                    .get_account(id)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?
-            };
+            let (status, entry, duplicate, balance, account) = settle(app, id, actor, outcome).await?;
             Ok(json(
                 status,
                 j!({
@@ -423,19 +436,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
                 ));
             }
             let outcome = app.store.record_adjustment(id, amount, reason, key, actor, now).await?;
-            let (status, entry, duplicate) = match outcome {
-                TopupOutcome::Recorded(entry) => (StatusCode::CREATED, entry, false),
-                TopupOutcome::Duplicate(entry) => (StatusCode::OK, entry, true),
-            };
-            // A credit can settle the debt; a debit waits for the next billing run.
-            let balance = app.store.balance(id).await?;
-            if balance >= 0 {
-                change_account(app, id, actor, "billing.arrears_lifted", |a| {
-                    a.arrears = None;
-                    Ok(())
-                })
-                .await?;
-            }
+            let (status, entry, duplicate, balance, _) = settle(app, id, actor, outcome).await?;
             Ok(json(
                 status,
                 j!({"account": id, "ledger_id": entry.id, "amount": format_amount(entry.amount), "reason": reason,

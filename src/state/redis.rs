@@ -89,14 +89,23 @@ async fn put_credential(conn: &mut ConnectionManager, record: &CredentialRecord)
 pub async fn refill_from_store(conn: &mut ConnectionManager, store: &Store) -> anyhow::Result<usize> {
     let accounts = store.all_accounts().await?;
     let credentials = store.all_credentials().await?;
-    for account in &accounts {
+    copy_into_redis(conn, &accounts, &credentials).await?;
+    Ok(accounts.len() + credentials.len())
+}
+
+/// Writes the records into Redis (newer copies win) and sets the marker.
+async fn copy_into_redis(
+    conn: &mut ConnectionManager,
+    accounts: &[AccountRecord],
+    credentials: &[CredentialRecord],
+) -> redis::RedisResult<()> {
+    for account in accounts {
         put_account(conn, account).await?;
     }
-    for credential in &credentials {
+    for credential in credentials {
         put_credential(conn, credential).await?;
     }
-    let _: () = conn.set(FILLED_KEY, "1").await?;
-    Ok(accounts.len() + credentials.len())
+    conn.set(FILLED_KEY, "1").await
 }
 
 /// The writer side for many nodes: Redis first, then this process's own mirror, so the
@@ -220,13 +229,7 @@ impl CacheSync {
         if *repair_owed || !filled {
             match (self.store.all_accounts().await, self.store.all_credentials().await) {
                 (Ok(accounts), Ok(credentials)) => {
-                    for account in &accounts {
-                        put_account(conn, account).await?;
-                    }
-                    for credential in &credentials {
-                        put_credential(conn, credential).await?;
-                    }
-                    let _: () = conn.set(FILLED_KEY, "1").await?;
+                    copy_into_redis(conn, &accounts, &credentials).await?;
                     *repair_owed = false;
                     tracing::info!(
                         records = accounts.len() + credentials.len(),
