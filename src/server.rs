@@ -163,6 +163,11 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(256)
+        // Rapid reset (CVE-2023-44487): more than 20 streams reset by the client before
+        // we accepted them, or 1024 we had to reset, and the connection gets GOAWAY
+        // ENHANCE_YOUR_CALM. Set here so a change of library default cannot drop them.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
         .keep_alive_interval(Duration::from_secs(30));
     builder
 }
