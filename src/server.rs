@@ -59,6 +59,7 @@ pub async fn serve(
         Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(&files.cert, &files.key)?)),
         None => None,
     };
+    raise_open_file_limit(app.config.limits.max_connections);
     let builder = Arc::new(http_builder(&app.config.limits));
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(sync) = app.take_cache_sync() {
@@ -147,6 +148,40 @@ pub async fn serve(
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one, as nginx's `worker_rlimit_nofile`
+/// and Go's runtime do: Debian's default soft limit (1,024) would refuse connections
+/// long before `limits.max_connections` (default 10,000) is reached.
+pub fn raise_open_file_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    // Upstream connections, the stores and the journal need descriptors too.
+    let needed = max_connections as u64 + 1024;
+    if (limit.rlim_cur as u64) < needed {
+        tracing::warn!(
+            open_files = limit.rlim_cur as u64,
+            needed,
+            "the open-file limit is below limits.max_connections + 1024: raise it (ulimit -n, LimitNOFILE=) or lower the cap"
+        );
+    }
 }
 
 /// HTTP/1.1 + HTTP/2 server settings shared by every listener.
