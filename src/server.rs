@@ -175,9 +175,9 @@ pub fn raise_open_file_limit(max_connections: usize) {
     }
     // Upstream connections, the stores and the journal need descriptors too.
     let needed = max_connections as u64 + 1024;
-    if (limit.rlim_cur as u64) < needed {
+    if limit.rlim_cur < needed {
         tracing::warn!(
-            open_files = limit.rlim_cur as u64,
+            open_files = limit.rlim_cur,
             needed,
             "the open-file limit is below limits.max_connections + 1024: raise it (ulimit -n, LimitNOFILE=) or lower the cap"
         );
