@@ -126,7 +126,8 @@ impl App {
     /// Moves the counted calls into the billing store (one batch, retried until acknowledged).
     pub async fn flush_usage(&self) -> anyhow::Result<u64> {
         let now = self.clock.now_unix();
-        let result = self.flusher.flush_once(&self.counters, &self.store, now).await;
+        let day = crate::meter::Month::day_of(now, self.config.meter.billing_utc_offset_seconds).unwrap_or_default();
+        let result = self.flusher.flush_once(&self.counters, &self.store, now, &day).await;
         match &result {
             Ok(_) => self.metrics.flush_batches_ok.inc(),
             Err(_) => self.metrics.flush_batches_failed.inc(),

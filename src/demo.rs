@@ -135,17 +135,20 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()> + Send
         )
         .await?;
     if let Some(this_month) = crate::meter::Month::of(now, config.meter.billing_utc_offset_seconds) {
+        use crate::admin::api::previous_month;
         let seed = crate::store::UsageBatch {
             instance_id: "demo-seed".into(),
             seq: 1,
             rows: vec![crate::store::UsageRow {
                 account_id: DEMO_DEBTOR.into(),
                 action: "IdCardVerification".into(),
-                month: crate::admin::api::previous_month(this_month).to_string(),
+                month: previous_month(this_month).to_string(),
                 calls: 42,
             }],
         };
-        store.apply_usage_batch(&seed, now).await?;
+        // Dated mid-month, so the operators' calls-per-day chart shows them there.
+        let day = format!("{}-15", previous_month(this_month));
+        store.apply_usage_batch_on(&seed, now, &day).await?;
     }
     drop(store);
     config.meter.journal_path = options.data_dir.join("meter.journal");

@@ -17,6 +17,7 @@
 //! | `meter`   | billable-call counters, the journal, the billable check, the flusher |
 //! | `billing` | prices, the monthly billing job, ledger, balance and bill status |
 //! | `admin`   | the admin listener: health, readiness, metrics |
+//! | `console` | the tenants' (`/console/`) and operators' (`/ui/`) web pages, embedded |
 //! | `metrics` | Prometheus counters, lock-free on the hot path |
 //! | `tencent` | Tencent API 3.0 wire shapes (error body, RequestId) |
 //! | `tls`     | rustls server and client configuration |
@@ -32,6 +33,7 @@ pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod demo;
 pub mod meter;

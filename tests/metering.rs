@@ -84,6 +84,19 @@ async fn reconcile(store_url: String) {
         billed, tally,
         "billed per (account, action) must equal the clients' successes"
     );
+    // The per-day counts (the operators' chart) hold the same calls, in the same
+    // transactions.
+    for (account, _) in &signers {
+        let daily: u64 = store
+            .daily_usage(account, "0000-01-01", "9999-12-31")
+            .await
+            .unwrap()
+            .iter()
+            .map(|(_, calls)| calls)
+            .sum();
+        let monthly: u64 = billed.iter().filter(|((a, _), _)| a == account).map(|(_, n)| n).sum();
+        assert_eq!(daily, monthly, "{account}: calls per day must add up to the month's");
+    }
     let stats = sim.stats().await;
     for action in ACTIONS {
         let served = stats["actions"][action]["success"].as_u64().unwrap();

@@ -399,6 +399,36 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
                 j!({"account": id, "month": month.to_string(), "actions": actions, "total": total}),
             ))
         }
+        (&Method::GET, ["accounts", id, "daily"]) => {
+            if app.store.get_account(id).await?.is_none() {
+                return Err(StoreError::NotFound(format!("account {id}")).into());
+            }
+            let count: i64 = query_param(query, "days")
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(30i64)
+                .clamp(1, 366);
+            let offset = app.config.meter.billing_utc_offset_seconds;
+            let today = time::OffsetDateTime::from_unix_timestamp(app.clock.now_unix() + i64::from(offset))
+                .map_err(|_| ApiError::bad_request("the clock is out of range"))?
+                .date();
+            let day_text = |d: time::Date| format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
+            let days: Vec<String> = (0..count)
+                .rev()
+                .filter_map(|back| today.checked_sub(time::Duration::days(back)))
+                .map(day_text)
+                .collect();
+            let counted: std::collections::HashMap<String, u64> = app
+                .store
+                .daily_usage(id, &days[0], &days[days.len() - 1])
+                .await?
+                .into_iter()
+                .collect();
+            let rows: Vec<Value> = days
+                .iter()
+                .map(|day| j!({"day": day, "calls": counted.get(day).copied().unwrap_or(0)}))
+                .collect();
+            Ok(json(StatusCode::OK, j!({"account": id, "days": rows})))
+        }
         (&Method::POST, ["accounts", id, "topups"]) => {
             let request: TopupBody = parse(body)?;
             let amount = parse_amount(&request.amount)

@@ -50,6 +50,11 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Full
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => return readiness(app).await,
+        (&Method::GET, path) if path.starts_with("/ui") => {
+            if let Some(page) = crate::console::serve(crate::console::Console::Operator, path) {
+                return page;
+            }
+        }
         (&Method::GET, "/metrics") => {
             let metrics = &app.metrics;
             let age = app.freshness.age(app.clock.now_unix()).unwrap_or(-1);

@@ -37,8 +37,8 @@ impl Flusher {
 
     /// Sends the frozen batch (this process's, or one a killed process left in the
     /// journal), or freezes a new one from the counters and sends it. Returns the calls
-    /// the store acknowledged.
-    pub async fn flush_once(&self, counters: &Counters, store: &Store, now: i64) -> anyhow::Result<u64> {
+    /// the store acknowledged. `day` dates the calls for the per-day chart.
+    pub async fn flush_once(&self, counters: &Counters, store: &Store, now: i64, day: &str) -> anyhow::Result<u64> {
         let mut pending = self.pending.lock().await;
         if pending.is_none() {
             let (batch, oldest) = match counters.frozen_batch() {
@@ -73,7 +73,7 @@ impl Flusher {
             *pending = Some((batch, oldest));
         }
         let (batch, _) = pending.as_ref().expect("set above");
-        match store.apply_usage_batch(batch, now).await {
+        match store.apply_usage_batch_on(batch, now, day).await {
             Ok(applied) => {
                 if !applied {
                     tracing::info!(

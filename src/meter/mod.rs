@@ -33,6 +33,12 @@ impl Month {
         Some(Month(digits(0..4) * 12 + digits(5..7) - 1))
     }
 
+    /// The day ("YYYY-MM-DD") of `unix` seconds in the same zone.
+    pub fn day_of(unix: i64, offset_seconds: i32) -> Option<String> {
+        let date = crate::tc3::utc_date_bytes(unix + i64::from(offset_seconds))?;
+        Some(String::from_utf8_lossy(&date).into_owned())
+    }
+
     pub fn parse(text: &str) -> Option<Month> {
         let (year, month) = text.split_once('-')?;
         if year.len() != 4 || month.len() != 2 {

@@ -19,6 +19,9 @@
 //!    Only after the answer: Tencent bills no failed call.
 //! 8. **respond**: the upstream's answer passes through unchanged.
 //!
+//! Before phase 1, a `GET /console/...` is answered with the tenants' console pages
+//! (`crate::console`): static files, no state read.
+//!
 //! This module sequences the phases; it must not implement one itself.
 
 pub mod auth;
@@ -50,6 +53,11 @@ use tenant::TenantAction;
 /// Runs one request through the pipeline. Never fails: errors become Tencent answers.
 pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
+    if request.method() == http::Method::GET
+        && let Some(page) = crate::console::serve(crate::console::Console::Tenant, request.uri().path())
+    {
+        return page;
+    }
     let (parts, body) = request.into_parts();
     // Transfer-Encoding on a request: the SDKs always send Content-Length (the TC3
     // signature covers the body's hash anyway), and hyper has already dropped any

@@ -129,13 +129,33 @@ async fn call_usage(app: &Arc<App>, account_id: &str, body: &[u8]) -> Result<Res
         .map_err(|e| GatewayError::Store(e.to_string()))?;
     let total: u64 = usage.iter().map(|(_, calls)| calls).sum();
     let mut fields = Map::new();
-    fields.insert("Month".into(), month.to_string().into());
+    let month_text = month.to_string();
+    fields.insert("Month".into(), month_text.clone().into());
+    // What the month's calls cost at the prices in force for it, as configured now:
+    // an estimate until the bill is issued (late calls, a changed catalog).
+    let prices = &app.config.prices;
+    let mut subtotal = Some(0i64);
     let rows: Vec<Value> = usage
         .into_iter()
-        .map(|(action, calls)| json!({"Action": action, "Calls": calls}))
+        .map(|(action, calls)| {
+            let amount = prices
+                .price(&action, &month_text)
+                .and_then(|price| price.charge(calls))
+                .map(|(micros, _)| micros);
+            subtotal = subtotal.zip(amount).and_then(|(sum, micros)| sum.checked_add(micros));
+            let amount = amount.map_or(Value::Null, |m| crate::billing::pricing::format_amount(m).into());
+            json!({"Action": action, "Calls": calls, "Amount": amount})
+        })
         .collect();
     fields.insert("Usage".into(), rows.into());
     fields.insert("TotalCalls".into(), total.into());
+    fields.insert("Currency".into(), prices.currency.clone().into());
+    fields.insert(
+        "EstimatedAmount".into(),
+        subtotal.map_or(Value::Null, |s| {
+            crate::billing::pricing::format_amount(prices.round_total(s)).into()
+        }),
+    );
     Ok(tencent::json_response(tencent::success_body(
         fields,
         &tencent::new_request_id(),

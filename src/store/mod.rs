@@ -440,6 +440,12 @@ impl Store {
     /// transaction as the counts, so a retry of an applied batch changes nothing.
     /// Returns whether this call applied it.
     pub async fn apply_usage_batch(&self, batch: &UsageBatch, now: i64) -> Result<bool, StoreError> {
+        let day = crate::meter::Month::day_of(now, 0).unwrap_or_default();
+        self.apply_usage_batch_on(batch, now, &day).await
+    }
+
+    /// The same, dating the batch's calls `day` ("YYYY-MM-DD") in `usage_daily`.
+    pub async fn apply_usage_batch_on(&self, batch: &UsageBatch, now: i64, day: &str) -> Result<bool, StoreError> {
         let calls: u64 = batch.rows.iter().map(|r| r.calls).sum();
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
@@ -493,8 +499,20 @@ impl Store {
                      ON CONFLICT (account_id, month, action) DO UPDATE SET calls = usage.calls + excluded.calls, \
                      updated_at = excluded.updated_at",
                 )
-                .bind(lines)
+                .bind(lines.as_str())
                 .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO usage_daily (account_id, day, calls) \
+                     SELECT f[1], $2, SUM(f[4]::BIGINT) \
+                     FROM (SELECT string_to_array(line, E'\\t') AS f \
+                           FROM unnest(string_to_array($1, E'\\n')) AS line) AS parsed \
+                     GROUP BY f[1] \
+                     ON CONFLICT (account_id, day) DO UPDATE SET calls = usage_daily.calls + excluded.calls",
+                )
+                .bind(lines)
+                .bind(day)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -527,8 +545,47 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
+        let mut per_account: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for row in &batch.rows {
+            *per_account.entry(row.account_id.as_str()).or_default() += row.calls;
+        }
+        let per_account: Vec<(&str, u64)> = per_account.into_iter().collect();
+        for chunk in per_account.chunks(USAGE_ROWS_PER_STATEMENT) {
+            let mut sql = String::with_capacity(100 + chunk.len() * 24);
+            sql.push_str("INSERT INTO usage_daily (account_id, day, calls) VALUES ");
+            for i in 0..chunk.len() {
+                let p = i * 3;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${}, ${})", p + 1, p + 2, p + 3));
+            }
+            sql.push_str(" ON CONFLICT (account_id, day) DO UPDATE SET calls = usage_daily.calls + excluded.calls");
+            let mut query = sqlx::query(&sql);
+            for (account, calls) in chunk {
+                query = query.bind(*account).bind(day).bind(*calls as i64);
+            }
+            query.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Calls per day of one account, for days `from..=to` ("YYYY-MM-DD"), oldest first;
+    /// days without calls are absent.
+    pub async fn daily_usage(&self, account_id: &str, from: &str, to: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT day, calls FROM usage_daily WHERE account_id = $1 AND day >= $2 AND day <= $3 ORDER BY day",
+        )
+        .bind(account_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("day")?, row.try_get::<i64, _>("calls")?.max(0) as u64)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// Billable calls of one account in one month ("YYYY-MM"), per action, by name.

@@ -1,0 +1,172 @@
+// ekyc-gateway operators' console. Every call is the admin API (/v1/...), the one the
+// CLI uses, with Authorization: Bearer <admin token>; the token lives in
+// sessionStorage: never in a URL or a cookie.
+"use strict";
+
+const TOKEN = "ekyc.adminToken";
+let current = null;
+
+async function api(method, path, body) {
+  const response = await fetch("/v1" + path, {
+    method,
+    headers: Object.assign({ "Authorization": "Bearer " + sessionStorage.getItem(TOKEN) },
+      body === undefined ? {} : { "Content-Type": "application/json" }),
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: "no-store",
+  });
+  let answer = null;
+  try { answer = await response.json(); } catch { /* an empty or non-JSON answer */ }
+  if (!response.ok) {
+    const error = new Error((answer && answer.error && answer.error.message) || `HTTP ${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
+  return answer;
+}
+
+function showError(message) { $("error").textContent = message || ""; }
+
+function stateBadge(account) {
+  if (!account.activated) return el("span", { class: "badge warn" }, "not activated");
+  if (!account.enabled) return el("span", { class: "badge bad" }, "suspended");
+  return el("span", { class: "badge ok" }, "active");
+}
+
+async function loadAccounts() {
+  const search = $("search").value.trim();
+  const answer = await api("GET", "/accounts?limit=200" + (search ? "&search=" + encodeURIComponent(search) : ""));
+  const rows = answer.accounts.map((a) => el("tr", {
+    class: "pick" + (current === a.id ? " selected" : ""), "data-account": a.id,
+    onclick: () => select(a.id),
+  }, el("td", {}, a.id, el("div", { class: "muted" }, a.name)), el("td", {}, stateBadge(a))));
+  clear($("accounts-table")).append(el("table", {},
+    el("thead", {}, el("tr", {}, el("th", {}, "Account"), el("th", {}, "State"))),
+    el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colspan: 2, class: "muted" }, "No account matches.")))));
+}
+
+async function select(id) {
+  current = id;
+  showError("");
+  for (const row of document.querySelectorAll("tr.pick")) row.classList.toggle("selected", row.dataset.account === id);
+  try {
+    await loadAccount();
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+async function loadAccount() {
+  const id = current;
+  const enc = encodeURIComponent(id);
+  const [account, balance, bills, audit, daily] = await Promise.all([
+    api("GET", `/accounts/${enc}`),
+    api("GET", `/accounts/${enc}/balance`),
+    api("GET", `/accounts/${enc}/bills`),
+    api("GET", `/audit?account=${enc}&limit=50`),
+    api("GET", `/accounts/${enc}/daily?days=30`),
+  ]);
+  if (id !== current) return;
+  $("empty").hidden = true;
+  $("detail").hidden = false;
+  $("account-title").textContent = `${account.id} · ${account.name}`;
+  clear($("account-state")).append(stateBadge(account));
+  $("account-balance").textContent = `${balance.balance} ${balance.currency || ""}`.trim();
+  $("account-facts").textContent =
+    `Created ${when(account.created_at)}` + (account.activated_at ? ` · activated ${when(account.activated_at)}` : "") +
+    ` · rate limit ${account.rate_limit_qps === null ? "default" : account.rate_limit_qps + "/s"}`;
+  clear($("flags")).append(account.suspensions.length
+    ? table(["Suspension", "Reason", "Since"], account.suspensions.map((s) => [s.flag, s.reason, when(s.since)]))
+    : el("p", { class: "muted" }, "No suspension."));
+  $("resume").disabled = !account.suspensions.some((s) => s.flag === "manual");
+
+  clear($("chart")).append(barChart(daily.days.map((d) => ({ label: d.day, value: d.calls })), `Calls per day of ${id}`),
+    el("p", { class: "muted" }, `${daily.days.reduce((n, d) => n + d.calls, 0).toLocaleString()} calls in 30 days`));
+
+  clear($("bills-table")).append(table(["Bill", "Month", "Total", "Status", "Issued"],
+    bills.bills.slice().reverse().map((b) => [b.id, b.month, `${b.total} ${b.currency}`, statusBadge(b.status), when(b.issued_at)]),
+    [2]));
+
+  clear($("audit-table")).append(table(["When", "Who", "What"],
+    audit.entries.map((e) => [when(e.at), e.actor, e.action])));
+  await loadUsage();
+}
+
+async function loadUsage() {
+  const month = $("usage-month").value;
+  const usage = await api("GET", `/accounts/${encodeURIComponent(current)}/usage?month=${month}`);
+  clear($("usage-table")).append(
+    table(["Action", "Calls"], Object.entries(usage.actions).map(([action, calls]) => [action, calls.toLocaleString()]), [1]),
+    el("p", { class: "muted" }, `${usage.total.toLocaleString()} calls in ${usage.month}`));
+}
+
+async function act(work) {
+  showError("");
+  try {
+    await work();
+    await Promise.all([loadAccount(), loadAccounts()]);
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+function signedIn() {
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  $("signout").hidden = false;
+  $("who").textContent = "operator";
+  loadAccounts().catch((e) => showError(e.message));
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN);
+  current = null;
+  $("app").hidden = true;
+  $("signout").hidden = true;
+  $("signin").hidden = false;
+  $("who").textContent = "";
+  $("signin-error").textContent = message || "";
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const month of recentMonths(13)) $("usage-month").append(el("option", { value: month }, month));
+  $("usage-month").addEventListener("change", () => loadUsage().catch((e) => showError(e.message)));
+  let searchTimer = null;
+  $("search").addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => loadAccounts().catch((e) => showError(e.message)), 200);
+  });
+  $("signin-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN, $("token").value.trim());
+    $("token").value = "";
+    try {
+      await api("GET", "/accounts?limit=1");
+      $("signin-error").textContent = "";
+      signedIn();
+    } catch (e) {
+      signOut(e.status === 401 ? "That token was refused." : e.message);
+    }
+  });
+  $("signout").addEventListener("click", () => signOut(""));
+  $("suspend-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const reason = $("suspend-reason").value.trim();
+    act(async () => {
+      await api("POST", `/accounts/${encodeURIComponent(current)}/suspend`, { reason });
+      $("suspend-reason").value = "";
+    });
+  });
+  $("resume").addEventListener("click", () => act(() => api("POST", `/accounts/${encodeURIComponent(current)}/resume`, {})));
+  $("topup-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const amount = $("topup-amount").value.trim();
+    // One key per click: a double submit of the same form is recorded once.
+    const key = "console-" + Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+    act(async () => {
+      const answer = await api("POST", `/accounts/${encodeURIComponent(current)}/topups`, { amount, idempotency_key: key });
+      $("topup-amount").value = "";
+      $("topup-result").textContent = `Recorded ${answer.amount} ${answer.currency}; balance ${answer.balance}.`;
+    });
+  });
+  if (sessionStorage.getItem(TOKEN)) signedIn();
+});

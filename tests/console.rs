@@ -1,0 +1,379 @@
+//! The consoles in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver, Debian's `chromium-driver`; `scripts/test` installs both). A tenant
+//! activates the service with the Activate Now button and the official SDK's next
+//! call passes; an operator suspends the account and the tenant's page shows the
+//! banner; a top-up clears an overdue bill and lifts the arrears suspension. Every
+//! page is saved as a PNG under target/console-screenshots/, prefixed FAILED- when
+//! the scenario failed.
+
+mod common;
+
+use anyhow::{Context, bail, ensure};
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const STEP_DEADLINE: Duration = Duration::from_secs(15);
+
+/// One chromedriver process, and the browser sessions opened through it.
+struct Browser {
+    driver: Child,
+    url: String,
+    sessions: Vec<(&'static str, Client)>,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let chromedriver = std::env::var("EKYC_TEST_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        let port = closed_port().await.port();
+        let driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{chromedriver}: {e}: install chromium and chromium-driver (scripts/test does)")
+            });
+        let url = format!("http://127.0.0.1:{port}");
+        poll_until("chromedriver to listen", Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
+        })
+        .await;
+        Browser {
+            driver,
+            url,
+            sessions: Vec::new(),
+        }
+    }
+
+    /// A fresh browser window (its own sessionStorage), named for its screenshots.
+    async fn open(&mut self, name: &'static str) -> Client {
+        let chromium = std::env::var("EKYC_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1280,1100", "--no-first-run", "--disable-extensions"],
+            }),
+        );
+        // chromedriver is on loopback: plain HTTP, no TLS stack needed.
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .expect("a Chromium session");
+        self.sessions.push((name, client.clone()));
+        client
+    }
+
+    /// Saves a screenshot of every window, then fails the test if the scenario did.
+    async fn finish(mut self, test: &str, outcome: anyhow::Result<()>) {
+        let failed = outcome.is_err();
+        for (name, client) in std::mem::take(&mut self.sessions) {
+            if failed {
+                save_screenshot(&client, &format!("FAILED-{test}-{name}")).await;
+            }
+            let _ = client.close().await;
+        }
+        if let Err(e) = outcome {
+            panic!("{test}: {e:#} (screenshots in {})", screenshot_dir().display());
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("console-screenshots")
+}
+
+async fn save_screenshot(client: &Client, name: &str) {
+    if let Ok(png) = client.screenshot().await {
+        let dir = screenshot_dir();
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join(format!("{name}.png")), png);
+    }
+}
+
+/// Waits until the element at `css` is displayed and its text contains `needle`,
+/// ignoring case (the stylesheet capitalises some labels).
+async fn wait_text(client: &Client, css: &str, needle: &str) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
+    let mut last = String::from("(not found)");
+    loop {
+        if let Ok(element) = client.find(Locator::Css(css)).await
+            && element.is_displayed().await.unwrap_or(false)
+        {
+            last = element.text().await.unwrap_or_default();
+            if last.to_lowercase().contains(&needle.to_lowercase()) {
+                return Ok(last);
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{css} never showed {needle:?}; last text: {last:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the element at `css` is hidden.
+async fn wait_hidden(client: &Client, css: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
+    loop {
+        let element = client.find(Locator::Css(css)).await?;
+        if !element.is_displayed().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{css} is still shown: {:?}", element.text().await.unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn click(client: &Client, css: &str) -> anyhow::Result<()> {
+    wait_text(client, css, "").await?;
+    client
+        .find(Locator::Css(css))
+        .await?
+        .click()
+        .await
+        .with_context(|| format!("click {css}"))
+}
+
+async fn type_into(client: &Client, css: &str, text: &str) -> anyhow::Result<()> {
+    let element = client.find(Locator::Css(css)).await?;
+    element.clear().await?;
+    element
+        .send_keys(text)
+        .await
+        .with_context(|| format!("type into {css}"))
+}
+
+/// A tenant account as the operators create it: not activated, one credential.
+struct Tenant {
+    id: &'static str,
+    secret_id: String,
+    secret_key: String,
+    api_key: String,
+}
+
+async fn create_tenant(gateway: &GatewayHandle, id: &'static str, name: &str, activate: bool) -> Tenant {
+    let (status, _) = admin(
+        gateway,
+        "POST",
+        "/v1/accounts",
+        Some(serde_json::json!({"id": id, "name": name})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    if activate {
+        admin(gateway, "POST", &format!("/v1/accounts/{id}/activate"), None).await;
+    }
+    let (status, credential) = admin(gateway, "POST", &format!("/v1/accounts/{id}/credentials"), None).await;
+    assert_eq!(status, 201, "{credential}");
+    Tenant {
+        id,
+        secret_id: credential["secret_id"].as_str().unwrap().into(),
+        secret_key: credential["secret_key"].as_str().unwrap().into(),
+        api_key: credential["api_key"].as_str().unwrap().into(),
+    }
+}
+
+/// One IdCardVerification through the official (mainland) Python SDK: its result, or
+/// the error code it raised.
+async fn sdk_call(gateway: &GatewayHandle, tenant: &Tenant) -> Result<String, String> {
+    let python = sdk_python("EKYC_TEST_PYTHON_CN", "py-sdk-cn");
+    let args = vec![
+        format!("{}/tests/sdk/call.py", env!("CARGO_MANIFEST_DIR")),
+        gateway.data.to_string(),
+        tenant.secret_id.clone(),
+        tenant.secret_key.clone(),
+        "IdCardVerification".into(),
+        r#"{"IdCard":"11204416541220243X","Name":"Zhang San"}"#.into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || Command::new(python).args(args).output().unwrap())
+        .await
+        .unwrap();
+    let answer: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    if answer["ok"] == true {
+        Ok(answer["response"]["Result"].as_str().unwrap_or_default().to_string())
+    } else {
+        Err(answer["code"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+async fn tenant_sign_in(page: &Client, gateway: &GatewayHandle, tenant: &Tenant) -> anyhow::Result<()> {
+    page.goto(&format!("http://{}/console/", gateway.data)).await?;
+    type_into(page, "#api-key", &tenant.api_key).await?;
+    click(page, "#signin-form button").await?;
+    wait_text(page, "#who", tenant.id).await?;
+    Ok(())
+}
+
+async fn operator_open_account(page: &Client, gateway: &GatewayHandle, account: &str) -> anyhow::Result<()> {
+    page.goto(&format!("http://{}/ui/", gateway.admin)).await?;
+    type_into(page, "#token", ADMIN_TOKEN).await?;
+    click(page, "#signin-form button").await?;
+    type_into(page, "#search", account).await?;
+    click(page, &format!("tr[data-account='{account}']")).await?;
+    wait_text(page, "#account-title", account).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn activate_now_then_suspend_and_resume_from_the_consoles() {
+    let sim = SimHandle::start(|_| {}).await;
+    let gateway = GatewayHandle::start(&sim, "").await;
+    let tenant = create_tenant(&gateway, "acme", "Acme <b>Verification</b> Ltd", false).await;
+    let mut browser = Browser::start().await;
+    let tenant_page = browser.open("tenant").await;
+    let operator_page = browser.open("operator").await;
+
+    let outcome = async {
+        // Before activation the SDK's call is refused.
+        ensure!(
+            sdk_call(&gateway, &tenant).await == Err("UnauthorizedOperation.Nonactivated".into()),
+            "a call before activation must be refused"
+        );
+        tenant_sign_in(&tenant_page, &gateway, &tenant).await?;
+        wait_text(&tenant_page, "#service-state", "Not activated").await?;
+        save_screenshot(&tenant_page, "tenant-not-activated").await;
+        click(&tenant_page, "#activate").await?;
+        wait_text(&tenant_page, "#service-state", "Active").await?;
+        wait_hidden(&tenant_page, "#activate-box").await?;
+        // The gateway accepts the SDK's next call, and it shows up in this month's calls.
+        ensure!(
+            sdk_call(&gateway, &tenant).await == Ok("0".into()),
+            "the call after activation"
+        );
+        gateway.app.flush_usage().await?;
+        tenant_page.refresh().await?;
+        wait_text(&tenant_page, "#month-calls", "1").await?;
+        wait_text(&tenant_page, "#month-table", "IdCardVerification").await?;
+
+        // The operator suspends it; the tenant's page says so and why.
+        operator_open_account(&operator_page, &gateway, tenant.id).await?;
+        // The name is shown as text, not run as markup.
+        wait_text(&operator_page, "#account-title", "Acme <b>Verification</b> Ltd").await?;
+        type_into(&operator_page, "#suspend-reason", "identity documents under review").await?;
+        click(&operator_page, "#suspend").await?;
+        wait_text(&operator_page, "#account-state", "suspended").await?;
+        wait_text(&operator_page, "#audit-table", "account.suspend").await?;
+        tenant_page.refresh().await?;
+        let banner = wait_text(&tenant_page, "#banner", "identity documents under review").await?;
+        ensure!(banner.contains("suspended by the operator"), "{banner}");
+        save_screenshot(&tenant_page, "tenant-suspended").await;
+        ensure!(
+            sdk_call(&gateway, &tenant).await.is_err(),
+            "a suspended account's call must be refused"
+        );
+
+        // Resumed: the banner goes, calls pass again.
+        click(&operator_page, "#resume").await?;
+        wait_text(&operator_page, "#account-state", "active").await?;
+        tenant_page.refresh().await?;
+        wait_text(&tenant_page, "#service-state", "Active").await?;
+        wait_hidden(&tenant_page, "#banner").await?;
+        ensure!(
+            sdk_call(&gateway, &tenant).await == Ok("0".into()),
+            "the call after resuming"
+        );
+        Ok(())
+    }
+    .await;
+    browser.finish("activate_suspend_resume", outcome).await;
+}
+
+#[tokio::test]
+async fn a_top_up_clears_an_overdue_bill_and_lifts_the_suspension() {
+    let sim = SimHandle::start(|_| {}).await;
+    let gateway = GatewayHandle::start(&sim, "").await;
+    let tenant = create_tenant(&gateway, "debtor", "Debtor & Sons", true).await;
+
+    // Forty days of calls up to yesterday, flushed as the gateway would have, then the
+    // previous month billed: with no balance, the bill is overdue and the account in
+    // arrears.
+    let now = gateway.app.clock.now_unix();
+    let today = time::OffsetDateTime::from_unix_timestamp(now).unwrap().date();
+    for back in 1..=40i64 {
+        let date = today - time::Duration::days(back);
+        let day = format!("{:04}-{:02}-{:02}", date.year(), u8::from(date.month()), date.day());
+        let batch = ekyc_gateway::store::UsageBatch {
+            instance_id: "console-test".into(),
+            seq: back as u64,
+            rows: vec![ekyc_gateway::store::UsageRow {
+                account_id: tenant.id.into(),
+                action: "IdCardVerification".into(),
+                month: day[..7].to_string(),
+                calls: 10 + (back as u64 * 7) % 23,
+            }],
+        };
+        gateway.app.store.apply_usage_batch_on(&batch, now, &day).await.unwrap();
+    }
+    let (status, run) = admin(&gateway, "POST", "/v1/billing/run", Some(serde_json::json!({}))).await;
+    assert_eq!(status, 200, "{run}");
+    let (_, bills) = admin(&gateway, "GET", "/v1/accounts/debtor/bills", None).await;
+    let bill = &bills["bills"][0];
+    assert_eq!(bill["status"], "overdue", "{bills}");
+    let total = bill["total"].as_str().unwrap().to_string();
+    assert_eq!(
+        sdk_call(&gateway, &tenant).await,
+        Err("UnauthorizedOperation.Arrears".into())
+    );
+
+    let mut browser = Browser::start().await;
+    let tenant_page = browser.open("tenant").await;
+    let operator_page = browser.open("operator").await;
+    let outcome = async {
+        tenant_sign_in(&tenant_page, &gateway, &tenant).await?;
+        let banner = wait_text(&tenant_page, "#banner", "unpaid bills").await?;
+        ensure!(
+            banner.contains(&total),
+            "the banner must say what is due ({total}): {banner}"
+        );
+        wait_text(&tenant_page, "#bills-table", "overdue").await?;
+        wait_text(&tenant_page, "#balance", &format!("-{total}")).await?;
+        save_screenshot(&tenant_page, "tenant-arrears").await;
+
+        operator_open_account(&operator_page, &gateway, tenant.id).await?;
+        wait_text(&operator_page, "#account-state", "suspended").await?;
+        wait_text(&operator_page, "#bills-table", "overdue").await?;
+        // The chart has a bar per day with calls.
+        let bars = operator_page.find_all(Locator::Css("#chart rect.bar")).await?;
+        ensure!(bars.len() == 30, "30 days in the chart, got {}", bars.len());
+        type_into(&operator_page, "#topup-amount", "50.00").await?;
+        click(&operator_page, "#topup").await?;
+        wait_text(&operator_page, "#topup-result", "Recorded 50.00").await?;
+        wait_text(&operator_page, "#account-state", "active").await?;
+        wait_text(&operator_page, "#bills-table", "paid").await?;
+        wait_text(&operator_page, "#audit-table", "account.").await?;
+        save_screenshot(&operator_page, "operator-account").await;
+
+        tenant_page.refresh().await?;
+        wait_text(&tenant_page, "#bills-table", "paid").await?;
+        wait_hidden(&tenant_page, "#banner").await?;
+        wait_text(&tenant_page, "#service-state", "Active").await?;
+        save_screenshot(&tenant_page, "tenant-paid").await;
+        ensure!(
+            sdk_call(&gateway, &tenant).await == Ok("0".into()),
+            "the call after paying"
+        );
+        Ok(())
+    }
+    .await;
+    browser.finish("topup_clears_overdue", outcome).await;
+}
