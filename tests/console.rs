@@ -143,14 +143,24 @@ async fn wait_hidden(client: &Client, css: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Clicks the element at `css` once it is shown. Retried while the page re-renders it
+/// (a stale element) until the step deadline.
 async fn click(client: &Client, css: &str) -> anyhow::Result<()> {
-    wait_text(client, css, "").await?;
-    client
-        .find(Locator::Css(css))
-        .await?
-        .click()
-        .await
-        .with_context(|| format!("click {css}"))
+    let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
+    loop {
+        wait_text(client, css, "").await?;
+        let clicked = match client.find(Locator::Css(css)).await {
+            Ok(element) => element.click().await,
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(e).with_context(|| format!("click {css}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 async fn type_into(client: &Client, css: &str, text: &str) -> anyhow::Result<()> {

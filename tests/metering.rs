@@ -268,7 +268,11 @@ async fn calls_count_in_the_month_of_their_arrival_in_the_billing_time_zone() {
     let answer = send(&client, tenant(br#"{"Month":"2026-11"}"#)).await;
     assert_eq!(answer["Month"], "2026-11", "{answer}");
     assert_eq!(answer["TotalCalls"], 1);
-    assert_eq!(answer["Usage"], json!([{"Action": "DetectAuth", "Calls": 1}]));
+    assert_eq!(
+        answer["Usage"],
+        json!([{"Action": "DetectAuth", "Calls": 1, "Amount": "0.10"}])
+    );
+    assert_eq!(answer["EstimatedAmount"], "0.10", "at the default unit price");
     let answer = send(&client, tenant(b"{}")).await;
     assert_eq!(
         (answer["Month"].as_str(), answer["TotalCalls"].as_u64()),
