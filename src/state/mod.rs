@@ -19,7 +19,7 @@ pub mod redis;
 use crate::store::records::{AccountRecord, CredentialRecord};
 use mirror::StateMirror;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 #[async_trait::async_trait]
 pub trait StatePublisher: Send + Sync {
@@ -77,23 +77,34 @@ pub enum StalePolicy {
 #[derive(Debug)]
 pub struct Freshness {
     synced_at: AtomicI64,
+    /// Full loads of the mirror so far: lets a test (or a log line) tell that a sync
+    /// has completed, not just started.
+    syncs: AtomicU64,
 }
 
 impl Freshness {
     pub fn always_fresh() -> Self {
         Self {
             synced_at: AtomicI64::new(i64::MAX),
+            syncs: AtomicU64::new(0),
         }
     }
 
     pub fn never_synced() -> Self {
         Self {
             synced_at: AtomicI64::new(i64::MIN),
+            syncs: AtomicU64::new(0),
         }
     }
 
     pub fn mark_synced(&self, now: i64) {
         self.synced_at.fetch_max(now, Ordering::AcqRel);
+        self.syncs.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many syncs have completed.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Acquire)
     }
 
     /// Seconds since the last sync, 0 when always fresh, `None` before the first sync.
