@@ -52,6 +52,7 @@ impl App {
         let (publisher, freshness, cache_sync): (Arc<dyn StatePublisher>, _, _) = match &config.state.redis_url {
             None => {
                 let failed = mirror.apply_snapshot(&store.all_accounts().await?, &store.all_credentials().await?);
+                crate::state::return_freed_memory();
                 anyhow::ensure!(
                     failed == 0,
                     "{failed} credentials could not be opened with EKYC_MASTER_KEY: is it the key they were sealed with?"
@@ -73,6 +74,7 @@ impl App {
                     // Redis down at start: serve from the source of truth until it returns.
                     tracing::warn!(error = %e, "state cache: Redis unreachable at start; loading from the billing store");
                     mirror.apply_snapshot(&store.all_accounts().await?, &store.all_credentials().await?);
+                    crate::state::return_freed_memory();
                     freshness.mark_synced(clock.now_unix());
                 }
                 let publisher =

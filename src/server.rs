@@ -319,6 +319,8 @@ async fn reload_from_store(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         match (app.store.all_accounts().await, app.store.all_credentials().await) {
             (Ok(accounts), Ok(credentials)) => {
                 app.mirror.apply_snapshot(&accounts, &credentials);
+                drop((accounts, credentials));
+                crate::state::return_freed_memory();
             }
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, "reloading account state from the store failed; keeping the last one")

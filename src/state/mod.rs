@@ -72,6 +72,17 @@ pub enum StalePolicy {
     FailOpen,
 }
 
+/// Hands the memory of a full load's records (freed by now) back to the system. The
+/// binary's allocator, mimalloc, purges freed pages only when the thread that owns them
+/// allocates again after a delay; the thread that loaded a million records may then sit
+/// idle, and the process keeps about 0.5 KiB per account resident for nothing
+/// (`tests/memory.rs`: 1,336 bytes per account before, 807 after). Harmless when
+/// mimalloc is not the global allocator (tests): it then collects an empty heap.
+pub fn return_freed_memory() {
+    // SAFETY: mi_collect only walks the allocator's own structures.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 /// When the mirror last agreed with its source (Unix seconds; `i64::MAX` = always
 /// fresh, for the single-node mode where the mirror is the source).
 #[derive(Debug)]

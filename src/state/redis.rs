@@ -281,6 +281,8 @@ impl CacheSync {
             .filter_map(|j| serde_json::from_str(j).ok())
             .collect();
         self.mirror.apply_snapshot(&accounts, &credentials);
+        drop((accounts, credentials));
+        super::return_freed_memory();
         self.freshness.mark_synced(self.clock.now_unix());
         Ok(())
     }
