@@ -1,16 +1,98 @@
 //! Prometheus metrics for the admin listener's `/metrics`. Every per-request handle is
 //! created at start-up and indexed by (action id, outcome), so recording a request is
 //! an array index and an atomic add: no lock, no allocation, no label strings built on
-//! the hot path. Must not hold request data beyond the counts.
+//! the hot path; latency histograms are sharded per data-plane worker
+//! (`LatencyHistogram`). Must not hold request data beyond the counts.
 
 use crate::catalog::{ActionId, Catalog};
 use crate::proxy::errors::ErrorCode;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds of the latency histograms: 0.5 ms doubling 16 times (to about 16 s),
+/// then +Inf.
+const LATENCY_BOUNDS: usize = 16;
+/// Shards of a histogram: data-plane workers record into their own (worker index
+/// modulo this), every other thread into shard 0.
+const HISTOGRAM_SHARDS: usize = 16;
+
+/// A latency histogram without a lock. prometheus-client's `Histogram` takes a write
+/// lock on every observation, shared by all threads: two per request on the hot path.
+/// Here each data-plane worker adds to its own cache-line-aligned shard with relaxed
+/// atomics, and a scrape sums the shards (a scrape may see a count without its bucket
+/// for an instant: Prometheus tolerates that, histograms are not transactional).
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram {
+    bounds: Arc<[f64; LATENCY_BOUNDS]>,
+    shards: Arc<[HistogramShard; HISTOGRAM_SHARDS]>,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct HistogramShard {
+    /// Per-bucket (not cumulative) counts; the last is +Inf.
+    buckets: [AtomicU64; LATENCY_BOUNDS + 1],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    fn new() -> Self {
+        let mut bounds = [0.0; LATENCY_BOUNDS];
+        for (bound, value) in bounds
+            .iter_mut()
+            .zip(exponential_buckets(0.0005, 2.0, LATENCY_BOUNDS as u16))
+        {
+            *bound = value;
+        }
+        Self {
+            bounds: Arc::new(bounds),
+            shards: Arc::new(std::array::from_fn(|_| HistogramShard::default())),
+        }
+    }
+
+    pub fn observe(&self, seconds: f64) {
+        let shard = &self.shards[crate::workers::current_worker() % HISTOGRAM_SHARDS];
+        let bucket = self.bounds.iter().position(|b| seconds <= *b).unwrap_or(LATENCY_BOUNDS);
+        shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        shard.count.fetch_add(1, Ordering::Relaxed);
+        shard
+            .sum_nanos
+            .fetch_add((seconds.max(0.0) * 1e9) as u64, Ordering::Relaxed);
+    }
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .map(|bound| (bound, 0))
+            .collect();
+        let (mut count, mut sum_nanos) = (0u64, 0u64);
+        for shard in self.shards.iter() {
+            for (total, bucket) in buckets.iter_mut().zip(&shard.buckets) {
+                total.1 += bucket.load(Ordering::Relaxed);
+            }
+            count += shard.count.load(Ordering::Relaxed);
+            sum_nanos = sum_nanos.wrapping_add(shard.sum_nanos.load(Ordering::Relaxed));
+        }
+        encoder.encode_histogram::<NoLabelSet>(sum_nanos as f64 / 1e9, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -61,8 +143,8 @@ pub struct Metrics {
     /// `[action][outcome]`, flattened; the last action row is "unknown".
     requests: Vec<Counter>,
     actions: usize,
-    duration: Histogram,
-    upstream_duration: Histogram,
+    duration: LatencyHistogram,
+    upstream_duration: LatencyHistogram,
     upstream_errors: Family<KindLabels, Counter>,
     pub data_connections: Gauge,
     pub admin_connections: Gauge,
@@ -98,13 +180,13 @@ impl Metrics {
             "Requests on the data listener by action and outcome (forwarded, or the error code the gateway answered)",
             family,
         );
-        let duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let duration = LatencyHistogram::new();
         registry.register(
             "request_duration_seconds",
             "Time from the request's arrival to the answer's headers, all outcomes",
             duration.clone(),
         );
-        let upstream_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let upstream_duration = LatencyHistogram::new();
         registry.register(
             "upstream_duration_seconds",
             "Time the upstream took to answer with headers",
@@ -215,6 +297,30 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_histogram_sums_its_shards_into_cumulative_buckets() {
+        let catalog = Catalog::new(&crate::catalog::tests::actions(&["LivenessCompare"]));
+        let m = Metrics::new(&catalog);
+        m.record_upstream(0.0004);
+        m.record_upstream(0.003);
+        // From another thread, which records into another shard.
+        std::thread::scope(|scope| {
+            scope.spawn(|| m.record_upstream(100.0));
+        });
+        let text = m.render();
+        for line in [
+            r#"ekyc_gateway_upstream_duration_seconds_bucket{le="0.0005"} 1"#,
+            r#"ekyc_gateway_upstream_duration_seconds_bucket{le="0.002"} 1"#,
+            r#"ekyc_gateway_upstream_duration_seconds_bucket{le="0.004"} 2"#,
+            r#"ekyc_gateway_upstream_duration_seconds_bucket{le="16.384"} 2"#,
+            r#"ekyc_gateway_upstream_duration_seconds_bucket{le="+Inf"} 3"#,
+            "ekyc_gateway_upstream_duration_seconds_count 3",
+            "ekyc_gateway_upstream_duration_seconds_sum 100.0034",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
 
     #[test]
     fn records_by_action_and_outcome() {
