@@ -68,9 +68,11 @@ impl UpstreamClient {
 
     /// Sends the call and returns the upstream's answer, its body streaming under the cap.
     /// `payload_hash_hex` is the hash the client's request was (or would be) signed with.
+    /// The client's headers are moved into the upstream request: `parts.headers` is
+    /// empty afterwards.
     pub async fn forward(
         &self,
-        parts: &request::Parts,
+        parts: &mut request::Parts,
         body: Bytes,
         resign: Resign<'_>,
         now_unix: i64,
@@ -102,7 +104,7 @@ impl UpstreamClient {
 
     fn upstream_request(
         &self,
-        parts: &request::Parts,
+        parts: &mut request::Parts,
         body: Bytes,
         resign: Resign<'_>,
         now_unix: i64,
@@ -140,7 +142,7 @@ impl UpstreamClient {
         // Origin form: the connection is to the upstream already; `Host` names it.
         let uri = Uri::from(path_and_query.clone());
 
-        let mut headers = parts.headers.clone();
+        let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
         for name in CLIENT_ONLY {
             headers.remove(name);

@@ -58,7 +58,7 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Prox
     {
         return page;
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     // Transfer-Encoding on a request: the SDKs always send Content-Length (the TC3
     // signature covers the body's hash anyway), and hyper has already dropped any
     // Content-Length sent alongside, so this is also the only place a smuggling attempt
@@ -98,7 +98,7 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Prox
         .get("x-tc-action")
         .and_then(|v| v.to_str().ok())
         .and_then(|name| app.catalog.lookup(name));
-    let result = pipeline(app, &parts, body, &mut action).await;
+    let result = pipeline(app, &mut parts, body, &mut action).await;
     let seconds = started.elapsed().as_secs_f64();
     match result {
         Ok(response) => {
@@ -126,7 +126,9 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Prox
 
 async fn pipeline(
     app: &Arc<App>,
-    parts: &http::request::Parts,
+    // Mutable so that forwarding can move the headers into the upstream request
+    // rather than copy them; nothing reads them after that.
+    parts: &mut http::request::Parts,
     body: Incoming,
     action: &mut Option<ActionId>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
@@ -137,7 +139,7 @@ async fn pipeline(
     // 1. bound: the body
     let body = body::read_bounded(&parts.headers, body, limits.max_body_bytes, limits.body_read_timeout).await?;
     // 2b. authenticate: the signature over the whole request
-    let caller = auth::verify(identified, parts, &body, &app.mirror, now)?;
+    let caller = auth::verify(identified, &*parts, &body, &app.mirror, now)?;
     let name = match &caller.method {
         AuthMethod::V1 { params } => params.get("Action").ok().flatten(),
         _ => parts.headers.get("x-tc-action").and_then(|v| v.to_str().ok()),
