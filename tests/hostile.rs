@@ -227,18 +227,31 @@ async fn ten_thousand_idle_connections_are_capped_and_cheap() {
     let gateway = GatewayProcess::start(&config, &process_env()).await;
     let tenant = faults::create_tenants(gateway.admin, 1).await.remove(0);
     faults::until_known(gateway.data, &tenant).await;
-    let honest = http1_client();
-    let honest_call = || {
-        let request = signed_call(
-            &gateway.url(),
-            &gateway.data.to_string(),
-            "IdCardVerification",
-            b"{}",
-            &tenant.signer,
-        );
-        send(&honest, request)
+    // The honest client holds one keep-alive connection of the 10,000, its own (not a
+    // pool's, which could open another one when it pleases).
+    let stream = TcpStream::connect(gateway.data).await.unwrap();
+    let (mut honest, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let (url, host, signer) = (gateway.url(), gateway.data.to_string(), tenant.signer.clone());
+    let mut honest_call = async move || {
+        let request = signed_call(&url, &host, "IdCardVerification", b"{}", &signer);
+        honest
+            .ready()
+            .await
+            .unwrap_or_else(|e| panic!("the honest connection must stay open: {e:?}"));
+        let response = honest
+            .send_request(request)
+            .await
+            .unwrap_or_else(|e| panic!("the honest connection must stay open: {e:?}"));
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        answer["Response"].clone()
     };
-    // The honest client holds one keep-alive connection of the 10,000.
     assert_eq!(honest_call().await["Result"], "0");
     let pid = gateway.child.id();
     let before = resident_kib(pid);
