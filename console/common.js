@@ -20,6 +20,16 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+/** Shows a console's signed-in part, or its sign-in form with `message` (both
+    consoles use the same ids: signin, app, signout, who, signin-error). */
+function showSignedIn(signedIn, who, message) {
+  $("signin").hidden = signedIn;
+  $("app").hidden = !signedIn;
+  $("signout").hidden = !signedIn;
+  $("who").textContent = who || "";
+  $("signin-error").textContent = message || "";
+}
+
 function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
 
 /** "YYYY-MM" of this month and the `count - 1` before it, newest first. */

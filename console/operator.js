@@ -110,21 +110,14 @@ async function act(work) {
 }
 
 function signedIn() {
-  $("signin").hidden = true;
-  $("app").hidden = false;
-  $("signout").hidden = false;
-  $("who").textContent = "operator";
+  showSignedIn(true, "operator");
   loadAccounts().catch((e) => showError(e.message));
 }
 
 function signOut(message) {
   sessionStorage.removeItem(TOKEN);
   current = null;
-  $("app").hidden = true;
-  $("signout").hidden = true;
-  $("signin").hidden = false;
-  $("who").textContent = "";
-  $("signin-error").textContent = message || "";
+  showSignedIn(false, "", message);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -141,7 +134,6 @@ document.addEventListener("DOMContentLoaded", () => {
     $("token").value = "";
     try {
       await api("GET", "/accounts?limit=1");
-      $("signin-error").textContent = "";
       signedIn();
     } catch (e) {
       signOut(e.status === 401 ? "That token was refused." : e.message);

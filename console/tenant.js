@@ -110,19 +110,13 @@ async function refresh() {
 }
 
 function signedIn() {
-  $("signin").hidden = true;
-  $("app").hidden = false;
-  $("signout").hidden = false;
+  showSignedIn(true, ""); // the account id shows once its status is in
   refresh();
 }
 
 function signOut(message) {
   sessionStorage.removeItem(KEY);
-  $("app").hidden = true;
-  $("signout").hidden = true;
-  $("signin").hidden = false;
-  $("who").textContent = "";
-  $("signin-error").textContent = message || "";
+  showSignedIn(false, "", message);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -136,7 +130,6 @@ document.addEventListener("DOMContentLoaded", () => {
     $("api-key").value = "";
     try {
       await tenantCall("DescribeServiceStatus");
-      $("signin-error").textContent = "";
       signedIn();
     } catch (e) {
       signOut(e.message);
