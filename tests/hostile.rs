@@ -194,12 +194,6 @@ async fn slowloris_and_header_floods_do_not_starve_other_clients() {
     assert_eq!(answer["Result"], "0");
 }
 
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 async fn open_connections(admin: std::net::SocketAddr) -> String {
     let (_, body) = get(&format!("http://{admin}/metrics")).await;
     let metrics = String::from_utf8(body.to_vec()).unwrap();

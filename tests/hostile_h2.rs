@@ -87,12 +87,6 @@ async fn read_frames(mut stream: tokio::net::tcp::OwnedReadHalf, wait: Duration)
     }
 }
 
-fn resident_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Honest calls over HTTP/1.1 and h2c while an attack runs: each must succeed within
 /// a second. Returns the slowest.
 async fn honest_calls(gateway: &GatewayHandle, rounds: usize) -> Duration {
@@ -160,7 +154,7 @@ async fn continuation_flood_is_bounded_and_closed() {
     let stream = TcpStream::connect(gateway.data).await.unwrap();
     let (reader, mut writer) = stream.into_split();
     let frames = tokio::spawn(read_frames(reader, Duration::from_secs(20)));
-    let before = resident_kib();
+    let before = resident_kib(std::process::id());
 
     // One header block that never ends: HEADERS without END_HEADERS, then CONTINUATION
     // frames of 16 KiB each, up to 256 MiB in all unless the server stops it first.
@@ -183,7 +177,7 @@ async fn continuation_flood_is_bounded_and_closed() {
     let attack = tokio::time::timeout(Duration::from_secs(15), attack);
     let (attack_result, slowest) = tokio::join!(attack, honest_calls(&gateway, 20));
     let seen = frames.await.unwrap();
-    let grown_kib = resident_kib().saturating_sub(before);
+    let grown_kib = resident_kib(std::process::id()).saturating_sub(before);
     eprintln!(
         "CONTINUATION flood: {} KiB written before the server stopped it ({attack_result:?}), GOAWAY {:?}, closed {}, RSS +{grown_kib} KiB, slowest honest call {slowest:?}",
         written / 1024,
@@ -200,7 +194,7 @@ async fn continuation_flood_is_bounded_and_closed() {
 async fn settings_and_ping_floods_from_a_client_that_never_reads_stall_only_that_client() {
     let sim = SimHandle::start(|_| {}).await;
     let gateway = GatewayHandle::start(&sim, "").await;
-    let before = resident_kib();
+    let before = resident_kib(std::process::id());
     let mut stalled_attackers = Vec::new();
     for (name, flood) in [
         ("SETTINGS", frame(SETTINGS, 0, 0, &[])),
@@ -227,7 +221,7 @@ async fn settings_and_ping_floods_from_a_client_that_never_reads_stall_only_that
             std::io::Result::Ok(false)
         };
         let (stalled, slowest) = tokio::join!(attack, honest_calls(&gateway, 20));
-        let grown_kib = resident_kib().saturating_sub(before);
+        let grown_kib = resident_kib(std::process::id()).saturating_sub(before);
         eprintln!(
             "{name} flood: {} KiB written, stalled {stalled:?}, RSS +{grown_kib} KiB, slowest honest call {slowest:?}",
             written / 1024

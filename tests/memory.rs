@@ -9,12 +9,6 @@ use common::*;
 use ekyc_gateway::crypto::MasterKey;
 use std::time::{Duration, Instant};
 
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Accounts `acct-N` and credentials `AKID{N:032}`, inserted as one text parameter per
 /// 50,000 rows (the same trick as the usage flush).
 async fn fill(db: &PgDatabase, accounts: usize) {
