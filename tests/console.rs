@@ -205,20 +205,15 @@ async fn create_tenant(gateway: &GatewayHandle, id: &'static str, name: &str, ac
 /// One IdCardVerification through the official (mainland) Python SDK: its result, or
 /// the error code it raised.
 async fn sdk_call(gateway: &GatewayHandle, tenant: &Tenant) -> Result<String, String> {
-    let python = sdk_python("EKYC_TEST_PYTHON_CN", "py-sdk-cn");
-    let args = vec![
-        format!("{}/tests/sdk/call.py", env!("CARGO_MANIFEST_DIR")),
+    let answer = sdk_call_as(
+        sdk_python("EKYC_TEST_PYTHON_CN", "py-sdk-cn"),
         gateway.data.to_string(),
-        tenant.secret_id.clone(),
-        tenant.secret_key.clone(),
-        "IdCardVerification".into(),
-        r#"{"IdCard":"11204416541220243X","Name":"Zhang San"}"#.into(),
-    ];
-    let out = tokio::task::spawn_blocking(move || Command::new(python).args(args).output().unwrap())
-        .await
-        .unwrap();
-    let answer: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (&tenant.secret_id, &tenant.secret_key),
+        "IdCardVerification",
+        r#"{"IdCard":"11204416541220243X","Name":"Zhang San"}"#,
+        &[],
+    )
+    .await;
     if answer["ok"] == true {
         Ok(answer["response"]["Result"].as_str().unwrap_or_default().to_string())
     } else {

@@ -21,37 +21,6 @@ async fn sdk_call(python: PathBuf, endpoint: String, action: &str, params: &str,
     .await
 }
 
-async fn sdk_call_as(
-    python: PathBuf,
-    endpoint: String,
-    (secret_id, secret_key): (&str, &str),
-    action: &str,
-    params: &str,
-    extra: &[&str],
-) -> serde_json::Value {
-    let script = format!("{}/tests/sdk/call.py", env!("CARGO_MANIFEST_DIR"));
-    let mut args: Vec<String> = vec![
-        script,
-        endpoint,
-        secret_id.into(),
-        secret_key.into(),
-        action.into(),
-        params.into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let out = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(args).output().unwrap())
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 #[tokio::test]
 async fn both_sdks_call_through_the_gateway() {
     let sim = SimHandle::start(|_| {}).await;
