@@ -1,15 +1,16 @@
 //! Phase 1 of the pipeline (bound the request) and the body type the proxy answers with.
-//! Reads a request body under a size cap and a deadline, and wraps upstream answers so
-//! they stream through under the same cap. Must not inspect or change body bytes.
+//! Reads a request body under a size cap and a deadline, and carries answers (read
+//! whole, under the same cap, by `pool`) to the client with the ticket that counts a
+//! billable one. Must not change body bytes; it only reads an answer to decide
+//! whether it is billable.
 
 use crate::app::App;
 use crate::meter::CounterKey;
 use crate::meter::billable::BillableScanner;
-use crate::proxy::pool::PooledConnection;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -102,69 +103,33 @@ impl MeterTicket {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// What the data listener answers with: a locally built body, or the upstream's
-    /// body streamed through under the response size cap (and, for billable actions,
-    /// scanned on the way to decide whether to count it).
-    #[project = ProxyBodyProjection]
-    pub enum ProxyBody {
-        Local { #[pin] body: Full<Bytes> },
-        Upstream { #[pin] body: Limited<Incoming>, connection: Option<PooledConnection> },
-        Metered {
-            #[pin] body: Limited<Incoming>,
-            connection: Option<PooledConnection>,
-            scanner: BillableScanner,
-            ticket: Option<MeterTicket>,
-        },
-    }
+/// What the data listener answers with: one buffer, built here or read whole from the
+/// upstream, and for a billable action the ticket that counts it. The count happens
+/// when the server takes the bytes to send, never for an answer that is not billable.
+pub struct ProxyBody {
+    data: Option<Bytes>,
+    ticket: Option<MeterTicket>,
 }
 
 impl ProxyBody {
-    /// The upstream's answer; `connection` goes back to the pool once it has ended.
-    pub fn upstream(body: Incoming, limit: usize, connection: PooledConnection) -> Self {
-        let ended = body.is_end_stream();
-        let mut connection = Some(connection);
-        if ended {
-            release(&mut connection);
+    /// The same answer, counted by `ticket` when it is sent if it is billable (HTTP 200
+    /// checked by the caller; here: a `Response` with no `Error`).
+    pub fn metered(mut self, ticket: MeterTicket) -> Self {
+        let mut scanner = BillableScanner::new();
+        scanner.feed(self.data.as_deref().unwrap_or_default());
+        if scanner.is_billable() {
+            self.ticket = Some(ticket);
         }
-        ProxyBody::Upstream {
-            body: Limited::new(body, limit),
-            connection,
-        }
-    }
-
-    /// The same upstream answer, counted by `ticket` if it turns out billable.
-    pub fn metered(self, ticket: MeterTicket) -> Self {
-        match self {
-            ProxyBody::Upstream { body, connection } => ProxyBody::Metered {
-                body,
-                connection,
-                scanner: BillableScanner::new(),
-                ticket: Some(ticket),
-            },
-            other => other,
-        }
-    }
-}
-
-/// The upstream's answer was read to its end without error: its connection is reusable.
-fn answer_ended(polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>, end_stream: bool) -> bool {
-    match polled {
-        Poll::Ready(None) => true,
-        Poll::Ready(Some(Ok(_))) => end_stream,
-        _ => false,
-    }
-}
-
-fn release(connection: &mut Option<PooledConnection>) {
-    if let Some(connection) = connection.take() {
-        connection.release();
+        self
     }
 }
 
 impl From<Bytes> for ProxyBody {
     fn from(bytes: Bytes) -> Self {
-        ProxyBody::Local { body: Full::new(bytes) }
+        ProxyBody {
+            data: (!bytes.is_empty()).then_some(bytes),
+            ticket: None,
+        }
     }
 }
 
@@ -172,65 +137,20 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            ProxyBodyProjection::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
-            ProxyBodyProjection::Upstream { mut body, connection } => {
-                let polled = body.as_mut().poll_frame(cx);
-                if answer_ended(&polled, body.is_end_stream()) {
-                    release(connection);
-                }
-                polled
-            }
-            ProxyBodyProjection::Metered {
-                mut body,
-                connection,
-                scanner,
-                ticket,
-            } => {
-                let polled = body.as_mut().poll_frame(cx);
-                if answer_ended(&polled, body.is_end_stream()) {
-                    release(connection);
-                }
-                match &polled {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            scanner.feed(data);
-                        }
-                        // The server may stop polling once the body says it has ended.
-                        if body.is_end_stream()
-                            && scanner.is_billable()
-                            && let Some(ticket) = ticket.take()
-                        {
-                            ticket.count();
-                        }
-                    }
-                    Poll::Ready(None) => {
-                        if scanner.is_billable()
-                            && let Some(ticket) = ticket.take()
-                        {
-                            ticket.count();
-                        }
-                    }
-                    Poll::Ready(Some(Err(_))) => *ticket = None,
-                    Poll::Pending => {}
-                }
-                polled
-            }
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let data = this.data.take();
+        if let Some(ticket) = this.ticket.take() {
+            ticket.count();
         }
+        Poll::Ready(data.map(|data| Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Local { body } => body.is_end_stream(),
-            ProxyBody::Upstream { body, .. } | ProxyBody::Metered { body, .. } => body.is_end_stream(),
-        }
+        self.data.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Local { body } => body.size_hint(),
-            ProxyBody::Upstream { body, .. } | ProxyBody::Metered { body, .. } => body.size_hint(),
-        }
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
     }
 }

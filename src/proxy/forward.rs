@@ -1,5 +1,6 @@
 //! Phase 6 of the pipeline: forward a call to the eKYC API over a pooled keep-alive
-//! client (rustls for https), re-signed with the platform's credentials. The client's
+//! HTTP/1.1 connection (`pool`; rustls for https), re-signed with the platform's
+//! credentials. The client's
 //! `Authorization` and `X-TC-Token` never leave the gateway; action, version, region,
 //! language and body bytes pass through untouched. Must not decide whether a call is
 //! allowed or billable: earlier and later phases do.
@@ -7,11 +8,10 @@
 use crate::config;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::headers::strip_hop_by_hop;
-use crate::proxy::pool::{PoolError, UpstreamPool};
+use crate::proxy::pool::{PoolError, UpstreamPool, UpstreamRequest};
 use crate::tc3::{SignedRequest, Signer};
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri, header, request};
-use http_body_util::Full;
+use http::{HeaderMap, HeaderValue, Response, header, request};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,29 +77,32 @@ impl UpstreamClient {
         resign: Resign<'_>,
         now_unix: i64,
     ) -> Result<Response<ProxyBody>, ForwardError> {
-        let request = self.upstream_request(parts, body, resign, now_unix)?;
-        let (response, connection) = match tokio::time::timeout(self.timeout, self.pool.send(request)).await {
+        let (target, headers, body) = self.upstream_request(parts, body, resign, now_unix)?;
+        let request = UpstreamRequest {
+            method: &parts.method,
+            target: target.as_str(),
+            headers: &headers,
+            body: &body,
+        };
+        let answer = match tokio::time::timeout(self.timeout, self.pool.exchange(&request, self.max_body_bytes)).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
             Ok(Err(PoolError::Connect(e))) => return Err(ForwardError::Connect(e)),
             Ok(Err(PoolError::Protocol(e))) => return Err(ForwardError::Protocol(e)),
+            Ok(Err(PoolError::TooLarge)) => {
+                return Err(ForwardError::ResponseTooLarge {
+                    limit: self.max_body_bytes,
+                });
+            }
             Ok(Ok(answer)) => answer,
         };
-        let declared = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
-            return Err(ForwardError::ResponseTooLarge {
-                limit: self.max_body_bytes,
-            });
-        }
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::upstream(body, self.max_body_bytes, connection),
-        ))
+        let mut headers = answer.headers;
+        strip_hop_by_hop(&mut headers);
+        // The answer is whole: the server states its length from the body.
+        headers.remove(header::CONTENT_LENGTH);
+        let mut response = Response::new(ProxyBody::from(answer.body));
+        *response.status_mut() = answer.status;
+        *response.headers_mut() = headers;
+        Ok(response)
     }
 
     fn upstream_request(
@@ -108,7 +111,7 @@ impl UpstreamClient {
         body: Bytes,
         resign: Resign<'_>,
         now_unix: i64,
-    ) -> Result<Request<Full<Bytes>>, ForwardError> {
+    ) -> Result<(http::uri::PathAndQuery, HeaderMap, Bytes), ForwardError> {
         let mut path_and_query = parts
             .uri
             .path_and_query()
@@ -139,8 +142,6 @@ impl UpstreamClient {
             }
         }
         let query = path_and_query.query().unwrap_or("");
-        // Origin form: the connection is to the upstream already; `Host` names it.
-        let uri = Uri::from(path_and_query.clone());
 
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
@@ -148,6 +149,8 @@ impl UpstreamClient {
             headers.remove(name);
         }
         headers.remove(header::CONTENT_LENGTH);
+        // The body is sent whole with its length; a 100-continue wait would only stall.
+        headers.remove(header::EXPECT);
         headers.insert(header::HOST, self.host_header.clone());
         if let Resign::Tc3 { payload_hash } = resign {
             headers.insert("x-tc-timestamp", HeaderValue::from(now_unix));
@@ -163,12 +166,8 @@ impl UpstreamClient {
                 HeaderValue::from_str(&authorization).map_err(|e| ForwardError::Protocol(e.to_string()))?,
             );
         }
-
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        Ok(request)
+        // Origin form: the connection is to the upstream already; `Host` names it.
+        Ok((path_and_query, headers, body))
     }
 
     pub fn authority(&self) -> &http::uri::Authority {

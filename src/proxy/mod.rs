@@ -28,6 +28,7 @@ pub mod auth;
 pub mod body;
 pub mod errors;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod pool;
 pub mod ratelimit;

@@ -1,39 +1,76 @@
-//! Upstream connections: HTTP/1.1 keep-alive connections to the one upstream, kept
-//! idle per data-plane thread (see `workers`). Checking one out is a pop from a
-//! thread-local list, with no lock, and the connection's I/O is driven by the thread
-//! that uses it. A connection goes back to the list only once its answer has been read
-//! to the end (`PooledConnection::release`); one dropped half-way is closed.
+//! Upstream connections and the HTTP/1.1 exchange over them. Keep-alive connections to
+//! the one upstream sit idle per data-plane thread (see `workers`): checking one out is
+//! a pop from a thread-local list, with no lock, and the request that holds it writes
+//! its call and reads the answer on it directly, with no connection task or channel in
+//! between (the wire format is in `h1`). The whole answer is read, under the size cap,
+//! before it is passed on; the connection then goes back to the list, unless the
+//! exchange failed or the upstream asked to close it.
 //! Must not retry a request: the upstream may have served (and billed) it.
 
 use crate::config;
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use crate::proxy::h1::{self, ChunkedDecoder, Framing};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, Method, StatusCode};
 use rustls_pki_types::ServerName;
 use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-
-type Sender = SendRequest<Full<Bytes>>;
+use tokio_rustls::client::TlsStream;
 
 thread_local! {
-    /// Idle connections of every pool used on this thread, tagged with the pool's id
-    /// (tests run several gateways in one process).
-    static IDLE: RefCell<Vec<(u64, Sender)>> = const { RefCell::new(Vec::new()) };
+    /// Idle connections of every pool used on this thread, oldest first, tagged with
+    /// the pool's id (tests run several gateways in one process).
+    static IDLE: RefCell<Vec<(u64, Connection)>> = const { RefCell::new(Vec::new()) };
 }
 
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
-#[derive(Debug)]
+/// Read buffer per connection; an answer head may grow it to `h1::MAX_RESPONSE_HEAD_BYTES`.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
 pub enum PoolError {
+    #[error("{0}")]
     Connect(String),
+    #[error("{0}")]
     Protocol(String),
+    #[error("answer larger than the cap")]
+    TooLarge,
+}
+
+impl From<io::Error> for PoolError {
+    fn from(e: io::Error) -> Self {
+        PoolError::Protocol(e.to_string())
+    }
+}
+
+impl From<h1::WireError> for PoolError {
+    fn from(e: h1::WireError) -> Self {
+        PoolError::Protocol(e.to_string())
+    }
+}
+
+/// What is sent: `headers` exactly as the upstream may see them.
+pub struct UpstreamRequest<'a> {
+    pub method: &'a Method,
+    /// Origin form: path and query.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// The upstream's whole answer.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 pub struct UpstreamPool {
@@ -42,6 +79,7 @@ pub struct UpstreamPool {
     port: u16,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
+    idle_timeout: Duration,
     max_idle: usize,
 }
 
@@ -69,51 +107,62 @@ impl UpstreamPool {
             port,
             tls,
             connect_timeout: upstream.connect_timeout,
+            idle_timeout: upstream.pool_idle_timeout,
             max_idle: upstream.pool_max_idle_per_host,
         })
     }
 
-    /// Sends `request` on an idle connection of this thread, or a new one. The
-    /// connection comes back with the answer: release it when the body has ended.
-    pub async fn send(
-        &self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, PooledConnection), PoolError> {
-        let mut sender = match self.idle().await {
-            Some(sender) => sender,
+    /// Sends `request` on an idle connection of this thread, or a new one, and reads
+    /// the whole answer, refusing a body over `limit` bytes.
+    pub async fn exchange(&self, request: &UpstreamRequest<'_>, limit: usize) -> Result<Answer, PoolError> {
+        let mut connection = match self.checkout() {
+            Some(connection) => connection,
             None => self.connect().await?,
         };
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| PoolError::Protocol(error_chain(&e)))?;
-        let connection = PooledConnection {
-            pool: self.id,
-            max_idle: self.max_idle,
-            sender: Some(sender),
-        };
-        Ok((response, connection))
+        // Dropped on any error or cancellation (the caller's timeout): the connection
+        // is then in an unknown state and is closed, never reused.
+        let (answer, reusable) = connection.exchange(request, limit).await?;
+        if reusable {
+            self.check_in(connection);
+        }
+        Ok(answer)
     }
 
-    /// The most recently used idle connection still open.
-    async fn idle(&self) -> Option<Sender> {
+    /// The most recently used idle connection of this pool that is still open.
+    fn checkout(&self) -> Option<Connection> {
         loop {
-            let mut sender = IDLE.with(|idle| {
+            let mut connection = IDLE.with(|idle| {
                 let mut idle = idle.borrow_mut();
                 let position = idle.iter().rposition(|(pool, _)| *pool == self.id)?;
-                Some(idle.swap_remove(position).1)
+                Some(idle.remove(position).1)
             })?;
-            if sender.is_closed() {
+            if connection.idle_since.elapsed() >= self.idle_timeout || !connection.still_open() {
                 continue;
             }
-            // Ready again once the connection task has seen the previous answer end.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
-            }
+            return Some(connection);
         }
     }
 
-    async fn connect(&self) -> Result<Sender, PoolError> {
+    fn check_in(&self, mut connection: Connection) {
+        let now = Instant::now();
+        connection.idle_since = now;
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            // The oldest sit at the front: drop those past their idle timeout so that a
+            // quiet period does not keep sockets the upstream has long closed.
+            while idle
+                .first()
+                .is_some_and(|(pool, c)| *pool == self.id && now.duration_since(c.idle_since) >= self.idle_timeout)
+            {
+                idle.remove(0);
+            }
+            if idle.iter().filter(|(pool, _)| *pool == self.id).count() < self.max_idle {
+                idle.push((self.id, connection));
+            }
+        });
+    }
+
+    async fn connect(&self) -> Result<Connection, PoolError> {
         let connect = TcpStream::connect((self.host.as_str(), self.port));
         let tcp = match tokio::time::timeout(self.connect_timeout, connect).await {
             Err(_) => {
@@ -126,52 +175,214 @@ impl UpstreamPool {
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            None => handshake(TokioIo::new(tcp)).await,
+        let stream = match &self.tls {
+            None => Stream::Plain(tcp),
             Some((connector, name)) => {
                 let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), tcp))
                     .await
                     .map_err(|_| PoolError::Connect("TLS handshake timed out".into()))?
                     .map_err(|e| PoolError::Connect(format!("TLS handshake: {e}")))?;
-                handshake(TokioIo::new(tls)).await
+                Stream::Tls(Box::new(tls))
             }
+        };
+        Ok(Connection {
+            stream,
+            read_buffer: BytesMut::with_capacity(READ_BUFFER_BYTES),
+            write_buffer: Vec::with_capacity(1024),
+            idle_since: Instant::now(),
+        })
+    }
+}
+
+struct Connection {
+    stream: Stream,
+    read_buffer: BytesMut,
+    /// The request head, kept to reuse its allocation.
+    write_buffer: Vec<u8>,
+    idle_since: Instant,
+}
+
+impl Connection {
+    /// One request and its whole answer. `true` with the answer: the connection may
+    /// carry another request.
+    async fn exchange(&mut self, request: &UpstreamRequest<'_>, limit: usize) -> Result<(Answer, bool), PoolError> {
+        self.write_buffer.clear();
+        h1::write_request_head(
+            &mut self.write_buffer,
+            request.method,
+            request.target,
+            request.headers,
+            request.body.len(),
+        );
+        // One writev for head and body when the stream takes vectored writes.
+        let mut outgoing = Buf::chain(&self.write_buffer[..], request.body);
+        self.stream.write_all_buf(&mut outgoing).await?;
+        self.stream.flush().await?;
+
+        let head = loop {
+            if let Some(head) = h1::parse_response_head(&mut self.read_buffer, request.method)? {
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(PoolError::Protocol("unexpected 101 Switching Protocols".into()));
+                }
+                // 100 Continue and other interim answers: the final one follows.
+                if !head.status.is_informational() {
+                    break head;
+                }
+                continue;
+            }
+            self.fill_read_buffer("before its answer head").await?;
+        };
+        let body = match head.framing {
+            Framing::Empty => Bytes::new(),
+            Framing::Length(length) => self.read_length(length, limit).await?,
+            Framing::Chunked => self.read_chunked(limit).await?,
+            Framing::UntilClose => self.read_until_close(limit).await?,
+        };
+        // Bytes after the answer: the upstream is not speaking HTTP/1.1 as we do.
+        let reusable = head.reusable && head.framing != Framing::UntilClose && self.read_buffer.is_empty();
+        Ok((
+            Answer {
+                status: head.status,
+                headers: head.headers,
+                body,
+            },
+            reusable,
+        ))
+    }
+
+    async fn fill_read_buffer(&mut self, during: &str) -> Result<(), PoolError> {
+        if self.read_buffer.capacity() - self.read_buffer.len() < 1024 {
+            self.read_buffer.reserve(READ_BUFFER_BYTES);
+        }
+        if self.stream.read_buf(&mut self.read_buffer).await? == 0 {
+            return Err(PoolError::Protocol(format!(
+                "the upstream closed the connection {during}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn read_length(&mut self, length: u64, limit: usize) -> Result<Bytes, PoolError> {
+        if length > limit as u64 {
+            return Err(PoolError::TooLarge);
+        }
+        let length = length as usize;
+        if self.read_buffer.len() >= length {
+            // The usual case, a small answer that came with its head: no copy.
+            return Ok(self.read_buffer.split_to(length).freeze());
+        }
+        let mut body = BytesMut::with_capacity(length);
+        body.extend_from_slice(&self.read_buffer);
+        self.read_buffer.clear();
+        while body.len() < length {
+            let want = length - body.len();
+            let read = (&mut self.stream).take(want as u64).read_buf(&mut body).await?;
+            if read == 0 {
+                return Err(PoolError::Protocol(
+                    "the upstream closed the connection mid-answer".into(),
+                ));
+            }
+        }
+        Ok(body.freeze())
+    }
+
+    async fn read_chunked(&mut self, limit: usize) -> Result<Bytes, PoolError> {
+        let mut decoder = ChunkedDecoder::default();
+        let mut body = BytesMut::new();
+        loop {
+            let done = decoder.decode(&mut self.read_buffer, &mut body)?;
+            if body.len() > limit {
+                return Err(PoolError::TooLarge);
+            }
+            if done {
+                return Ok(body.freeze());
+            }
+            self.fill_read_buffer("mid-answer").await?;
+        }
+    }
+
+    async fn read_until_close(&mut self, limit: usize) -> Result<Bytes, PoolError> {
+        let mut body = self.read_buffer.split();
+        loop {
+            if body.len() > limit {
+                return Err(PoolError::TooLarge);
+            }
+            body.reserve(READ_BUFFER_BYTES);
+            if self.stream.read_buf(&mut body).await? == 0 {
+                return Ok(body.freeze());
+            }
+        }
+    }
+
+    /// False when the upstream has closed the connection (or sent something unasked).
+    /// Usually free: tokio marks a socket drained after a short read, so unless the
+    /// poller has seen it readable since (a FIN, say) this returns without a system call.
+    fn still_open(&mut self) -> bool {
+        if !self.read_buffer.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        matches!(
+            Pin::new(&mut self.stream).poll_read(&mut context, &mut probe),
+            Poll::Pending
+        )
+    }
+}
+
+/// Plain TCP or TLS towards the upstream.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-async fn handshake<T>(io: T) -> Result<Sender, PoolError>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(|e| PoolError::Connect(error_chain(&e)))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
-    });
-    Ok(sender)
-}
+    }
 
-/// A connection whose answer is being read. `release` when the body has ended puts it
-/// back for the next call; dropping it closes it.
-pub struct PooledConnection {
-    pool: u64,
-    max_idle: usize,
-    sender: Option<Sender>,
-}
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
 
-impl PooledConnection {
-    pub fn release(mut self) {
-        if let Some(sender) = self.sender.take() {
-            IDLE.with(|idle| {
-                let mut idle = idle.borrow_mut();
-                if idle.iter().filter(|(pool, _)| *pool == self.pool).count() < self.max_idle {
-                    idle.push((self.pool, sender));
-                }
-            });
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

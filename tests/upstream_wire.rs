@@ -1,0 +1,341 @@
+//! The gateway's own HTTP/1.1 client towards the upstream (`proxy::pool`, `proxy::h1`),
+//! against a scripted upstream speaking raw bytes: keep-alive reuse, chunked answers,
+//! `Connection: close`, an idle connection the upstream closed, interim 100 answers,
+//! answers cut short or over the cap. Each checks what the tenant got and what was
+//! counted.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const BILLABLE: &str = r#"{"Response":{"Result":"0","RequestId":"wire-1"}}"#;
+
+/// What the scripted upstream does with the n-th request (0-based, over all connections).
+#[derive(Clone)]
+enum Reply {
+    /// These bytes, then keep the connection.
+    Keep(Vec<u8>),
+    /// These bytes, then close the connection.
+    Close(Vec<u8>),
+}
+
+struct ScriptedUpstream {
+    addr: std::net::SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    /// One message per connection the upstream closed.
+    closed: mpsc::UnboundedReceiver<()>,
+}
+
+impl ScriptedUpstream {
+    async fn start(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (closed_tx, closed) = mpsc::unbounded_channel();
+        let script = Arc::new(script);
+        let (c, r) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                let (script, r, closed_tx) = (script.clone(), r.clone(), closed_tx.clone());
+                tokio::spawn(async move {
+                    while read_request(&mut stream).await {
+                        let n = r.fetch_add(1, Ordering::SeqCst);
+                        match script(n) {
+                            Reply::Keep(bytes) => {
+                                if stream.write_all(&bytes).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Reply::Close(bytes) => {
+                                let _ = stream.write_all(&bytes).await;
+                                break;
+                            }
+                        }
+                    }
+                    drop(stream);
+                    let _ = closed_tx.send(());
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            requests,
+            closed,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads one request (head and Content-Length body); false at end of stream.
+async fn read_request(stream: &mut TcpStream) -> bool {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0);
+    while buffer.len() < head_end + length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
+fn answer(extra_headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn chunked(body: &str) -> Vec<u8> {
+    let (a, b) = body.split_at(body.len() / 2);
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x};x=y\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        a.len(),
+        b.len()
+    )
+    .into_bytes()
+}
+
+/// One keep-alive client connection to the gateway, so every call lands on the same
+/// data-plane thread and so on the same idle list.
+async fn client(gateway: &GatewayHandle) -> SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(gateway.data).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+async fn call_on(
+    sender: &mut SendRequest<Full<Bytes>>,
+    gateway: &GatewayHandle,
+) -> (http::HeaderMap, serde_json::Value) {
+    sender.ready().await.unwrap();
+    let response = sender
+        .send_request(call(gateway, "IdCardVerification", r#"{"IdCard":"1","Name":"A"}"#))
+        .await
+        .unwrap();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| panic!("{body:?}"));
+    (headers, json["Response"].clone())
+}
+
+async fn billed(gateway: &GatewayHandle) -> u64 {
+    let metrics = gateway.metrics().await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ekyc_gateway_billable_calls_total "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+async fn gateway_before(upstream: &ScriptedUpstream, extra_toml: &str) -> GatewayHandle {
+    let config = gateway_config(&format!("http://{}", upstream.addr), extra_toml);
+    GatewayHandle::start_with(config, Arc::new(ekyc_gateway::clock::SystemClock)).await
+}
+
+#[tokio::test]
+async fn keep_alive_answers_reuse_one_upstream_connection() {
+    let upstream = ScriptedUpstream::start(|_| Reply::Keep(answer("", BILLABLE))).await;
+    let gateway = gateway_before(&upstream, "").await;
+    let mut sender = client(&gateway).await;
+    for _ in 0..5 {
+        let (headers, answer) = call_on(&mut sender, &gateway).await;
+        assert_eq!(answer["RequestId"], "wire-1", "{answer}");
+        assert_eq!(headers["content-length"], BILLABLE.len().to_string());
+    }
+    assert_eq!(upstream.requests(), 5);
+    assert_eq!(upstream.connections(), 1, "one keep-alive connection for five calls");
+    assert_eq!(billed(&gateway).await, 5);
+}
+
+#[tokio::test]
+async fn chunked_answer_is_passed_on_whole_and_counted() {
+    let upstream = ScriptedUpstream::start(|_| Reply::Keep(chunked(BILLABLE))).await;
+    let gateway = gateway_before(&upstream, "").await;
+    let mut sender = client(&gateway).await;
+    for _ in 0..2 {
+        let (headers, answer) = call_on(&mut sender, &gateway).await;
+        assert_eq!(answer["RequestId"], "wire-1", "{answer}");
+        assert!(headers.get("transfer-encoding").is_none(), "{headers:?}");
+        assert_eq!(headers["content-length"], BILLABLE.len().to_string());
+        assert!(headers.get("x-trailer").is_none());
+    }
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "a chunked answer read to its end leaves the connection reusable"
+    );
+    assert_eq!(billed(&gateway).await, 2);
+}
+
+#[tokio::test]
+async fn connection_close_and_unframed_answers_are_never_reused() {
+    // Odd requests: `Connection: close`; even: no length, so the body ends with the
+    // connection.
+    let upstream = ScriptedUpstream::start(|n| {
+        if n % 2 == 0 {
+            Reply::Close(answer("Connection: close\r\n", BILLABLE))
+        } else {
+            Reply::Close(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{BILLABLE}").into_bytes())
+        }
+    })
+    .await;
+    let gateway = gateway_before(&upstream, "").await;
+    let mut sender = client(&gateway).await;
+    for _ in 0..4 {
+        let (_, answer) = call_on(&mut sender, &gateway).await;
+        assert_eq!(answer["RequestId"], "wire-1", "{answer}");
+    }
+    assert_eq!(upstream.connections(), 4);
+    assert_eq!(billed(&gateway).await, 4);
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_not_used() {
+    // The upstream answers as keep-alive, then closes at once: the gateway must notice
+    // before the next call rather than send it into a closed socket.
+    let mut upstream = ScriptedUpstream::start(|_| Reply::Close(answer("", BILLABLE))).await;
+    let gateway = gateway_before(&upstream, "").await;
+    let mut sender = client(&gateway).await;
+    for round in 1..=3 {
+        let (_, answer) = call_on(&mut sender, &gateway).await;
+        assert_eq!(answer["RequestId"], "wire-1", "round {round}: {answer}");
+        tokio::time::timeout(Duration::from_secs(10), upstream.closed.recv())
+            .await
+            .expect("the upstream closes its side")
+            .unwrap();
+    }
+    assert_eq!(upstream.connections(), 3);
+    assert_eq!(billed(&gateway).await, 3);
+}
+
+#[tokio::test]
+async fn interim_100_continue_is_skipped() {
+    let upstream = ScriptedUpstream::start(|_| {
+        let mut bytes = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        bytes.extend(answer("", BILLABLE));
+        Reply::Keep(bytes)
+    })
+    .await;
+    let gateway = gateway_before(&upstream, "").await;
+    let mut sender = client(&gateway).await;
+    let (_, answer) = call_on(&mut sender, &gateway).await;
+    assert_eq!(answer["RequestId"], "wire-1", "{answer}");
+    assert_eq!(billed(&gateway).await, 1);
+}
+
+#[tokio::test]
+async fn an_answer_cut_short_is_an_error_and_not_counted() {
+    let upstream = ScriptedUpstream::start(|n| {
+        if n == 0 {
+            let mut bytes = answer("", BILLABLE);
+            bytes.truncate(bytes.len() - 10);
+            Reply::Close(bytes)
+        } else {
+            Reply::Keep(answer("", BILLABLE))
+        }
+    })
+    .await;
+    let gateway = gateway_before(&upstream, "").await;
+    let mut sender = client(&gateway).await;
+    let (_, answer) = call_on(&mut sender, &gateway).await;
+    assert_eq!(answer["Error"]["Code"], "InternalError", "{answer}");
+    assert_eq!(billed(&gateway).await, 0);
+    let (_, answer) = call_on(&mut sender, &gateway).await;
+    assert_eq!(
+        answer["RequestId"], "wire-1",
+        "the next call gets a new connection: {answer}"
+    );
+    assert_eq!(billed(&gateway).await, 1);
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains(r#"ekyc_gateway_upstream_errors_total{kind="protocol"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn answers_over_the_cap_are_refused_and_not_counted_whatever_their_framing() {
+    let big = format!(
+        r#"{{"Response":{{"RequestId":"wire-1","Pad":"{}"}}}}"#,
+        "x".repeat(4096)
+    );
+    let upstream = ScriptedUpstream::start(move |n| match n {
+        0 => Reply::Keep(answer("", &big)),
+        1 => Reply::Keep(chunked(&big)),
+        _ => Reply::Close(format!("HTTP/1.1 200 OK\r\n\r\n{big}").into_bytes()),
+    })
+    .await;
+    let gateway = gateway_before(&upstream, "[limits]\nmax_body_bytes = 2048\n").await;
+    let mut sender = client(&gateway).await;
+    for framing in ["length", "chunked", "until close"] {
+        let (_, answer) = call_on(&mut sender, &gateway).await;
+        assert_eq!(
+            answer["Error"]["Code"], "ResponseSizeLimitExceeded",
+            "{framing}: {answer}"
+        );
+    }
+    assert_eq!(
+        upstream.connections(),
+        3,
+        "a connection with an unread answer is closed"
+    );
+    assert_eq!(billed(&gateway).await, 0);
+}
+
+#[tokio::test]
+async fn malformed_answers_are_errors_and_not_counted() {
+    let upstream = ScriptedUpstream::start(|n| match n {
+        0 => Reply::Close(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}".to_vec()),
+        1 => Reply::Close(b"NOT HTTP AT ALL\r\n\r\n".to_vec()),
+        _ => Reply::Close(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n".to_vec()),
+    })
+    .await;
+    let gateway = gateway_before(&upstream, "").await;
+    let mut sender = client(&gateway).await;
+    for case in ["conflicting lengths", "not HTTP", "bad chunk size"] {
+        let (_, answer) = call_on(&mut sender, &gateway).await;
+        assert_eq!(answer["Error"]["Code"], "InternalError", "{case}: {answer}");
+    }
+    assert_eq!(billed(&gateway).await, 0);
+}
