@@ -12,7 +12,8 @@
 use http::HeaderMap;
 use ring::digest::{self, SHA256};
 use ring::hmac::{self as ring_hmac, HMAC_SHA256};
-use std::sync::{Arc, RwLock};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use subtle::ConstantTimeEq;
 
 pub const ALGORITHM: &str = "TC3-HMAC-SHA256";
@@ -243,7 +244,7 @@ pub fn payload_hash(headers: &HeaderMap, body: &[u8]) -> HexDigest {
 
 pub fn is_unsigned_payload(headers: &HeaderMap) -> bool {
     headers
-        .get("x-tc-content-sha256")
+        .get(&X_TC_CONTENT_SHA256)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(UNSIGNED_PAYLOAD.as_bytes()))
 }
 
@@ -275,9 +276,7 @@ fn canonical_request_hash(
     hash.update(request.query.as_bytes());
     hash.update(b"\n");
     for name in signed_headers.split(';') {
-        let value = request
-            .headers
-            .get(name)
+        let value = signed_header(request.headers, name)
             .ok_or(Tc3Error::SignatureFailure)?
             .to_str()
             .map_err(|_| Tc3Error::SignatureFailure)?
@@ -304,6 +303,21 @@ fn canonical_request_hash(
     hash.update(request.payload_hash_hex.as_bytes());
     Ok(digest_bytes(hash.finish().as_ref()))
 }
+
+/// A signed header's value. The names the SDKs sign are looked up as constants: a
+/// lookup by string parses the name first.
+fn signed_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h http::HeaderValue> {
+    match name {
+        "content-type" => headers.get(http::header::CONTENT_TYPE),
+        "host" => headers.get(http::header::HOST),
+        "x-tc-action" => headers.get(&X_TC_ACTION),
+        _ => headers.get(name),
+    }
+}
+
+const X_TC_ACTION: http::HeaderName = http::HeaderName::from_static("x-tc-action");
+const X_TC_TIMESTAMP: http::HeaderName = http::HeaderName::from_static("x-tc-timestamp");
+const X_TC_CONTENT_SHA256: http::HeaderName = http::HeaderName::from_static("x-tc-content-sha256");
 
 /// HMAC(kSigning, StringToSign), fed piece by piece.
 fn string_to_sign_mac(key: &SigningKey, timestamp: i64, date: &str, service: &str, canonical: &[u8; 32]) -> [u8; 32] {
@@ -360,10 +374,7 @@ pub fn verify_signature(
             return Ok(());
         }
         let any_upper = auth.signed_headers.split(';').any(|name| {
-            request
-                .headers
-                .get(name)
-                .is_some_and(|v| v.as_bytes().iter().any(u8::is_ascii_uppercase))
+            signed_header(request.headers, name).is_some_and(|v| v.as_bytes().iter().any(u8::is_ascii_uppercase))
         });
         if lower || !any_upper {
             break;
@@ -375,7 +386,7 @@ pub fn verify_signature(
 /// Reads and parses `X-TC-Timestamp`.
 pub fn request_timestamp(headers: &HeaderMap) -> Result<i64, Tc3Error> {
     headers
-        .get("x-tc-timestamp")
+        .get(&X_TC_TIMESTAMP)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok())
         .filter(|t| *t >= 0)
@@ -384,16 +395,38 @@ pub fn request_timestamp(headers: &HeaderMap) -> Result<i64, Tc3Error> {
         ))
 }
 
+/// A call as a `Signer` sends it, with the two headers it signs given directly.
+pub struct OutgoingCall<'a> {
+    pub method: &'a str,
+    /// The raw query string (without '?'), empty for POST.
+    pub query: &'a str,
+    /// `Content-Type` as sent, if any: with one the signature covers `content-type;host`.
+    pub content_type: Option<&'a [u8]>,
+    pub host: &'a str,
+    pub payload_hash_hex: &'a str,
+    pub timestamp: i64,
+}
+
+static NEXT_SIGNER_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The day's signing key per signer, per thread: deriving it costs three HMACs and
+    /// it changes once a day; one copy per thread means no lock and no cache line
+    /// shared between the data-plane threads. A few entries (tests run many signers).
+    static DAY_KEYS: RefCell<Vec<(u64, [u8; 10], SigningKey)>> = const { RefCell::new(Vec::new()) };
+}
+const DAY_KEYS_PER_THREAD: usize = 8;
+
 /// Signs requests with one SecretId/SecretKey; used to re-sign towards the upstream and
 /// by test clients. Signs `content-type;host` (or `host` alone when there is no
 /// content type), as the official SDKs do.
 #[derive(Clone)]
 pub struct Signer {
+    /// Shared by clones (same credentials): keys the per-thread signing-key cache.
+    id: u64,
     secret_id: String,
     secret_key: String,
     service: String,
-    /// The day's signing key: deriving it costs three HMACs, and it changes once a day.
-    day_key: Arc<RwLock<Option<(String, SigningKey)>>>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -409,47 +442,99 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     pub fn new(secret_id: impl Into<String>, secret_key: impl Into<String>, service: impl Into<String>) -> Self {
         Self {
+            id: NEXT_SIGNER_ID.fetch_add(1, Ordering::Relaxed),
             secret_id: secret_id.into(),
             secret_key: secret_key.into(),
             service: service.into(),
-            day_key: Arc::default(),
         }
     }
 
-    fn key_for(&self, date: &str) -> SigningKey {
-        if let Some((day, key)) = self.day_key.read().expect("signing key lock").as_ref()
-            && day == date
-        {
-            return key.clone();
-        }
-        let key = SigningKey::derive(&self.secret_key, date, &self.service);
-        *self.day_key.write().expect("signing key lock") = Some((date.to_string(), key.clone()));
-        key
+    /// HMAC(kSigning of `date`, StringToSign) with this thread's cached key.
+    fn string_to_sign_mac(&self, date: &[u8; 10], timestamp: i64, canonical: &[u8; 32]) -> [u8; 32] {
+        let date_text = std::str::from_utf8(date).unwrap_or_default();
+        DAY_KEYS.with(|keys| {
+            let mut keys = keys.borrow_mut();
+            let position = match keys.iter().position(|(id, day, _)| *id == self.id && day == date) {
+                Some(position) => position,
+                None => {
+                    keys.retain(|(id, _, _)| *id != self.id);
+                    if keys.len() >= DAY_KEYS_PER_THREAD {
+                        keys.remove(0);
+                    }
+                    keys.push((
+                        self.id,
+                        *date,
+                        SigningKey::derive(&self.secret_key, date_text, &self.service),
+                    ));
+                    keys.len() - 1
+                }
+            };
+            string_to_sign_mac(&keys[position].2, timestamp, date_text, &self.service, canonical)
+        })
     }
 
     pub fn secret_id(&self) -> &str {
         &self.secret_id
     }
 
-    /// The `Authorization` value for a request whose `Host` and `Content-Type` headers
-    /// are already set in `request.headers`.
-    pub fn authorization(&self, request: &SignedRequest<'_>) -> String {
-        let signed_headers = if request.headers.contains_key(http::header::CONTENT_TYPE) {
+    /// Appends the `Authorization` value for `call` to `out`.
+    pub fn write_authorization(&self, call: &OutgoingCall<'_>, out: &mut Vec<u8>) {
+        let signed_headers = if call.content_type.is_some() {
             "content-type;host"
         } else {
             "host"
         };
-        let date = utc_date(request.timestamp).unwrap_or_default();
-        let key = self.key_for(&date);
-        // Headers the signer itself set are always present; a missing one signs as empty.
-        let canonical = canonical_request_hash(request, signed_headers, HeaderCase::AsSent).unwrap_or_default();
-        let mac = string_to_sign_mac(&key, request.timestamp, &date, &self.service, &canonical);
-        let signature = HexDigest::from_digest(&mac);
-        let signature = signature.as_str();
-        format!(
-            "{ALGORITHM} Credential={}/{date}/{}/tc3_request, SignedHeaders={signed_headers}, Signature={signature}",
-            self.secret_id, self.service
-        )
+        // Dates outside years 0-9999 cannot be written; such a call is refused upstream.
+        let date = utc_date_bytes(call.timestamp).unwrap_or(*b"0000-00-00");
+        let mut hash = digest::Context::new(&SHA256);
+        hash.update(call.method.as_bytes());
+        hash.update(b"\n/\n");
+        hash.update(call.query.as_bytes());
+        hash.update(b"\n");
+        if let Some(content_type) = call.content_type {
+            hash.update(b"content-type:");
+            hash.update(content_type.trim_ascii());
+            hash.update(b"\n");
+        }
+        hash.update(b"host:");
+        hash.update(call.host.trim().as_bytes());
+        hash.update(b"\n\n");
+        hash.update(signed_headers.as_bytes());
+        hash.update(b"\n");
+        hash.update(call.payload_hash_hex.as_bytes());
+        let canonical = digest_bytes(hash.finish().as_ref());
+        let mac = self.string_to_sign_mac(&date, call.timestamp, &canonical);
+        out.extend_from_slice(ALGORITHM.as_bytes());
+        out.extend_from_slice(b" Credential=");
+        out.extend_from_slice(self.secret_id.as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(&date);
+        out.push(b'/');
+        out.extend_from_slice(self.service.as_bytes());
+        out.extend_from_slice(b"/tc3_request, SignedHeaders=");
+        out.extend_from_slice(signed_headers.as_bytes());
+        out.extend_from_slice(b", Signature=");
+        out.extend_from_slice(&HexDigest::from_digest(&mac).0);
+    }
+
+    /// The `Authorization` value for a request whose `Host` and `Content-Type` headers
+    /// are already set in `request.headers`.
+    pub fn authorization(&self, request: &SignedRequest<'_>) -> String {
+        let call = OutgoingCall {
+            method: request.method,
+            query: request.query,
+            content_type: request.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            host: request
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+            payload_hash_hex: request.payload_hash_hex,
+            timestamp: request.timestamp,
+        };
+        let mut out = Vec::with_capacity(160 + self.secret_id.len());
+        self.write_authorization(&call, &mut out);
+        String::from_utf8(out).expect("the Authorization value is ASCII")
     }
 }
 

@@ -7,11 +7,12 @@
 
 use crate::config;
 use crate::proxy::body::ProxyBody;
-use crate::proxy::headers::strip_hop_by_hop;
-use crate::proxy::pool::{PoolError, UpstreamPool, UpstreamRequest};
-use crate::tc3::{SignedRequest, Signer};
+use crate::proxy::h1;
+use crate::proxy::headers::{connection_named, is_hop_by_hop, strip_hop_by_hop};
+use crate::proxy::pool::{PoolError, UpstreamPool};
+use crate::tc3::{OutgoingCall, Signer};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, header, request};
+use http::{HeaderName, Response, header, request};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,13 +36,16 @@ pub enum Resign<'a> {
 }
 
 /// Headers the client sent that must never reach the upstream.
-const CLIENT_ONLY: [&str; 3] = ["authorization", "x-tc-token", "x-tc-timestamp"];
+const CLIENT_ONLY: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-tc-token"),
+    HeaderName::from_static("x-tc-timestamp"),
+];
 
 pub struct UpstreamClient {
     /// Keep-alive connections, idle per data-plane thread (see `pool`).
     pool: UpstreamPool,
     authority: http::uri::Authority,
-    host_header: HeaderValue,
     signer: Signer,
     /// The legacy v1 signature signs with the SecretKey itself.
     v1_secret_key: String,
@@ -54,7 +58,6 @@ impl UpstreamClient {
         Ok(Self {
             pool: UpstreamPool::new(upstream)?,
             authority: upstream.authority.clone(),
-            host_header: HeaderValue::from_str(upstream.authority.as_str())?,
             signer: Signer::new(
                 upstream.credentials.secret_id.clone(),
                 upstream.credentials.secret_key.clone(),
@@ -66,25 +69,44 @@ impl UpstreamClient {
         })
     }
 
-    /// Sends the call and returns the upstream's answer, its body streaming under the cap.
+    /// Sends the call, re-signed, and returns the upstream's whole answer.
     /// `payload_hash_hex` is the hash the client's request was (or would be) signed with.
-    /// The client's headers are moved into the upstream request: `parts.headers` is
-    /// empty afterwards.
     pub async fn forward(
         &self,
-        parts: &mut request::Parts,
+        parts: &request::Parts,
         body: Bytes,
         resign: Resign<'_>,
         now_unix: i64,
     ) -> Result<Response<ProxyBody>, ForwardError> {
-        let (target, headers, body) = self.upstream_request(parts, body, resign, now_unix)?;
-        let request = UpstreamRequest {
-            method: &parts.method,
-            target: target.as_str(),
-            headers: &headers,
-            body: &body,
-        };
-        let answer = match tokio::time::timeout(self.timeout, self.pool.exchange(&request, self.max_body_bytes)).await {
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut target = std::borrow::Cow::Borrowed(path_and_query);
+        let mut body = body;
+        if let Resign::V1 { params } = resign {
+            let path = parts.uri.path();
+            let signed = crate::sigv1::resign(
+                crate::sigv1::Target {
+                    method: parts.method.as_str(),
+                    host: self.authority.as_str(),
+                    path,
+                },
+                params,
+                self.signer.secret_id(),
+                &self.v1_secret_key,
+                now_unix,
+                rand::random(),
+            )
+            .to_form();
+            if parts.method == http::Method::GET {
+                target = std::borrow::Cow::Owned(format!("{path}?{signed}"));
+            } else {
+                body = Bytes::from(signed);
+            }
+        }
+        let write_head = |out: &mut Vec<u8>| self.write_head(out, parts, &target, resign, now_unix);
+        let exchange = self
+            .pool
+            .exchange(&parts.method, write_head, &body, self.max_body_bytes);
+        let answer = match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
             Ok(Err(PoolError::Connect(e))) => return Err(ForwardError::Connect(e)),
             Ok(Err(PoolError::Protocol(e))) => return Err(ForwardError::Protocol(e)),
@@ -105,69 +127,44 @@ impl UpstreamClient {
         Ok(response)
     }
 
-    fn upstream_request(
-        &self,
-        parts: &mut request::Parts,
-        body: Bytes,
-        resign: Resign<'_>,
-        now_unix: i64,
-    ) -> Result<(http::uri::PathAndQuery, HeaderMap, Bytes), ForwardError> {
-        let mut path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let mut body = body;
-        if let Resign::V1 { params } = resign {
-            let target = crate::sigv1::Target {
-                method: parts.method.as_str(),
-                host: self.authority.as_str(),
-                path: path_and_query.path(),
-            };
-            let signed = crate::sigv1::resign(
-                target,
-                params,
-                self.signer.secret_id(),
-                &self.v1_secret_key,
-                now_unix,
-                rand::random(),
-            )
-            .to_form();
-            if parts.method == http::Method::GET {
-                path_and_query = format!("{}?{signed}", path_and_query.path())
-                    .parse()
-                    .map_err(|e: http::uri::InvalidUri| ForwardError::Protocol(e.to_string()))?;
-            } else {
-                body = Bytes::from(signed);
+    /// Writes the upstream request's head: the client's end-to-end headers, then `Host`
+    /// and, for TC3, the platform's timestamp and signature. Written straight into the
+    /// connection's buffer: no header map is built for the upstream.
+    fn write_head(&self, out: &mut Vec<u8>, parts: &request::Parts, target: &str, resign: Resign<'_>, now_unix: i64) {
+        h1::write_request_line(out, &parts.method, target);
+        let named = if parts.headers.contains_key(header::CONNECTION) {
+            connection_named(&parts.headers)
+        } else {
+            Vec::new()
+        };
+        for (name, value) in &parts.headers {
+            let dropped = is_hop_by_hop(name)
+                || CLIENT_ONLY.contains(name)
+                || named.contains(name)
+                // Sent as the platform's (`Host`) or from the body (`Content-Length`); a
+                // 100-continue wait would only stall a body that is sent whole.
+                || *name == header::HOST
+                || *name == header::CONTENT_LENGTH
+                || *name == header::EXPECT;
+            if !dropped {
+                h1::write_header(out, name.as_str().as_bytes(), value.as_bytes());
             }
         }
-        let query = path_and_query.query().unwrap_or("");
-
-        let mut headers = std::mem::take(&mut parts.headers);
-        strip_hop_by_hop(&mut headers);
-        for name in CLIENT_ONLY {
-            headers.remove(name);
-        }
-        headers.remove(header::CONTENT_LENGTH);
-        // The body is sent whole with its length; a 100-continue wait would only stall.
-        headers.remove(header::EXPECT);
-        headers.insert(header::HOST, self.host_header.clone());
+        h1::write_header(out, b"host", self.authority.as_str().as_bytes());
         if let Resign::Tc3 { payload_hash } = resign {
-            headers.insert("x-tc-timestamp", HeaderValue::from(now_unix));
-            let authorization = self.signer.authorization(&SignedRequest {
+            h1::write_header(out, b"x-tc-timestamp", itoa::Buffer::new().format(now_unix).as_bytes());
+            let call = OutgoingCall {
                 method: parts.method.as_str(),
-                query,
-                headers: &headers,
+                query: target.split_once('?').map_or("", |(_, query)| query),
+                content_type: parts.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+                host: self.authority.as_str(),
                 payload_hash_hex: payload_hash,
                 timestamp: now_unix,
-            });
-            headers.insert(
-                header::AUTHORIZATION,
-                HeaderValue::from_str(&authorization).map_err(|e| ForwardError::Protocol(e.to_string()))?,
-            );
+            };
+            out.extend_from_slice(b"authorization: ");
+            self.signer.write_authorization(&call, out);
+            out.extend_from_slice(b"\r\n");
         }
-        // Origin form: the connection is to the upstream already; `Host` names it.
-        Ok((path_and_query, headers, body))
     }
 
     pub fn authority(&self) -> &http::uri::Authority {

@@ -24,20 +24,25 @@ pub enum WireError {
     Chunked(&'static str),
 }
 
-/// Appends `METHOD target HTTP/1.1`, the headers and `content-length` to `out`.
-/// `headers` must already be what the upstream may see (no hop-by-hop, no
-/// `content-length`): they are written as they are.
-pub fn write_request_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, body_len: usize) {
+/// Appends `METHOD target HTTP/1.1` to `out`: the start of a request head.
+pub fn write_request_line(out: &mut Vec<u8>, method: &Method, target: &str) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+}
+
+/// Appends one header line. The caller passes names and values that are valid
+/// (from a `HeaderMap`, or its own constants).
+pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Ends a request head with the body's length.
+pub fn end_request_head(out: &mut Vec<u8>, body_len: usize) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
@@ -257,11 +262,11 @@ mod tests {
 
     #[test]
     fn writes_a_request_head_with_its_length() {
-        let mut headers = HeaderMap::new();
-        headers.insert("host", "faceid.tencentcloudapi.com".parse().unwrap());
-        headers.insert("x-tc-action", "IdCardVerification".parse().unwrap());
         let mut out = Vec::new();
-        write_request_head(&mut out, &Method::POST, "/?a=1", &headers, 42);
+        write_request_line(&mut out, &Method::POST, "/?a=1");
+        write_header(&mut out, b"host", b"faceid.tencentcloudapi.com");
+        write_header(&mut out, b"x-tc-action", b"IdCardVerification");
+        end_request_head(&mut out, 42);
         assert_eq!(
             out,
             b"POST /?a=1 HTTP/1.1\r\nhost: faceid.tencentcloudapi.com\r\nx-tc-action: IdCardVerification\r\ncontent-length: 42\r\n\r\n"

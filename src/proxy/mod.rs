@@ -51,6 +51,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use tenant::TenantAction;
 
+const X_TC_ACTION: http::HeaderName = http::HeaderName::from_static("x-tc-action");
+
 /// Runs one request through the pipeline. Never fails: errors become Tencent answers.
 pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -59,7 +61,7 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Prox
     {
         return page;
     }
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     // Transfer-Encoding on a request: the SDKs always send Content-Length (the TC3
     // signature covers the body's hash anyway), and hyper has already dropped any
     // Content-Length sent alongside, so this is also the only place a smuggling attempt
@@ -96,10 +98,10 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Prox
     }
     let mut action = parts
         .headers
-        .get("x-tc-action")
+        .get(&X_TC_ACTION)
         .and_then(|v| v.to_str().ok())
         .and_then(|name| app.catalog.lookup(name));
-    let result = pipeline(app, &mut parts, body, &mut action).await;
+    let result = pipeline(app, &parts, body, &mut action).await;
     let seconds = started.elapsed().as_secs_f64();
     match result {
         Ok(response) => {
@@ -127,9 +129,7 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Prox
 
 async fn pipeline(
     app: &Arc<App>,
-    // Mutable so that forwarding can move the headers into the upstream request
-    // rather than copy them; nothing reads them after that.
-    parts: &mut http::request::Parts,
+    parts: &http::request::Parts,
     body: Incoming,
     action: &mut Option<ActionId>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
@@ -140,10 +140,10 @@ async fn pipeline(
     // 1. bound: the body
     let body = body::read_bounded(&parts.headers, body, limits.max_body_bytes, limits.body_read_timeout).await?;
     // 2b. authenticate: the signature over the whole request
-    let caller = auth::verify(identified, &*parts, &body, &app.mirror, now)?;
+    let caller = auth::verify(identified, parts, &body, &app.mirror, now)?;
     let name = match &caller.method {
         AuthMethod::V1 { params } => params.get("Action").ok().flatten(),
-        _ => parts.headers.get("x-tc-action").and_then(|v| v.to_str().ok()),
+        _ => parts.headers.get(&X_TC_ACTION).and_then(|v| v.to_str().ok()),
     };
     // Tenant actions are answered here, before the state check: a tenant must be able
     // to activate, and to see why it is refused, while it is refused.

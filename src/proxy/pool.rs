@@ -57,15 +57,6 @@ impl From<h1::WireError> for PoolError {
     }
 }
 
-/// What is sent: `headers` exactly as the upstream may see them.
-pub struct UpstreamRequest<'a> {
-    pub method: &'a Method,
-    /// Origin form: path and query.
-    pub target: &'a str,
-    pub headers: &'a HeaderMap,
-    pub body: &'a [u8],
-}
-
 /// The upstream's whole answer.
 pub struct Answer {
     pub status: StatusCode,
@@ -112,16 +103,27 @@ impl UpstreamPool {
         })
     }
 
-    /// Sends `request` on an idle connection of this thread, or a new one, and reads
-    /// the whole answer, refusing a body over `limit` bytes.
-    pub async fn exchange(&self, request: &UpstreamRequest<'_>, limit: usize) -> Result<Answer, PoolError> {
+    /// Sends a request on an idle connection of this thread, or a new one, and reads
+    /// the whole answer, refusing a body over `limit` bytes. `write_head` writes the
+    /// request line and headers (`h1::write_request_line`, `h1::write_header`); the
+    /// body's length ends the head.
+    pub async fn exchange(
+        &self,
+        method: &Method,
+        write_head: impl FnOnce(&mut Vec<u8>),
+        body: &[u8],
+        limit: usize,
+    ) -> Result<Answer, PoolError> {
         let mut connection = match self.checkout() {
             Some(connection) => connection,
             None => self.connect().await?,
         };
         // Dropped on any error or cancellation (the caller's timeout): the connection
         // is then in an unknown state and is closed, never reused.
-        let (answer, reusable) = connection.exchange(request, limit).await?;
+        connection.write_buffer.clear();
+        write_head(&mut connection.write_buffer);
+        h1::end_request_head(&mut connection.write_buffer, body.len());
+        let (answer, reusable) = connection.exchange(method, body, limit).await?;
         if reusable {
             self.check_in(connection);
         }
@@ -203,24 +205,16 @@ struct Connection {
 }
 
 impl Connection {
-    /// One request and its whole answer. `true` with the answer: the connection may
+    /// Sends the head in `write_buffer` and `body`, and reads the whole answer. `true` with the answer: the connection may
     /// carry another request.
-    async fn exchange(&mut self, request: &UpstreamRequest<'_>, limit: usize) -> Result<(Answer, bool), PoolError> {
-        self.write_buffer.clear();
-        h1::write_request_head(
-            &mut self.write_buffer,
-            request.method,
-            request.target,
-            request.headers,
-            request.body.len(),
-        );
+    async fn exchange(&mut self, method: &Method, body: &[u8], limit: usize) -> Result<(Answer, bool), PoolError> {
         // One writev for head and body when the stream takes vectored writes.
-        let mut outgoing = Buf::chain(&self.write_buffer[..], request.body);
+        let mut outgoing = Buf::chain(&self.write_buffer[..], body);
         self.stream.write_all_buf(&mut outgoing).await?;
         self.stream.flush().await?;
 
         let head = loop {
-            if let Some(head) = h1::parse_response_head(&mut self.read_buffer, request.method)? {
+            if let Some(head) = h1::parse_response_head(&mut self.read_buffer, method)? {
                 if head.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(PoolError::Protocol("unexpected 101 Switching Protocols".into()));
                 }
