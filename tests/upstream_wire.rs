@@ -339,3 +339,45 @@ async fn malformed_answers_are_errors_and_not_counted() {
     }
     assert_eq!(billed(&gateway).await, 0);
 }
+
+#[tokio::test]
+async fn platform_credentials_that_would_break_the_request_head_are_refused_at_start() {
+    for secret_id in ["AKID with space", "AKID\r\nX-Injected: 1"] {
+        let text = "[upstream]\nurl = \"http://127.0.0.1:9\"\n";
+        let env = [
+            ("EKYC_UPSTREAM_SECRET_ID", secret_id),
+            ("EKYC_UPSTREAM_SECRET_KEY", PLATFORM_SECRET_KEY),
+            ("EKYC_MASTER_KEY", MASTER_KEY),
+            ("EKYC_ADMIN_TOKEN", ADMIN_TOKEN),
+        ];
+        let mut config = ekyc_gateway::config::Config::from_toml(text, &env).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        config.store_url = format!("sqlite://{}/billing.db", dir.path().display());
+        config.meter.journal_path = dir.path().join("meter.journal");
+        let started = ekyc_gateway::app::App::new(config, Arc::new(ekyc_gateway::clock::SystemClock)).await;
+        let error = format!("{:#}", started.err().expect("must be refused"));
+        assert!(
+            error.contains("SecretId must be visible ASCII"),
+            "{secret_id:?}: {error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_action_header_is_refused_before_it_can_be_billed_as_another_action() {
+    let upstream = ScriptedUpstream::start(|_| Reply::Keep(answer("", BILLABLE))).await;
+    let gateway = gateway_before(&upstream, "").await;
+    let mut sender = client(&gateway).await;
+    let mut request = call(&gateway, "IdCardVerification", r#"{"IdCard":"1","Name":"A"}"#);
+    request
+        .headers_mut()
+        .append("x-tc-action", http::HeaderValue::from_static("DetectAuth"));
+    sender.ready().await.unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["Response"]["Error"]["Code"], "InvalidParameter", "{json}");
+    assert_eq!(upstream.requests(), 0);
+    assert_eq!(billed(&gateway).await, 0);
+}

@@ -81,8 +81,10 @@ async fn drain_for_lingering_close(headers: &HeaderMap, body: Incoming, limit: u
     let _ = tokio::time::timeout(deadline, drain).await;
 }
 
-/// Phase 7 (meter): counts the call once its answer has streamed through to the end
-/// and was found billable. A failed or cut answer is never counted.
+/// Phase 7 (meter): counts a billable call when the server takes its answer (read
+/// whole from the upstream) to send it. An answer the upstream cut short, garbled or
+/// sent over the cap never gets this far; one the server never takes (the client left
+/// first) is not counted.
 pub struct MeterTicket {
     pub app: Arc<App>,
     pub key: CounterKey,

@@ -55,6 +55,17 @@ pub struct UpstreamClient {
 
 impl UpstreamClient {
     pub fn new(upstream: &config::Upstream, max_body_bytes: usize) -> anyhow::Result<Self> {
+        // Written as they are into the upstream's `Authorization` line (`write_head`):
+        // a space or a line break would corrupt the request head.
+        for (what, value) in [
+            ("the upstream SecretId", &upstream.credentials.secret_id),
+            ("upstream.service", &upstream.service),
+        ] {
+            anyhow::ensure!(
+                !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic()),
+                "{what} must be visible ASCII without spaces"
+            );
+        }
         Ok(Self {
             pool: UpstreamPool::new(upstream)?,
             authority: upstream.authority.clone(),
@@ -156,7 +167,12 @@ impl UpstreamClient {
             let call = OutgoingCall {
                 method: parts.method.as_str(),
                 query: target.split_once('?').map_or("", |(_, query)| query),
-                content_type: parts.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+                // Signed only if sent: a client's `Connection: content-type` drops it.
+                content_type: parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .filter(|_| !named.contains(&header::CONTENT_TYPE))
+                    .map(|v| v.as_bytes()),
                 host: self.authority.as_str(),
                 payload_hash_hex: payload_hash,
                 timestamp: now_unix,

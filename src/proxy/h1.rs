@@ -85,7 +85,8 @@ pub fn parse_response_head(buffer: &mut BytesMut, request_method: &Method) -> Re
         Err(_) => return Err(WireError::Head("not an HTTP/1.x answer")),
     };
     let status = StatusCode::from_u16(response.code.unwrap_or(0)).map_err(|_| WireError::Head("bad status code"))?;
-    let mut reusable = response.version == Some(1);
+    let http_1_0 = response.version == Some(0);
+    let (mut said_close, mut said_keep_alive) = (false, false);
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut headers = HeaderMap::with_capacity(response.headers.len());
@@ -103,15 +104,14 @@ pub fn parse_response_head(buffer: &mut BytesMut, request_method: &Method) -> Re
         } else if name == header::CONNECTION {
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    reusable = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && response.version == Some(0) {
-                    reusable = true;
-                }
+                said_close |= token.eq_ignore_ascii_case(b"close");
+                said_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
         headers.append(name, value);
     }
+    // `close` anywhere wins; HTTP/1.0 keeps the connection only when asked to.
+    let mut reusable = !said_close && (!http_1_0 || said_keep_alive);
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -119,8 +119,10 @@ pub fn parse_response_head(buffer: &mut BytesMut, request_method: &Method) -> Re
     {
         Framing::Empty
     } else if let Some(codings) = transfer_encoding {
-        // Both headers: a smuggling vector; the coding wins and the connection ends here.
-        if content_length.is_some() {
+        // Both headers: a smuggling vector; the coding wins and the connection ends
+        // here. HTTP/1.0 has no transfer codings: faulty framing, close after it
+        // (RFC 9112 §6.1).
+        if content_length.is_some() || http_1_0 {
             reusable = false;
         }
         let last = codings.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
@@ -183,8 +185,14 @@ impl ChunkedDecoder {
                     let Some(line) = take_line(input, MAX_CHUNK_LINE_BYTES)? else {
                         return Ok(false);
                     };
-                    let digits = line[..].split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
-                    if digits.is_empty() || digits.len() > 15 {
+                    // Hex digits only (`from_str_radix` alone would take a sign), then
+                    // optional whitespace before any extension.
+                    let digits = line[..]
+                        .split(|b| *b == b';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_ascii_end();
+                    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
                         return Err(WireError::Chunked("bad chunk size"));
                     }
                     let size = u64::from_str_radix(
@@ -333,6 +341,16 @@ mod tests {
         assert!(reusable(
             b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
         ));
+        assert!(!reusable(
+            b"HTTP/1.0 200 OK\r\nConnection: close, keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!reusable(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(
+            !reusable(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            "transfer codings in HTTP/1.0: faulty framing"
+        );
         assert!(!reusable(b"HTTP/1.1 200 OK\r\n\r\n"), "read until close");
         assert!(
             !reusable(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
@@ -378,6 +396,9 @@ mod tests {
     fn malformed_chunked_bodies_are_refused() {
         let decode = |wire: &[u8]| ChunkedDecoder::default().decode(&mut BytesMut::from(wire), &mut BytesMut::new());
         assert!(decode(b"zz\r\n").is_err());
+        assert!(decode(b"+4\r\nWiki\r\n").is_err());
+        assert!(decode(b" 4\r\nWiki\r\n").is_err());
+        assert_eq!(decode(b"4 ;ext\r\nWi"), Ok(false));
         assert!(decode(b"4\r\nWikiXX").is_err());
         assert!(decode(b"fffffffffffffffff\r\n").is_err());
         assert!(decode(&vec![b'1'; MAX_CHUNK_LINE_BYTES + 1]).is_err());

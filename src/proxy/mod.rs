@@ -53,6 +53,18 @@ use tenant::TenantAction;
 
 const X_TC_ACTION: http::HeaderName = http::HeaderName::from_static("x-tc-action");
 
+/// Headers that decide what the call is, and so where it is routed and how it is billed.
+fn repeats_a_routing_header(headers: &http::HeaderMap) -> bool {
+    [
+        X_TC_ACTION,
+        http::HeaderName::from_static("x-tc-version"),
+        http::HeaderName::from_static("x-tc-region"),
+        http::header::CONTENT_TYPE,
+    ]
+    .iter()
+    .any(|name| headers.get_all(name).iter().nth(1).is_some())
+}
+
 /// Runs one request through the pipeline. Never fails: errors become Tencent answers.
 pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -78,6 +90,13 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Prox
         Some((
             http::StatusCode::BAD_REQUEST,
             "chunked request bodies are refused: send Content-Length",
+        ))
+    } else if parts.headers.len() != parts.headers.keys_len() && repeats_a_routing_header(&parts.headers) {
+        // The gateway checks and bills the first X-TC-Action; the upstream might act
+        // on another copy, and the platform's signature does not cover it.
+        Some((
+            http::StatusCode::BAD_REQUEST,
+            "X-TC-Action, X-TC-Version, X-TC-Region and Content-Type must each be sent once",
         ))
     } else {
         None
