@@ -1,8 +1,7 @@
 //! Phase 6 of the pipeline: forward a call to the eKYC API over a pooled keep-alive
 //! HTTP/1.1 connection (`pool`; rustls for https), re-signed with the platform's
-//! credentials. The client's
-//! `Authorization` and `X-TC-Token` never leave the gateway; action, version, region,
-//! language and body bytes pass through untouched. Must not decide whether a call is
+//! credentials. The client's `Authorization` and `X-TC-Token` never leave the gateway;
+//! action, version, region, language and body bytes pass through untouched. Must not decide whether a call is
 //! allowed or billable: earlier and later phases do.
 
 use crate::config;
