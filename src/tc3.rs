@@ -472,9 +472,9 @@ fn signed_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h http::Hea
     }
 }
 
-const X_TC_ACTION: http::HeaderName = http::HeaderName::from_static("x-tc-action");
-const X_TC_TIMESTAMP: http::HeaderName = http::HeaderName::from_static("x-tc-timestamp");
-const X_TC_CONTENT_SHA256: http::HeaderName = http::HeaderName::from_static("x-tc-content-sha256");
+static X_TC_ACTION: http::HeaderName = http::HeaderName::from_static("x-tc-action");
+static X_TC_TIMESTAMP: http::HeaderName = http::HeaderName::from_static("x-tc-timestamp");
+static X_TC_CONTENT_SHA256: http::HeaderName = http::HeaderName::from_static("x-tc-content-sha256");
 
 /// HMAC(kSigning, StringToSign), fed piece by piece.
 fn string_to_sign_mac(key: &SigningKey, timestamp: i64, date: &str, service: &str, canonical: &[u8; 32]) -> [u8; 32] {

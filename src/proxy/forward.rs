@@ -35,7 +35,7 @@ pub enum Resign<'a> {
 }
 
 /// Headers the client sent that must never reach the upstream.
-const CLIENT_ONLY: [HeaderName; 3] = [
+static CLIENT_ONLY: [HeaderName; 3] = [
     header::AUTHORIZATION,
     HeaderName::from_static("x-tc-token"),
     HeaderName::from_static("x-tc-timestamp"),

@@ -4,8 +4,10 @@
 use http::{HeaderMap, HeaderName, header};
 
 /// Headers that describe one connection, never the message; always removed.
-/// `Connection` first: `strip_hop_by_hop` reads its bit.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Connection` first: `strip_hop_by_hop` reads its bit. A `static`, not a `const`: a
+/// const array of `HeaderName`s is built and dropped at every use (0.7% of a call's
+/// instructions when it was one).
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

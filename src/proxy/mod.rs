@@ -51,18 +51,17 @@ use std::sync::Arc;
 use std::time::Instant;
 use tenant::TenantAction;
 
-const X_TC_ACTION: http::HeaderName = http::HeaderName::from_static("x-tc-action");
+static X_TC_ACTION: http::HeaderName = http::HeaderName::from_static("x-tc-action");
 
 /// Headers that decide what the call is, and so where it is routed and how it is billed.
 fn repeats_a_routing_header(headers: &http::HeaderMap) -> bool {
-    [
-        X_TC_ACTION,
+    static ROUTING: [http::HeaderName; 4] = [
+        http::HeaderName::from_static("x-tc-action"),
         http::HeaderName::from_static("x-tc-version"),
         http::HeaderName::from_static("x-tc-region"),
         http::header::CONTENT_TYPE,
-    ]
-    .iter()
-    .any(|name| headers.get_all(name).iter().nth(1).is_some())
+    ];
+    ROUTING.iter().any(|name| headers.get_all(name).iter().nth(1).is_some())
 }
 
 /// Runs one request through the pipeline. Never fails: errors become Tencent answers.
