@@ -201,10 +201,6 @@ pub fn utc_date_bytes(timestamp: i64) -> Option<[u8; 10]> {
     Some(out)
 }
 
-pub fn utc_date(timestamp: i64) -> Option<String> {
-    utc_date_bytes(timestamp).map(|d| String::from_utf8_lossy(&d).into_owned())
-}
-
 /// A SHA-256 digest in lower-case hex, kept on the stack.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct HexDigest([u8; 64]);
@@ -472,7 +468,8 @@ fn signed_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h http::Hea
     }
 }
 
-static X_TC_ACTION: http::HeaderName = http::HeaderName::from_static("x-tc-action");
+/// The header naming the API action; the proxy routes and bills by it too.
+pub static X_TC_ACTION: http::HeaderName = http::HeaderName::from_static("x-tc-action");
 static X_TC_TIMESTAMP: http::HeaderName = http::HeaderName::from_static("x-tc-timestamp");
 static X_TC_CONTENT_SHA256: http::HeaderName = http::HeaderName::from_static("x-tc-content-sha256");
 
@@ -698,6 +695,10 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn utc_date(timestamp: i64) -> Option<String> {
+        utc_date_bytes(timestamp).map(|d| String::from_utf8_lossy(&d).into_owned())
+    }
 
     /// A raw request from `tests/vectors/tc3/`.
     #[derive(Clone)]

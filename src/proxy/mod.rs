@@ -51,17 +51,16 @@ use std::sync::Arc;
 use std::time::Instant;
 use tenant::TenantAction;
 
-static X_TC_ACTION: http::HeaderName = http::HeaderName::from_static("x-tc-action");
+use crate::tc3::X_TC_ACTION;
 
 /// Headers that decide what the call is, and so where it is routed and how it is billed.
 fn repeats_a_routing_header(headers: &http::HeaderMap) -> bool {
-    static ROUTING: [http::HeaderName; 4] = [
-        http::HeaderName::from_static("x-tc-action"),
-        http::HeaderName::from_static("x-tc-version"),
-        http::HeaderName::from_static("x-tc-region"),
-        http::header::CONTENT_TYPE,
-    ];
-    ROUTING.iter().any(|name| headers.get_all(name).iter().nth(1).is_some())
+    static X_TC_VERSION: http::HeaderName = http::HeaderName::from_static("x-tc-version");
+    static X_TC_REGION: http::HeaderName = http::HeaderName::from_static("x-tc-region");
+    static ROUTING: [&http::HeaderName; 4] = [&X_TC_ACTION, &X_TC_VERSION, &X_TC_REGION, &http::header::CONTENT_TYPE];
+    ROUTING
+        .iter()
+        .any(|name| headers.get_all(*name).iter().nth(1).is_some())
 }
 
 /// Runs one request through the pipeline. Never fails: errors become Tencent answers.
