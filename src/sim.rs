@@ -154,14 +154,16 @@ pub async fn run(
         None,
         None,
         tls,
-        builder,
         graceful.clone(),
         Gauge::default(),
         limits.header_read_timeout,
         stop_rx,
-        move |request| {
-            let sim = sim.clone();
-            async move { Ok::<_, Infallible>(sim.handle(request).await) }
+        crate::server::HyperServer {
+            builder,
+            handler: move |request| {
+                let sim = sim.clone();
+                async move { Ok::<_, Infallible>(sim.handle(request).await) }
+            },
         },
     ));
     shutdown.await;

@@ -29,9 +29,27 @@ pub enum BodyError {
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Reads the whole request body, refusing more than `limit` bytes. The declared
-/// `Content-Length` is checked first so an oversized upload is refused before it is read.
-pub async fn read_bounded(
+/// A request's body as the server hands it to the pipeline: hyper's for HTTP/2, the
+/// connection itself for HTTP/1.1 (`server::http1`).
+pub trait RequestBody: Send {
+    /// Reads the whole body, refusing more than `limit` bytes and giving up after
+    /// `deadline`. The declared length is checked first, so an oversized upload is
+    /// refused before it is read.
+    fn read_bounded(
+        self,
+        headers: &HeaderMap,
+        limit: usize,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<Bytes, BodyError>> + Send;
+}
+
+impl RequestBody for Incoming {
+    async fn read_bounded(self, headers: &HeaderMap, limit: usize, deadline: Duration) -> Result<Bytes, BodyError> {
+        read_incoming(headers, self, limit, deadline).await
+    }
+}
+
+async fn read_incoming(
     headers: &HeaderMap,
     body: Incoming,
     limit: usize,
@@ -83,8 +101,10 @@ async fn drain_for_lingering_close(headers: &HeaderMap, body: Incoming, limit: u
 
 /// Phase 7 (meter): counts a billable call when the server takes its answer (read
 /// whole from the upstream) to send it. An answer the upstream cut short, garbled or
-/// sent over the cap never gets this far; one the server never takes (the client left
-/// first) is not counted.
+/// sent over the cap never gets this far. The HTTP/1.1 server takes every answer it
+/// gets: the upstream has made (and billed) the call, whether or not the client is
+/// still there to read it. hyper's HTTP/2 server drops the answer of a stream the
+/// client reset, and it is not counted.
 pub struct MeterTicket {
     pub app: Arc<App>,
     pub key: CounterKey,
@@ -125,6 +145,16 @@ impl ProxyBody {
             self.ticket = Some(ticket);
         }
         self
+    }
+}
+
+impl ProxyBody {
+    /// The answer's bytes, taken to be sent: counts the call if it is billable.
+    pub fn into_sent_bytes(mut self) -> Bytes {
+        if let Some(ticket) = self.ticket.take() {
+            ticket.count();
+        }
+        self.data.take().unwrap_or_default()
     }
 }
 

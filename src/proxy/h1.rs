@@ -147,12 +147,22 @@ pub fn parse_response_head(buffer: &mut BytesMut, request_method: &Method) -> Re
     }))
 }
 
-fn parse_content_length(value: &[u8]) -> Option<u64> {
-    let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
+/// RFC 9110 §8.6: digits only; a list of equal values (`5, 5`) is the same length.
+/// Requests (`server::http1`) and answers are read with the same rule.
+pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for item in value.split(|&b| b == b',') {
+        let item = item.trim_ascii();
+        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let parsed = item.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|seen| seen != parsed) {
+            return None;
+        }
+        length = Some(parsed);
     }
-    std::str::from_utf8(value).ok()?.parse().ok()
+    length
 }
 
 /// Decodes a chunked body (RFC 9112 §7.1) as its bytes arrive. Chunk extensions and
@@ -263,6 +273,18 @@ fn take_line(input: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, WireE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_length_is_digits_or_a_list_of_one_value() {
+        assert_eq!(parse_content_length(b"42"), Some(42));
+        assert_eq!(parse_content_length(b"42, 42"), Some(42));
+        assert_eq!(parse_content_length(b"42, 43"), None);
+        assert_eq!(parse_content_length(b"+42"), None);
+        assert_eq!(parse_content_length(b"-1"), None);
+        assert_eq!(parse_content_length(b""), None);
+        assert_eq!(parse_content_length(b"4 2"), None);
+        assert_eq!(parse_content_length(b"99999999999999999999"), None);
+    }
 
     fn parse(raw: &[u8]) -> Result<Option<ResponseHead>, WireError> {
         parse_response_head(&mut BytesMut::from(raw), &Method::POST)

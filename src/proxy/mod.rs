@@ -42,11 +42,10 @@ use crate::state::StalePolicy;
 use crate::state::mirror::AccountStanding;
 use crate::tencent;
 use auth::AuthMethod;
-use body::{MeterTicket, ProxyBody};
+use body::{MeterTicket, ProxyBody, RequestBody};
 use errors::{ErrorCode, GatewayError};
 use forward::{ForwardError, Resign};
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::Response;
 use std::sync::Arc;
 use std::time::Instant;
 use tenant::TenantAction;
@@ -64,19 +63,17 @@ fn repeats_a_routing_header(headers: &http::HeaderMap) -> bool {
 }
 
 /// Runs one request through the pipeline. Never fails: errors become Tencent answers.
-pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle<B: RequestBody>(app: &Arc<App>, parts: http::request::Parts, body: B) -> Response<ProxyBody> {
     let started = Instant::now();
-    if request.method() == http::Method::GET
-        && let Some(page) = crate::console::serve(crate::console::Console::Tenant, request.uri().path())
+    if parts.method == http::Method::GET
+        && let Some(page) = crate::console::serve(crate::console::Console::Tenant, parts.uri.path())
     {
         return page;
     }
-    let (parts, body) = request.into_parts();
     // Transfer-Encoding on a request: the SDKs always send Content-Length (the TC3
-    // signature covers the body's hash anyway), and hyper has already dropped any
-    // Content-Length sent alongside, so this is also the only place a smuggling attempt
-    // (RFC 9112 §6.3: both headers) can be caught. Refused, never forwarded, and the
-    // connection is closed.
+    // signature covers the body's hash anyway). Refused, never forwarded, and the
+    // connection is closed (the HTTP/1.1 server never reads such a body), which also
+    // stops a smuggling attempt (RFC 9112 §6.3: both headers).
     // CONNECT: this is not a forward proxy; nothing but the configured upstream is
     // ever contacted.
     let refusal = if parts.method == http::Method::CONNECT {
@@ -144,10 +141,10 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Prox
     }
 }
 
-async fn pipeline(
+async fn pipeline<B: RequestBody>(
     app: &Arc<App>,
     parts: &http::request::Parts,
-    body: Incoming,
+    body: B,
     action: &mut Option<ActionId>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let limits = &app.config.limits;
@@ -155,7 +152,9 @@ async fn pipeline(
     // 2a. authenticate: who claims to call, from the headers alone
     let identified = auth::identify(&parts.headers, &app.mirror, now)?;
     // 1. bound: the body
-    let body = body::read_bounded(&parts.headers, body, limits.max_body_bytes, limits.body_read_timeout).await?;
+    let body = body
+        .read_bounded(&parts.headers, limits.max_body_bytes, limits.body_read_timeout)
+        .await?;
     // 2b. authenticate: the signature over the whole request
     let caller = auth::verify(identified, parts, &body, &app.mirror, now)?;
     let name = match &caller.method {
@@ -165,7 +164,7 @@ async fn pipeline(
     // Tenant actions are answered here, before the state check: a tenant must be able
     // to activate, and to see why it is refused, while it is refused.
     if let Some(tenant_action) = name.and_then(TenantAction::from_name) {
-        // Boxed: a rare path kept out of every request's future (see `body::read_bounded`).
+        // Boxed: a rare path kept out of every request's future (see `body::read_incoming`).
         return Box::pin(tenant::handle(
             app,
             caller.credential.account().id(),

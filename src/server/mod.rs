@@ -2,8 +2,12 @@
 //! that `main`, `demo` and the tests all use. Accepts on the data and admin listeners,
 //! terminates TLS (rustls), speaks HTTP/1.1 and HTTP/2 on one port (h2c by prior
 //! knowledge, h2 by ALPN), and shuts down gracefully: stop accepting, let in-flight
-//! requests finish within the grace period, then run the shutdown hooks. Must not
-//! contain request logic: requests go to `proxy::handle` or `admin::handle`.
+//! requests finish within the grace period, then run the shutdown hooks. The data
+//! listener's HTTP/1.1 is our own (`http1`); its HTTP/2 and the admin listener are
+//! hyper's. Must not contain request logic: requests go to `proxy::handle` or
+//! `admin::handle`.
+
+pub mod http1;
 
 use crate::app::App;
 use crate::clock::SystemClock;
@@ -14,15 +18,19 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::Watcher;
 use prometheus_client::metrics::gauge::Gauge;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The two bound sockets the gateway serves on.
 pub struct Listeners {
@@ -89,21 +97,21 @@ pub async fn serve(
         true => None,
         false => tls.clone(),
     };
-    let data_app = app.clone();
+    let data_plane = DataPlane {
+        app: app.clone(),
+        http2: Arc::new(http2_builder(&app.config.limits)),
+        stop: stop_rx.clone(),
+    };
     let data_loop = accept_loop(
         listeners.data,
         Some(app.config.limits.max_connections),
         Some(workers.clone()),
         tls,
-        builder.clone(),
         data_graceful.clone(),
         app.metrics.data_connections.clone(),
         app.config.limits.header_read_timeout,
         stop_rx.clone(),
-        move |request| {
-            let app = data_app.clone();
-            async move { Ok::<_, Infallible>(crate::proxy::handle(&app, request).await) }
-        },
+        data_plane,
     );
     let admin_app = app.clone();
     let admin_loop = accept_loop(
@@ -111,14 +119,16 @@ pub async fn serve(
         None,
         None,
         admin_tls,
-        builder,
         admin_graceful.clone(),
         app.metrics.admin_connections.clone(),
         app.config.limits.header_read_timeout,
         stop_rx,
-        move |request| {
-            let app = admin_app.clone();
-            async move { Ok::<_, Infallible>(crate::admin::handle(&app, request).await) }
+        HyperServer {
+            builder,
+            handler: move |request| {
+                let app = admin_app.clone();
+                async move { Ok::<_, Infallible>(crate::admin::handle(&app, request).await) }
+            },
         },
     );
     let data_task = tokio::spawn(data_loop);
@@ -184,7 +194,25 @@ pub fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
-/// HTTP/1.1 + HTTP/2 server settings shared by every listener.
+/// The HTTP/2 settings of every listener. A macro because hyper's HTTP/2-only builder
+/// and the HTTP/2 half of its auto builder are different types with the same methods.
+macro_rules! http2_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_header_list_size($limits.max_header_bytes as u32)
+            .max_concurrent_streams(256)
+            // Rapid reset (CVE-2023-44487): more than 20 streams reset by the client
+            // before we accepted them, or 1024 we had to reset, and the connection gets
+            // GOAWAY ENHANCE_YOUR_CALM. Set here so a change of library default cannot
+            // drop them.
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024)
+            .keep_alive_interval(Duration::from_secs(30))
+    };
+}
+
+/// hyper's HTTP/1.1 + HTTP/2 server settings: the admin listener and the simulator.
 pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -193,39 +221,113 @@ pub(crate) fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers);
+    http2_settings!(builder.http2(), limits);
     builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(256)
-        // Rapid reset (CVE-2023-44487): more than 20 streams reset by the client before
-        // we accepted them, or 1024 we had to reset, and the connection gets GOAWAY
-        // ENHANCE_YOUR_CALM. Set here so a change of library default cannot drop them.
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024)
-        .keep_alive_interval(Duration::from_secs(30));
+}
+
+/// The data listener's HTTP/2 (its HTTP/1.1 is `http1`'s).
+fn http2_builder(limits: &Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2_settings!(&mut builder, limits);
     builder
+}
+
+/// What a listener does with an accepted connection, once TLS (if any) is set up.
+pub(crate) trait ServeConnection: Clone + Send + Sync + 'static {
+    /// `h2_by_alpn`: the TLS handshake chose HTTP/2.
+    fn serve<S>(
+        self,
+        stream: S,
+        h2_by_alpn: bool,
+        watcher: Watcher,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+}
+
+/// hyper's server (HTTP/1.1, or HTTP/2 by its preface) calling `handler`.
+#[derive(Clone)]
+pub(crate) struct HyperServer<F> {
+    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub handler: F,
+}
+
+impl<F, Fut, B> ServeConnection for HyperServer<F>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    async fn serve<S>(self, stream: S, _h2_by_alpn: bool, watcher: Watcher) -> Result<(), BoxError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(self.handler);
+        let connection = self
+            .builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        watcher.watch(connection).await
+    }
+}
+
+/// The data listener: our HTTP/1.1 server, hyper's HTTP/2, both into `proxy::handle`.
+#[derive(Clone)]
+struct DataPlane {
+    app: Arc<App>,
+    http2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
+    stop: watch::Receiver<bool>,
+}
+
+impl DataPlane {
+    async fn serve_http2<S>(self, stream: S, watcher: Watcher) -> Result<(), BoxError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = self.app;
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let app = app.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                Ok::<_, Infallible>(crate::proxy::handle(&app, parts, body).await)
+            }
+        });
+        let connection = self.http2.serve_connection(TokioIo::new(stream), service);
+        Ok(watcher.watch(connection).await?)
+    }
+}
+
+impl ServeConnection for DataPlane {
+    async fn serve<S>(self, stream: S, h2_by_alpn: bool, watcher: Watcher) -> Result<(), BoxError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if h2_by_alpn {
+            return self.serve_http2(stream, watcher).await;
+        }
+        // The watcher is held while HTTP/1.1 is served so a graceful shutdown waits for
+        // this connection; `http1` sees the shutdown itself through `stop`.
+        match http1::serve(stream, self.app.clone(), self.stop.clone()).await {
+            Some(rewound) => self.serve_http2(rewound, watcher).await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// Accepts connections until `stop` turns true, serving each on its own task.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn accept_loop<F, Fut, B>(
+pub(crate) async fn accept_loop<C: ServeConnection>(
     listener: TcpListener,
     max_connections: Option<usize>,
     workers: Option<Arc<Workers>>,
     tls: Option<TlsAcceptor>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
     open_connections: Gauge,
     handshake_timeout: Duration,
     mut stop: watch::Receiver<bool>,
-    handler: F,
-) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+    server: C,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             // The sender only ever sends `true` (or is dropped): either way, stop.
@@ -248,22 +350,17 @@ pub(crate) async fn accept_loop<F, Fut, B>(
         }
         open_connections.inc();
         let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
-        let handler = handler.clone();
+        let server = server.clone();
         let gauge = open_connections.clone();
         let serve = move |stream: TcpStream| async move {
-            let service = hyper::service::service_fn(handler);
             let result = match tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    watcher.watch(conn).await
-                }
+                None => server.serve(stream, false, watcher).await,
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
-                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
-                        watcher.watch(conn).await
+                        let h2_by_alpn = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        server.serve(tls_stream, h2_by_alpn, watcher).await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");

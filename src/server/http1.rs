@@ -1,0 +1,647 @@
+//! The data listener's HTTP/1.1 server: reads each request head with `httparse` under
+//! the header limits and the header-read deadline, hands the request to the pipeline
+//! with a body read from the same connection, and writes the answer with one write.
+//! Keep-alive, pipelined requests, `Expect: 100-continue` and HTTP/1.0 clients are
+//! handled here; a client that opens with the HTTP/2 preface is given back to the
+//! caller (with the bytes already read) to be served by hyper.
+//!
+//! Why not hyper's server for HTTP/1.1: per request it allocated the `X-TC-*` header
+//! names, boxed a header-read timer and went through a dispatcher and a body channel;
+//! together about a fifth of the gateway's instructions per call (docs/PERFORMANCE.md).
+//!
+//! What could smuggle a request or exhaust the server is refused here, and the
+//! connection closed: a malformed head (400), a head over `limits.max_header_bytes` or
+//! with more than `limits.max_headers` fields (431), conflicting or malformed
+//! `Content-Length`s (400). A request with `Transfer-Encoding` goes to the pipeline,
+//! which refuses it, and its connection is closed since its body is never read.
+//! Must not contain request logic: requests go to `proxy::handle`.
+
+use crate::app::App;
+use crate::proxy::body::{BodyError, RequestBody};
+use crate::proxy::h1::parse_content_length;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// What a client sends first to speak HTTP/2 without TLS (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The read buffer's size between requests: a signed eKYC call's head and body fit.
+const READ_BUFFER: usize = 8 * 1024;
+/// A new connection's first read: enough to tell HTTP/1.1 from the HTTP/2 preface.
+/// The full buffer comes with the first bytes, so a connection that never sends
+/// anything costs little (10,000 idle connections are tested in tests/hostile.rs).
+const FIRST_READ: usize = 64;
+/// `limits.max_headers`' upper bound (config), so the parser's slots live on the stack.
+const MAX_HEADER_SLOTS: usize = 1000;
+/// Answers up to this size are copied behind their head and written with one call.
+const COPY_BODY_UP_TO: usize = 16 * 1024;
+
+/// Serves HTTP/1.1 requests on `stream` until the client or the server ends the
+/// connection. Returns the stream, with what was read of it, when the client opened
+/// with the HTTP/2 preface.
+pub(crate) async fn serve<S>(stream: S, app: Arc<App>, mut stop: watch::Receiver<bool>) -> Option<Rewind<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut connection = Connection::new(stream);
+    let limits = &app.config.limits;
+    let mut first = true;
+    loop {
+        let head = match connection.read_head(limits, &mut stop, first).await {
+            HeadRead::Head(head) => head,
+            HeadRead::Http2 => return Some(connection.into_rewind()),
+            HeadRead::Closed => return None,
+            HeadRead::Refused(status) => {
+                let _ = connection.write_refusal(status).await;
+                return None;
+            }
+        };
+        first = false;
+        let request = match connection.take_request(&head) {
+            Ok(request) => request,
+            Err(status) => {
+                let _ = connection.write_refusal(status).await;
+                return None;
+            }
+        };
+        let head_request = request.parts.method == Method::HEAD;
+        let mut keep_alive = request.keep_alive;
+        let version = request.parts.version;
+        let response = crate::proxy::handle(
+            &app,
+            request.parts,
+            ConnectionBody {
+                connection: &mut connection,
+            },
+        )
+        .await;
+        let (parts, body) = response.into_parts();
+        if connection.unread_body > 0 && !connection.must_close {
+            keep_alive &= connection.discard_body(limits).await;
+        }
+        keep_alive &= !connection.must_close && !*stop.borrow() && !asks_to_close(&parts.headers);
+        // Taken (and, when billable, counted) as it is sent: see `ProxyBody`.
+        let data = body.into_sent_bytes();
+        let persistence = match (keep_alive, version) {
+            (false, _) => Persistence::Close,
+            (true, Version::HTTP_10) => Persistence::KeepAlive10,
+            (true, _) => Persistence::KeepAlive,
+        };
+        if connection
+            .write_response(&parts, &data, !head_request, persistence)
+            .await
+            .is_err()
+            || !keep_alive
+        {
+            let _ = connection.stream.shutdown().await;
+            return None;
+        }
+    }
+}
+
+enum HeadRead {
+    Head(ParsedHead),
+    Http2,
+    /// End of stream, an I/O error, the header-read deadline, or shutdown while idle.
+    Closed,
+    Refused(StatusCode),
+}
+
+/// Where the parts of a complete head lie in the read buffer.
+struct ParsedHead {
+    length: usize,
+    method: Range<usize>,
+    target: Range<usize>,
+    version: Version,
+}
+
+struct HeaderSpan {
+    name: Range<usize>,
+    value: Range<usize>,
+}
+
+struct ReadyRequest {
+    parts: http::request::Parts,
+    keep_alive: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Persistence {
+    Close,
+    KeepAlive,
+    /// An HTTP/1.0 client that asked for keep-alive: the answer must say it is kept.
+    KeepAlive10,
+}
+
+struct Connection<S> {
+    stream: S,
+    read_buffer: BytesMut,
+    write_buffer: Vec<u8>,
+    /// The last parsed head's header positions, reused from request to request.
+    spans: Vec<HeaderSpan>,
+    /// Declared body bytes of the current request not read yet.
+    unread_body: u64,
+    /// The client sent `Expect: 100-continue` and has not been told to go on.
+    awaits_continue: bool,
+    /// The body could not be read whole, or its length is unknown: the connection
+    /// cannot carry another request.
+    must_close: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    fn new(stream: S) -> Self {
+        Connection {
+            stream,
+            read_buffer: BytesMut::new(),
+            write_buffer: Vec::new(),
+            spans: Vec::new(),
+            unread_body: 0,
+            awaits_continue: false,
+            must_close: false,
+        }
+    }
+
+    /// Waits for a complete request head. The deadline covers the wait for its first
+    /// byte too, so an idle keep-alive connection is closed after
+    /// `limits.header_read_timeout`, as hyper did.
+    async fn read_head(
+        &mut self,
+        limits: &crate::config::Limits,
+        stop: &mut watch::Receiver<bool>,
+        first: bool,
+    ) -> HeadRead {
+        let deadline = Instant::now() + limits.header_read_timeout;
+        loop {
+            if !self.read_buffer.is_empty() {
+                if first && self.read_buffer[0] == b'P' {
+                    let seen = self.read_buffer.len().min(H2_PREFACE.len());
+                    if self.read_buffer[..seen] == H2_PREFACE[..seen] {
+                        if seen == H2_PREFACE.len() {
+                            return HeadRead::Http2;
+                        }
+                        // A prefix of the preface: wait for the rest before deciding.
+                    } else if let Some(read) = self.parse_head(limits) {
+                        return read;
+                    }
+                } else if let Some(read) = self.parse_head(limits) {
+                    return read;
+                }
+                if self.read_buffer.len() >= limits.max_header_bytes {
+                    return HeadRead::Refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                }
+            }
+            let idle = self.read_buffer.is_empty();
+            if idle && *stop.borrow() {
+                return HeadRead::Closed;
+            }
+            if self.read_buffer.capacity() == 0 {
+                self.read_buffer.reserve(FIRST_READ);
+            } else if self.read_buffer.capacity() - self.read_buffer.len() < 1024 {
+                self.read_buffer.reserve(READ_BUFFER);
+            }
+            let read = tokio::select! {
+                biased;
+                read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read_buffer)) => read,
+                // Shutting down (or the server is gone): an idle connection just ends.
+                _ = stop.changed(), if idle => return HeadRead::Closed,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Closed,
+                Ok(Ok(_)) => {}
+                Err(_elapsed) => {
+                    tracing::debug!("request head not received in time: closing the connection");
+                    return HeadRead::Closed;
+                }
+            }
+        }
+    }
+
+    /// Parses what is buffered; `None` when the head is not complete yet.
+    #[inline(never)]
+    fn parse_head(&mut self, limits: &crate::config::Limits) -> Option<HeadRead> {
+        // On the stack and uninitialised: nothing to fill per request, whatever
+        // `limits.max_headers` is.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADER_SLOTS];
+        let slots = &mut slots[..limits.max_headers.min(MAX_HEADER_SLOTS)];
+        let buffer = &self.read_buffer[..];
+        let mut request = httparse::Request::new(&mut []);
+        let length = match request.parse_with_uninit_headers(buffer, slots) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return None,
+            Err(httparse::Error::TooManyHeaders) => {
+                return Some(HeadRead::Refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed request head");
+                return Some(HeadRead::Refused(StatusCode::BAD_REQUEST));
+            }
+        };
+        if length > limits.max_header_bytes {
+            return Some(HeadRead::Refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        }
+        let base = buffer.as_ptr() as usize;
+        let span = |part: &[u8]| {
+            let start = part.as_ptr() as usize - base;
+            start..start + part.len()
+        };
+        let (Some(method), Some(target)) = (request.method, request.path) else {
+            return Some(HeadRead::Refused(StatusCode::BAD_REQUEST));
+        };
+        let version = match request.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        let head = ParsedHead {
+            length,
+            method: span(method.as_bytes()),
+            target: span(target.as_bytes()),
+            version,
+        };
+        self.spans.clear();
+        for field in request.headers.iter() {
+            let name = span(field.name.as_bytes());
+            let value = span(field.value);
+            self.spans.push(HeaderSpan { name, value });
+        }
+        Some(HeadRead::Head(head))
+    }
+
+    /// Turns the parsed head into the request's parts and sets up its body. The header
+    /// values are slices of the head's bytes, not copies.
+    fn take_request(&mut self, parsed: &ParsedHead) -> Result<ReadyRequest, StatusCode> {
+        let head = self.read_buffer.split_to(parsed.length).freeze();
+        let mut request = Request::new(());
+        *request.method_mut() =
+            Method::from_bytes(&head[parsed.method.clone()]).map_err(|_| StatusCode::BAD_REQUEST)?;
+        *request.uri_mut() =
+            Uri::from_maybe_shared(head.slice(parsed.target.clone())).map_err(|_| StatusCode::BAD_REQUEST)?;
+        *request.version_mut() = parsed.version;
+        let headers = request.headers_mut();
+        headers.reserve(self.spans.len());
+        let mut content_length: Option<u64> = None;
+        let mut chunked = false;
+        let mut connection_close = false;
+        let mut connection_keep_alive = false;
+        let mut expects_continue = false;
+        for span in &self.spans {
+            let name = header_name(&head[span.name.clone()]).map_err(|_| StatusCode::BAD_REQUEST)?;
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(span.value.clone())).map_err(|_| StatusCode::BAD_REQUEST)?;
+            if name == header::CONTENT_LENGTH {
+                let length = parse_content_length(value.as_bytes()).ok_or(StatusCode::BAD_REQUEST)?;
+                if content_length.is_some_and(|seen| seen != length) {
+                    return Err(StatusCode::BAD_REQUEST);
+                }
+                content_length = Some(length);
+            } else if name == header::TRANSFER_ENCODING {
+                chunked = true;
+            } else if name == header::CONNECTION {
+                connection_close |= has_token(value.as_bytes(), b"close");
+                connection_keep_alive |= has_token(value.as_bytes(), b"keep-alive");
+            } else if name == header::EXPECT {
+                expects_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            }
+            headers.append(name, value);
+        }
+        let keep_alive = match parsed.version {
+            Version::HTTP_10 => connection_keep_alive && !connection_close,
+            _ => !connection_close,
+        };
+        // With Transfer-Encoding the body's end is unknown to us (the pipeline refuses
+        // such a request without reading it): nothing after it on this connection can
+        // be trusted to be a request.
+        self.must_close = chunked;
+        self.unread_body = if chunked { 0 } else { content_length.unwrap_or(0) };
+        self.awaits_continue = expects_continue && parsed.version == Version::HTTP_11 && self.unread_body > 0;
+        let (parts, ()) = request.into_parts();
+        Ok(ReadyRequest { parts, keep_alive })
+    }
+
+    /// Reads until `length` bytes are buffered.
+    async fn fill_to(&mut self, length: usize) -> io::Result<()> {
+        while self.read_buffer.len() < length {
+            self.read_buffer.reserve(length - self.read_buffer.len());
+            if self.stream.read_buf(&mut self.read_buffer).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_continue(&mut self) -> io::Result<()> {
+        self.awaits_continue = false;
+        self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        self.stream.flush().await
+    }
+
+    /// Reads and drops the body the pipeline did not read (it refused the call first),
+    /// so the connection can carry the next request; `false` when it cannot.
+    async fn discard_body(&mut self, limits: &crate::config::Limits) -> bool {
+        if self.awaits_continue {
+            // Told nothing, the client may never send it.
+            return false;
+        }
+        // An oversized upload is read up to a bound too, so that the client reads our
+        // error instead of a connection reset; past the bound the connection closes.
+        let budget = (limits.max_body_bytes as u64).saturating_mul(4).max(16 << 20);
+        let mut allowance = budget;
+        let discard = async {
+            while self.unread_body > 0 {
+                if allowance == 0 {
+                    return Err(io::Error::other("over the discard budget"));
+                }
+                if self.read_buffer.is_empty() {
+                    self.read_buffer.reserve(READ_BUFFER);
+                    if self.stream.read_buf(&mut self.read_buffer).await? == 0 {
+                        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                    }
+                }
+                let step = (self.read_buffer.len() as u64).min(self.unread_body).min(allowance);
+                self.read_buffer.advance(step as usize);
+                self.unread_body -= step;
+                allowance -= step;
+            }
+            Ok(())
+        };
+        matches!(
+            tokio::time::timeout(limits.body_read_timeout, discard).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn write_response(
+        &mut self,
+        parts: &http::response::Parts,
+        body: &Bytes,
+        with_body: bool,
+        persistence: Persistence,
+    ) -> io::Result<()> {
+        let mut head = std::mem::take(&mut self.write_buffer);
+        head.clear();
+        encode_head(&mut head, parts, body.len(), persistence);
+        let body: &[u8] = if with_body && allows_body(parts.status) {
+            body
+        } else {
+            &[]
+        };
+        let result = if body.len() <= COPY_BODY_UP_TO {
+            head.extend_from_slice(body);
+            self.stream.write_all(&head).await
+        } else {
+            write_all_vectored(&mut self.stream, &head, body).await
+        };
+        self.write_buffer = head;
+        result?;
+        self.stream.flush().await
+    }
+
+    async fn write_refusal(&mut self, status: StatusCode) -> io::Result<()> {
+        let mut answer = Vec::with_capacity(128);
+        answer.extend_from_slice(b"HTTP/1.1 ");
+        answer.extend_from_slice(status.as_str().as_bytes());
+        answer.push(b' ');
+        answer.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        answer.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n");
+        write_date(&mut answer);
+        answer.extend_from_slice(b"\r\n");
+        self.stream.write_all(&answer).await?;
+        self.stream.flush().await?;
+        self.stream.shutdown().await
+    }
+
+    fn into_rewind(self) -> Rewind<S> {
+        Rewind {
+            prefix: self.read_buffer.freeze(),
+            inner: self.stream,
+        }
+    }
+}
+
+/// The request body as the pipeline reads it: straight from the connection, under the
+/// same cap and deadline as an HTTP/2 body.
+struct ConnectionBody<'a, S> {
+    connection: &'a mut Connection<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> RequestBody for ConnectionBody<'_, S> {
+    async fn read_bounded(self, _headers: &HeaderMap, limit: usize, deadline: Duration) -> Result<Bytes, BodyError> {
+        let connection = self.connection;
+        let declared = connection.unread_body;
+        if declared > limit as u64 {
+            // Refused before it is read. When it is not too large to drop, it is read
+            // and dropped after the answer so the client reads our error, not a reset.
+            return Err(BodyError::TooLarge { limit });
+        }
+        if declared == 0 {
+            return Ok(Bytes::new());
+        }
+        let length = declared as usize;
+        let read = async {
+            if connection.awaits_continue && connection.read_buffer.len() < length {
+                connection.send_continue().await?;
+            }
+            connection.fill_to(length).await
+        };
+        match tokio::time::timeout(deadline, read).await {
+            Ok(Ok(())) => {
+                connection.unread_body = 0;
+                Ok(connection.read_buffer.split_to(length).freeze())
+            }
+            Ok(Err(e)) => {
+                connection.must_close = true;
+                Err(BodyError::Read(e.to_string()))
+            }
+            Err(_) => {
+                connection.must_close = true;
+                Err(BodyError::Timeout)
+            }
+        }
+    }
+}
+
+/// The names every Tencent SDK sends, so they are not allocated per request (the
+/// standard names are built by `http` without an allocation already).
+fn header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    static X_TC: [HeaderName; 7] = [
+        HeaderName::from_static("x-tc-action"),
+        HeaderName::from_static("x-tc-timestamp"),
+        HeaderName::from_static("x-tc-version"),
+        HeaderName::from_static("x-tc-region"),
+        HeaderName::from_static("x-tc-language"),
+        HeaderName::from_static("x-tc-requestclient"),
+        HeaderName::from_static("x-tc-token"),
+    ];
+    if name.len() > 5 && name[..5].eq_ignore_ascii_case(b"x-tc-") {
+        for known in &X_TC {
+            if known.as_str().as_bytes().eq_ignore_ascii_case(name) {
+                return Ok(known.clone());
+            }
+        }
+    }
+    HeaderName::from_bytes(name)
+}
+
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+fn asks_to_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|value| has_token(value.as_bytes(), b"close"))
+}
+
+/// 1xx, 204 and 304 answers have no body (RFC 9110 §6.4.1).
+fn allows_body(status: StatusCode) -> bool {
+    !(status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED)
+}
+
+/// The status line and headers. The length is the body's: the pipeline's answers are
+/// always whole, so there is no chunked encoding on the way out. `Connection` is
+/// ours to write; `Date` is added when the answer has none, as hyper and nginx do.
+fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, body_length: usize, persistence: Persistence) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if allows_body(parts.status) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body_length).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match persistence {
+        Persistence::Close => out.extend_from_slice(b"connection: close\r\n"),
+        Persistence::KeepAlive10 => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        Persistence::KeepAlive => {}
+    }
+    if !has_date {
+        write_date(out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `date: <IMF-fixdate>\r\n`, formatted once a second per thread.
+fn write_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(cached_second, text)| {
+        if *cached_second != second {
+            *cached_second = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+async fn write_all_vectored<W: AsyncWrite + Unpin>(writer: &mut W, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let (mut head, mut body) = (head, body);
+    while !head.is_empty() {
+        let written = writer.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if written < head.len() {
+            head = &head[written..];
+        } else {
+            body = &body[written - head.len()..];
+            head = &[];
+        }
+    }
+    writer.write_all(body).await
+}
+
+/// A stream with bytes already read from it put back in front, for hyper to read the
+/// HTTP/2 preface we peeked at.
+pub(crate) struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdk_header_names_are_shared_and_others_parsed() {
+        let name = header_name(b"X-TC-Action").unwrap();
+        assert_eq!(name.as_str(), "x-tc-action");
+        assert_eq!(header_name(b"X-TC-Other").unwrap().as_str(), "x-tc-other");
+        assert_eq!(header_name(b"Content-Type").unwrap(), header::CONTENT_TYPE);
+        assert!(header_name(b"bad name").is_err());
+    }
+
+    #[test]
+    fn connection_tokens_are_matched_whole_and_without_case() {
+        assert!(has_token(b"keep-alive, Close", b"close"));
+        assert!(!has_token(b"closed", b"close"));
+    }
+}
