@@ -7,6 +7,7 @@
 use crate::app::App;
 use crate::meter::CounterKey;
 use crate::meter::billable::BillableScanner;
+use crate::proxy::headers::PassedHeaders;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -130,9 +131,13 @@ impl MeterTicket {
 /// What the data listener answers with: one buffer, built here or read whole from the
 /// upstream, and for a billable action the ticket that counts it. The count happens
 /// when the server takes the bytes to send, never for an answer that is not billable.
+/// A forwarded answer's header fields ride along as lines, not in the response's
+/// `HeaderMap`: the HTTP/1.1 server writes them as they are, the HTTP/2 one moves them
+/// into the map (`take_upstream_headers`).
 pub struct ProxyBody {
     data: Option<Bytes>,
     ticket: Option<MeterTicket>,
+    upstream_headers: PassedHeaders,
 }
 
 impl ProxyBody {
@@ -149,12 +154,23 @@ impl ProxyBody {
 }
 
 impl ProxyBody {
-    /// The answer's bytes, taken to be sent: counts the call if it is billable.
-    pub fn into_sent_bytes(mut self) -> Bytes {
+    pub fn with_upstream_headers(mut self, headers: PassedHeaders) -> Self {
+        self.upstream_headers = headers;
+        self
+    }
+
+    /// The upstream's header fields, left empty here.
+    pub fn take_upstream_headers(&mut self) -> PassedHeaders {
+        std::mem::take(&mut self.upstream_headers)
+    }
+
+    /// The answer's bytes, taken to be sent (which counts the call if it is billable),
+    /// and the upstream's header fields.
+    pub fn into_sent(mut self) -> (Bytes, PassedHeaders) {
         if let Some(ticket) = self.ticket.take() {
             ticket.count();
         }
-        self.data.take().unwrap_or_default()
+        (self.data.take().unwrap_or_default(), self.upstream_headers)
     }
 }
 
@@ -163,6 +179,7 @@ impl From<Bytes> for ProxyBody {
         ProxyBody {
             data: (!bytes.is_empty()).then_some(bytes),
             ticket: None,
+            upstream_headers: PassedHeaders::default(),
         }
     }
 }

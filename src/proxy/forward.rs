@@ -7,7 +7,7 @@
 use crate::config;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::h1;
-use crate::proxy::headers::{connection_named, is_hop_by_hop, strip_hop_by_hop};
+use crate::proxy::headers::{connection_named, is_hop_by_hop};
 use crate::proxy::pool::{PoolError, UpstreamPool};
 use crate::tc3::{OutgoingCall, Signer};
 use bytes::Bytes;
@@ -127,13 +127,9 @@ impl UpstreamClient {
             }
             Ok(Ok(answer)) => answer,
         };
-        let mut headers = answer.headers;
-        strip_hop_by_hop(&mut headers);
-        // The answer is whole: the server states its length from the body.
-        headers.remove(header::CONTENT_LENGTH);
-        let mut response = Response::new(ProxyBody::from(answer.body));
+        // The answer's header fields travel with its body, as lines (`PassedHeaders`).
+        let mut response = Response::new(ProxyBody::from(answer.body).with_upstream_headers(answer.headers));
         *response.status_mut() = answer.status;
-        *response.headers_mut() = headers;
         Ok(response)
     }
 

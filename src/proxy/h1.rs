@@ -3,8 +3,10 @@
 //! so every case is unit-tested here; `pool` drives the connection. Must not decide
 //! anything about a call (whether it is allowed, billable or retried).
 
+use crate::proxy::headers::PassedHeaders;
 use bytes::{Buf, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use http::{Method, StatusCode};
+use std::mem::MaybeUninit;
 
 /// More headers than this in an answer: malformed (hyper's client default is 100).
 pub const MAX_RESPONSE_HEADERS: usize = 100;
@@ -63,7 +65,7 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    pub headers: PassedHeaders,
     pub framing: Framing,
     /// The connection may carry another request once this answer has ended.
     pub reusable: bool,
@@ -73,43 +75,42 @@ pub struct ResponseHead {
 /// On success the head's bytes are consumed from `buffer`. 1xx answers come back like
 /// any other; the caller skips them.
 pub fn parse_response_head(buffer: &mut BytesMut, request_method: &Method) -> Result<Option<ResponseHead>, WireError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let head_len = match response.parse(buffer) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buffer.len() >= MAX_RESPONSE_HEAD_BYTES => {
-            return Err(WireError::HeadTooLarge);
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(WireError::Head("too many headers")),
-        Err(_) => return Err(WireError::Head("not an HTTP/1.x answer")),
-    };
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let head_len =
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buffer, &mut slots) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buffer.len() >= MAX_RESPONSE_HEAD_BYTES => {
+                return Err(WireError::HeadTooLarge);
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(WireError::Head("too many headers")),
+            Err(_) => return Err(WireError::Head("not an HTTP/1.x answer")),
+        };
     let status = StatusCode::from_u16(response.code.unwrap_or(0)).map_err(|_| WireError::Head("bad status code"))?;
     let http_1_0 = response.version == Some(0);
     let (mut said_close, mut said_keep_alive) = (false, false);
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
     for h in response.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| WireError::Head("bad header name"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| WireError::Head("bad header value"))?;
-        if name == header::CONTENT_LENGTH {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             let parsed = parse_content_length(h.value).ok_or(WireError::Head("bad content-length"))?;
             if content_length.is_some_and(|seen| seen != parsed) {
                 return Err(WireError::Head("conflicting content-length"));
             }
             content_length = Some(parsed);
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = Some(h.value);
-        } else if name == header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 said_close |= token.eq_ignore_ascii_case(b"close");
                 said_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
-        headers.append(name, value);
     }
+    let headers = PassedHeaders::from_fields(response.headers);
     // `close` anywhere wins; HTTP/1.0 keeps the connection only when asked to.
     let mut reusable = !said_close && (!http_1_0 || said_keep_alive);
     let framing = if status.is_informational()
@@ -311,7 +312,7 @@ mod tests {
         assert_eq!(head.status, StatusCode::OK);
         assert_eq!(head.framing, Framing::Length(2));
         assert!(head.reusable);
-        assert_eq!(head.headers["content-type"], "application/json");
+        assert_eq!(head.headers.as_bytes(), b"Content-Type: application/json\r\n");
         assert_eq!(&buffer[..], b"{}");
     }
 

@@ -9,8 +9,9 @@
 
 use crate::config;
 use crate::proxy::h1::{self, ChunkedDecoder, Framing};
+use crate::proxy::headers::PassedHeaders;
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, Method, StatusCode};
+use http::{Method, StatusCode};
 use rustls_pki_types::ServerName;
 use std::cell::RefCell;
 use std::io;
@@ -60,7 +61,7 @@ impl From<h1::WireError> for PoolError {
 /// The upstream's whole answer.
 pub struct Answer {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    pub headers: PassedHeaders,
     pub body: Bytes,
 }
 

@@ -19,6 +19,7 @@
 use crate::app::App;
 use crate::proxy::body::{BodyError, RequestBody};
 use crate::proxy::h1::parse_content_length;
+use crate::proxy::headers::PassedHeaders;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
@@ -92,14 +93,14 @@ where
         }
         keep_alive &= !connection.must_close && !*stop.borrow() && !asks_to_close(&parts.headers);
         // Taken (and, when billable, counted) as it is sent: see `ProxyBody`.
-        let data = body.into_sent_bytes();
+        let (data, upstream_headers) = body.into_sent();
         let persistence = match (keep_alive, version) {
             (false, _) => Persistence::Close,
             (true, Version::HTTP_10) => Persistence::KeepAlive10,
             (true, _) => Persistence::KeepAlive,
         };
         if connection
-            .write_response(&parts, &data, !head_request, persistence)
+            .write_response(&parts, &upstream_headers, &data, !head_request, persistence)
             .await
             .is_err()
             || !keep_alive
@@ -383,13 +384,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     async fn write_response(
         &mut self,
         parts: &http::response::Parts,
+        upstream_headers: &PassedHeaders,
         body: &Bytes,
         with_body: bool,
         persistence: Persistence,
     ) -> io::Result<()> {
         let mut head = std::mem::take(&mut self.write_buffer);
         head.clear();
-        encode_head(&mut head, parts, body.len(), persistence);
+        encode_head(&mut head, parts, upstream_headers, body.len(), persistence);
         let body: &[u8] = if with_body && allows_body(parts.status) {
             body
         } else {
@@ -470,23 +472,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> RequestBody for ConnectionBody<'_
     }
 }
 
-/// The names every Tencent SDK sends, so they are not allocated per request (the
-/// standard names are built by `http` without an allocation already).
+/// The names the Tencent SDKs send, found by length and one comparison: `http` would
+/// allocate each `X-TC-*` name per request, and finds even a standard name through a
+/// lowercased copy and a large match. Anything else goes to `http`.
 fn header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
-    static X_TC: [HeaderName; 7] = [
-        HeaderName::from_static("x-tc-action"),
-        HeaderName::from_static("x-tc-timestamp"),
-        HeaderName::from_static("x-tc-version"),
-        HeaderName::from_static("x-tc-region"),
-        HeaderName::from_static("x-tc-language"),
-        HeaderName::from_static("x-tc-requestclient"),
-        HeaderName::from_static("x-tc-token"),
-    ];
-    if name.len() > 5 && name[..5].eq_ignore_ascii_case(b"x-tc-") {
-        for known in &X_TC {
-            if known.as_str().as_bytes().eq_ignore_ascii_case(name) {
-                return Ok(known.clone());
-            }
+    static X_TC_ACTION: HeaderName = HeaderName::from_static("x-tc-action");
+    static X_TC_REGION: HeaderName = HeaderName::from_static("x-tc-region");
+    static X_TC_TOKEN: HeaderName = HeaderName::from_static("x-tc-token");
+    static X_TC_VERSION: HeaderName = HeaderName::from_static("x-tc-version");
+    static X_TC_LANGUAGE: HeaderName = HeaderName::from_static("x-tc-language");
+    static X_TC_TIMESTAMP: HeaderName = HeaderName::from_static("x-tc-timestamp");
+    static X_TC_REQUESTCLIENT: HeaderName = HeaderName::from_static("x-tc-requestclient");
+    let candidates: &[&HeaderName] = match name.len() {
+        4 => &[&header::HOST],
+        6 => &[&header::ACCEPT, &header::EXPECT],
+        10 => &[&header::CONNECTION, &header::USER_AGENT, &X_TC_TOKEN],
+        11 => &[&X_TC_ACTION, &X_TC_REGION],
+        12 => &[&header::CONTENT_TYPE, &X_TC_VERSION],
+        13 => &[&header::AUTHORIZATION, &X_TC_LANGUAGE],
+        14 => &[&header::CONTENT_LENGTH, &X_TC_TIMESTAMP],
+        15 => &[&header::ACCEPT_ENCODING],
+        18 => &[&X_TC_REQUESTCLIENT],
+        _ => &[],
+    };
+    for known in candidates {
+        if known.as_str().as_bytes().eq_ignore_ascii_case(name) {
+            return Ok((*known).clone());
         }
     }
     HeaderName::from_bytes(name)
@@ -510,10 +521,17 @@ fn allows_body(status: StatusCode) -> bool {
     !(status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED)
 }
 
-/// The status line and headers. The length is the body's: the pipeline's answers are
-/// always whole, so there is no chunked encoding on the way out. `Connection` is
-/// ours to write; `Date` is added when the answer has none, as hyper and nginx do.
-fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, body_length: usize, persistence: Persistence) {
+/// The status line and headers: the gateway's own, then the upstream's as it sent them.
+/// The length is the body's: the pipeline's answers are always whole, so there is no
+/// chunked encoding on the way out. `Connection` is ours to write; `Date` is added when
+/// the answer has none, as hyper and nginx do.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    upstream_headers: &PassedHeaders,
+    body_length: usize,
+    persistence: Persistence,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -530,6 +548,8 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, body_length: us
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(upstream_headers.as_bytes());
+    has_date |= upstream_headers.has_date();
     if allows_body(parts.status) {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(body_length).as_bytes());
@@ -631,12 +651,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sdk_header_names_are_shared_and_others_parsed() {
-        let name = header_name(b"X-TC-Action").unwrap();
-        assert_eq!(name.as_str(), "x-tc-action");
-        assert_eq!(header_name(b"X-TC-Other").unwrap().as_str(), "x-tc-other");
-        assert_eq!(header_name(b"Content-Type").unwrap(), header::CONTENT_TYPE);
+    fn sdk_header_names_are_found_whatever_their_case_and_others_parsed() {
+        for name in [
+            "Host",
+            "Accept",
+            "Expect",
+            "Connection",
+            "User-Agent",
+            "X-TC-Token",
+            "X-TC-Action",
+            "X-TC-Region",
+            "Content-Type",
+            "X-TC-Version",
+            "Authorization",
+            "X-TC-Language",
+            "Content-Length",
+            "X-TC-Timestamp",
+            "Accept-Encoding",
+            "X-TC-RequestClient",
+            "X-TC-Other",
+            "x-custom",
+        ] {
+            let parsed = header_name(name.as_bytes()).unwrap();
+            assert_eq!(parsed.as_str(), name.to_ascii_lowercase());
+            assert_eq!(parsed, HeaderName::from_bytes(name.as_bytes()).unwrap());
+        }
         assert!(header_name(b"bad name").is_err());
+        assert!(header_name(b"").is_err());
     }
 
     #[test]

@@ -290,7 +290,10 @@ impl DataPlane {
             let app = app.clone();
             async move {
                 let (parts, body) = request.into_parts();
-                Ok::<_, Infallible>(crate::proxy::handle(&app, parts, body).await)
+                let mut response = crate::proxy::handle(&app, parts, body).await;
+                let upstream_headers = response.body_mut().take_upstream_headers();
+                upstream_headers.append_to(response.headers_mut());
+                Ok::<_, Infallible>(response)
             }
         });
         let connection = self.http2.serve_connection(TokioIo::new(stream), service);
