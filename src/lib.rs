@@ -6,7 +6,7 @@
 //! | --------- | ---- |
 //! | `cli`     | the `ekyc-gateway` command line (thin) |
 //! | `config`  | TOML config validated into an immutable `Config`; secrets from the env |
-//! | `server`  | listeners, TLS, HTTP/1.1 + h2, graceful shutdown; `server::run` |
+//! | `server`  | listeners, TLS, our HTTP/1.1 server (`server::http1`), hyper for h2, graceful shutdown; `server::run` |
 //! | `proxy`   | the data listener's pipeline, its order written down in `proxy/mod.rs` |
 //! | `tc3`     | TC3-HMAC-SHA256 parsing, signing and verification (pure) |
 //! | `sigv1`   | the legacy v1 form signature (pure) |
