@@ -305,3 +305,31 @@ async fn shutdown_closes_idle_keep_alive_connections_and_finishes() {
         .await
         .expect("shutdown does not wait for idle connections");
 }
+
+#[tokio::test]
+async fn the_header_deadline_runs_from_each_head_and_closes_an_idle_connection() {
+    let sim = SimHandle::start(|_| {}).await;
+    let gateway = GatewayHandle::start(&sim, "[limits]\nheader_read_timeout_ms = 400\n").await;
+    let mut stream = TcpStream::connect(gateway.data).await.unwrap();
+    let mut pending = Vec::new();
+    stream.write_all(&raw_call(&gateway, "1.1", "", "{}")).await.unwrap();
+    assert_eq!(read_answer(&mut stream, &mut pending).await.unwrap().status, 200);
+    // Idle for most of the deadline, twice: each head gets its own 400 ms, so the
+    // connection's first deadline (set when it opened) must not close it.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stream.write_all(&raw_call(&gateway, "1.1", "", "{}")).await.unwrap();
+        let answer = read_answer(&mut stream, &mut pending)
+            .await
+            .expect("served within its deadline");
+        assert_eq!(answer.status, 200);
+    }
+    // Then nothing: closed once the deadline passes.
+    let started = std::time::Instant::now();
+    assert!(closes(&mut stream).await, "an idle connection is closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not before its deadline"
+    );
+    assert_eq!(sim.successes("IdCardVerification").await, 3);
+}
