@@ -1,8 +1,8 @@
 //! The gateway's own HTTP/1.1 client towards the upstream (`proxy::pool`, `proxy::h1`),
 //! against a scripted upstream speaking raw bytes: keep-alive reuse, chunked answers,
 //! `Connection: close`, an idle connection the upstream closed, interim 100 answers,
-//! answers cut short or over the cap. Each checks what the tenant got and what was
-//! counted.
+//! answers cut short or over the cap, no answer on a reused connection. Each checks
+//! what the tenant got and what was counted.
 
 mod common;
 
@@ -26,6 +26,8 @@ enum Reply {
     Keep(Vec<u8>),
     /// These bytes, then close the connection.
     Close(Vec<u8>),
+    /// No answer: the connection stays open until the gateway closes it.
+    Silence,
 }
 
 struct ScriptedUpstream {
@@ -63,6 +65,7 @@ impl ScriptedUpstream {
                                 let _ = stream.write_all(&bytes).await;
                                 break;
                             }
+                            Reply::Silence => {}
                         }
                     }
                     drop(stream);
@@ -380,4 +383,33 @@ async fn a_repeated_action_header_is_refused_before_it_can_be_billed_as_another_
     assert_eq!(json["Response"]["Error"]["Code"], "InvalidParameter", "{json}");
     assert_eq!(upstream.requests(), 0);
     assert_eq!(billed(&gateway).await, 0);
+}
+
+#[tokio::test]
+async fn a_reused_connection_that_never_answers_times_out_on_the_calls_own_deadline() {
+    let upstream = ScriptedUpstream::start(|n| match n {
+        0 => Reply::Keep(answer("", BILLABLE)),
+        _ => Reply::Silence,
+    })
+    .await;
+    let gateway = gateway_before(&upstream, "timeout_ms = 400\n").await;
+    let mut sender = client(&gateway).await;
+    let (_, first) = call_on(&mut sender, &gateway).await;
+    assert_eq!(first["RequestId"], "wire-1", "{first}");
+    // The connection keeps the timer set for the first call (its deadline falls
+    // during the second): it must not cut the second call short.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let started = std::time::Instant::now();
+    let (_, second) = call_on(&mut sender, &gateway).await;
+    let elapsed = started.elapsed();
+    assert_eq!(second["Error"]["Code"], "InternalError", "{second}");
+    assert!(elapsed >= Duration::from_millis(400), "cut short after {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "answered after {elapsed:?}");
+    assert_eq!(upstream.connections(), 1, "the second call went on the kept connection");
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains(r#"ekyc_gateway_upstream_errors_total{kind="timeout"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(billed(&gateway).await, 1);
 }

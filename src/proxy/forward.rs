@@ -115,17 +115,17 @@ impl UpstreamClient {
         let write_head = |out: &mut Vec<u8>| self.write_head(out, parts, &target, resign, now_unix);
         let exchange = self
             .pool
-            .exchange(&parts.method, write_head, &body, self.max_body_bytes);
-        let answer = match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => return Err(ForwardError::Timeout(self.timeout)),
-            Ok(Err(PoolError::Connect(e))) => return Err(ForwardError::Connect(e)),
-            Ok(Err(PoolError::Protocol(e))) => return Err(ForwardError::Protocol(e)),
-            Ok(Err(PoolError::TooLarge)) => {
+            .exchange(&parts.method, write_head, &body, self.max_body_bytes, self.timeout);
+        let answer = match exchange.await {
+            Err(PoolError::Timeout) => return Err(ForwardError::Timeout(self.timeout)),
+            Err(PoolError::Connect(e)) => return Err(ForwardError::Connect(e)),
+            Err(PoolError::Protocol(e)) => return Err(ForwardError::Protocol(e)),
+            Err(PoolError::TooLarge) => {
                 return Err(ForwardError::ResponseTooLarge {
                     limit: self.max_body_bytes,
                 });
             }
-            Ok(Ok(answer)) => answer,
+            Ok(answer) => answer,
         };
         // The answer's header fields travel with its body, as lines (`PassedHeaders`).
         let mut response = Response::new(ProxyBody::from(answer.body).with_upstream_headers(answer.headers));

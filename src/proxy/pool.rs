@@ -44,6 +44,8 @@ pub enum PoolError {
     Protocol(String),
     #[error("answer larger than the cap")]
     TooLarge,
+    #[error("no answer in time")]
+    Timeout,
 }
 
 impl From<io::Error> for PoolError {
@@ -105,29 +107,56 @@ impl UpstreamPool {
     }
 
     /// Sends a request on an idle connection of this thread, or a new one, and reads
-    /// the whole answer, refusing a body over `limit` bytes. `write_head` writes the
-    /// request line and headers (`h1::write_request_line`, `h1::write_header`); the
-    /// body's length ends the head.
+    /// the whole answer, refusing a body over `limit` bytes and giving up after
+    /// `timeout` (connecting included). `write_head` writes the request line and
+    /// headers (`h1::write_request_line`, `h1::write_header`); the body's length ends
+    /// the head.
     pub async fn exchange(
         &self,
         method: &Method,
         write_head: impl FnOnce(&mut Vec<u8>),
         body: &[u8],
         limit: usize,
+        timeout: Duration,
     ) -> Result<Answer, PoolError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut connection = match self.checkout() {
             Some(connection) => connection,
             // Boxed: connecting (with TLS) is rare and its future large; inline it would
             // make every request's future larger, and futures are copied when created.
-            None => Box::pin(self.connect()).await?,
+            None => Box::pin(tokio::time::timeout_at(deadline, self.connect()))
+                .await
+                .map_err(|_| PoolError::Timeout)??,
         };
-        // Dropped on any error or cancellation (the caller's timeout): the connection
-        // is then in an unknown state and is closed, never reused.
+        // Dropped on any error, timeout or cancellation: the connection is then in an
+        // unknown state and is closed, never reused.
         connection.write_buffer.clear();
         write_head(&mut connection.write_buffer);
         h1::end_request_head(&mut connection.write_buffer, body.len());
-        let (answer, reusable) = connection.exchange(method, body, limit).await?;
+        // The connection's own timer: it stays registered from call to call and is
+        // reset only when it fires before this call's deadline, instead of a timer
+        // inserted into and removed from the wheel for every call.
+        let mut timer = connection
+            .deadline_timer
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let (answer, reusable) = {
+            let mut exchange = std::pin::pin!(connection.exchange(method, body, limit));
+            loop {
+                tokio::select! {
+                    biased;
+                    result = &mut exchange => break result?,
+                    () = timer.as_mut() => {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(PoolError::Timeout);
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                }
+            }
+        };
         if reusable {
+            connection.deadline_timer = Some(timer);
             self.check_in(connection);
         }
         Ok(answer)
@@ -195,6 +224,7 @@ impl UpstreamPool {
             read_buffer: BytesMut::with_capacity(READ_BUFFER_BYTES),
             write_buffer: Vec::with_capacity(1024),
             idle_since: Instant::now(),
+            deadline_timer: None,
         })
     }
 }
@@ -205,6 +235,8 @@ struct Connection {
     /// The request head, kept to reuse its allocation.
     write_buffer: Vec<u8>,
     idle_since: Instant,
+    /// Set at or before the current call's deadline (see `UpstreamPool::exchange`).
+    deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Connection {
