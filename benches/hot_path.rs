@@ -168,6 +168,13 @@ fn auth_with_a_million_credentials(c: &mut Criterion) {
     );
     let i = n / 2;
     let signer = Signer::new(format!("AKID{i:032}"), format!("key-{i}"), "faceid");
+    // Metering as the pipeline does it: the month of the call, the admission check
+    // before forwarding, the count in the memory-mapped journal after the answer.
+    let journal_dir = tempfile::tempdir().unwrap();
+    let journal =
+        ekyc_gateway::meter::journal::Journal::open(&journal_dir.path().join("meter.journal"), 2_000_000, "bench")
+            .unwrap();
+    let counters = ekyc_gateway::meter::Counters::new(journal, 2_000_000);
     let mut group = c.benchmark_group("auth_1M");
     for size in [1024usize, 1024 * 1024] {
         let body = vec![b'a'; size];
@@ -191,6 +198,24 @@ fn auth_with_a_million_credentials(c: &mut Criterion) {
                     let account = caller.credential.account();
                     assert_eq!(account.standing(), AccountStanding::Enabled);
                     limited.check(account, ActionId(0)).unwrap();
+                })
+            });
+            group.bench_function("tc3_auth_state_ratelimit_meter_1024B", |b| {
+                b.iter(|| {
+                    let identified = auth::identify(&parts.headers, &mirror, TIMESTAMP).unwrap();
+                    let caller = auth::verify(identified, &parts, black_box(&body), &mirror, TIMESTAMP).unwrap();
+                    let account = caller.credential.account();
+                    assert_eq!(account.standing(), AccountStanding::Enabled);
+                    limited.check(account, ActionId(0)).unwrap();
+                    let key = ekyc_gateway::meter::CounterKey {
+                        account: account.index(),
+                        action: 0,
+                        month: ekyc_gateway::meter::Month::of(TIMESTAMP, 8 * 3600).unwrap(),
+                    };
+                    assert!(counters.admits(&key));
+                    counters.add(key, TIMESTAMP, || {
+                        (account.id().to_string(), "LivenessCompare".to_string())
+                    });
                 })
             });
         }
