@@ -37,12 +37,53 @@ use tokio::time::Instant;
 
 /// What a client sends first to speak HTTP/2 without TLS (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// The read buffer's size between requests: a signed eKYC call's head and body fit.
+/// The read buffer's size: a signed eKYC call's head and body fit.
 const READ_BUFFER: usize = 8 * 1024;
-/// A new connection's first read: enough to tell HTTP/1.1 from the HTTP/2 preface.
-/// The full buffer comes with the first bytes, so a connection that never sends
-/// anything costs little (10,000 idle connections are tested in tests/hostile.rs).
-const FIRST_READ: usize = 64;
+/// Spare read buffers kept per thread; a buffer grown past `MAX_SPARE_CAPACITY` (a
+/// large upload) is freed instead.
+const MAX_SPARE_BUFFERS: usize = 64;
+const MAX_SPARE_CAPACITY: usize = 64 * 1024;
+
+thread_local! {
+    /// Read buffers of this thread's connections that wait for their next request: a
+    /// connection with nothing to read holds no buffer, and the one that reads next
+    /// takes the buffer used last, still in the CPU's cache.
+    static SPARE_BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_spare_buffer() -> BytesMut {
+    let mut buffer = SPARE_BUFFERS.with_borrow_mut(Vec::pop).unwrap_or_default();
+    // A buffer whose earlier bytes have all been dropped is reused from its start.
+    buffer.reserve(READ_BUFFER);
+    buffer
+}
+
+fn give_back_buffer(buffer: BytesMut) {
+    if buffer.capacity() <= MAX_SPARE_CAPACITY {
+        SPARE_BUFFERS.with_borrow_mut(|spare| {
+            if spare.len() < MAX_SPARE_BUFFERS {
+                spare.push(buffer);
+            }
+        });
+    }
+}
+
+/// A client connection's stream. Plain TCP tells when it has bytes without being lent
+/// a buffer, so an idle keep-alive connection holds none (`SPARE_BUFFERS`); a stream
+/// that cannot tell (TLS) says it is ready and keeps its buffer while it waits.
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl ClientStream for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl<S: ClientStream> ClientStream for tokio_rustls::server::TlsStream<S> {}
 /// `limits.max_headers`' upper bound (config), so the parser's slots live on the stack.
 const MAX_HEADER_SLOTS: usize = 1000;
 /// Answers up to this size are copied behind their head and written with one call.
@@ -53,7 +94,7 @@ const COPY_BODY_UP_TO: usize = 16 * 1024;
 /// with the HTTP/2 preface.
 pub(crate) async fn serve<S>(stream: S, app: Arc<App>, stop: watch::Receiver<bool>) -> Option<Rewind<S>>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: ClientStream,
 {
     let mut connection = Connection::new(stream);
     let limits = &app.config.limits;
@@ -188,10 +229,11 @@ struct Connection<S> {
     must_close: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+impl<S: ClientStream> Connection<S> {
     fn new(stream: S) -> Self {
         Connection {
             stream,
+            // Taken when the first bytes arrive (`read_head`).
             read_buffer: BytesMut::new(),
             write_buffer: Vec::new(),
             spans: Vec::new(),
@@ -229,8 +271,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             if idle && shutting_down(waits.stop) {
                 return HeadRead::Closed;
             }
-            if self.read_buffer.capacity() == 0 {
-                self.read_buffer.reserve(FIRST_READ);
+            if idle {
+                if self.read_buffer.capacity() > 0 {
+                    give_back_buffer(std::mem::take(&mut self.read_buffer));
+                }
+                let stream = &mut self.stream; // `&mut`: Send without `S: Sync`
+                let ready = tokio::select! {
+                    biased;
+                    ready = std::future::poll_fn(move |cx| stream.poll_read_ready(cx)) => Some(ready),
+                    () = waits.deadline_timer.as_mut() => None,
+                    () = waits.shutdown.as_mut() => return HeadRead::Closed,
+                };
+                match ready {
+                    Some(Ok(())) => self.read_buffer = take_spare_buffer(),
+                    Some(Err(_)) => return HeadRead::Closed,
+                    None if Instant::now() < deadline => {
+                        waits.deadline_timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    None => {
+                        tracing::debug!("no request head in time: closing the idle connection");
+                        return HeadRead::Closed;
+                    }
+                }
             } else if self.read_buffer.capacity() - self.read_buffer.len() < 1024 {
                 self.read_buffer.reserve(READ_BUFFER);
             }
@@ -462,7 +525,7 @@ struct ConnectionBody<'a, S> {
     connection: &'a mut Connection<S>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> RequestBody for ConnectionBody<'_, S> {
+impl<S: ClientStream> RequestBody for ConnectionBody<'_, S> {
     async fn read_bounded(self, _headers: &HeaderMap, limit: usize, deadline: Duration) -> Result<Bytes, BodyError> {
         let connection = self.connection;
         let declared = connection.unread_body;

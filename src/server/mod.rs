@@ -242,7 +242,7 @@ pub(crate) trait ServeConnection: Clone + Send + Sync + 'static {
         watcher: Watcher,
     ) -> impl Future<Output = Result<(), BoxError>> + Send
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+        S: http1::ClientStream + 'static;
 }
 
 /// hyper's server (HTTP/1.1, or HTTP/2 by its preface) calling `handler`.
@@ -261,7 +261,7 @@ where
 {
     async fn serve<S>(self, stream: S, _h2_by_alpn: bool, watcher: Watcher) -> Result<(), BoxError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: http1::ClientStream + 'static,
     {
         let service = hyper::service::service_fn(self.handler);
         let connection = self
@@ -304,15 +304,17 @@ impl DataPlane {
 impl ServeConnection for DataPlane {
     async fn serve<S>(self, stream: S, h2_by_alpn: bool, watcher: Watcher) -> Result<(), BoxError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: http1::ClientStream + 'static,
     {
+        // HTTP/2 boxed, as TLS is in `accept_loop`: unboxed, hyper's connection state
+        // would be part of every HTTP/1.1 connection's task.
         if h2_by_alpn {
-            return self.serve_http2(stream, watcher).await;
+            return Box::pin(self.serve_http2(stream, watcher)).await;
         }
         // The watcher is held while HTTP/1.1 is served so a graceful shutdown waits for
         // this connection; `http1` sees the shutdown itself through `stop`.
         match http1::serve(stream, self.app.clone(), self.stop.clone()).await {
-            Some(rewound) => self.serve_http2(rewound, watcher).await,
+            Some(rewound) => Box::pin(self.serve_http2(rewound, watcher)).await,
             None => Ok(()),
         }
     }
@@ -360,20 +362,27 @@ pub(crate) async fn accept_loop<C: ServeConnection>(
         let serve = move |stream: TcpStream| async move {
             let result = match tls {
                 None => server.serve(stream, false, watcher).await,
-                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        let h2_by_alpn = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        server.serve(tls_stream, h2_by_alpn, watcher).await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        Ok(())
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        Ok(())
-                    }
-                },
+                // Boxed: a TLS session's state is kilobytes, and every plain connection's
+                // task would otherwise reserve room for it (15 KiB a task, not 2.6).
+                Some(acceptor) => {
+                    Box::pin(async move {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => {
+                                let h2_by_alpn = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                                server.serve(tls_stream, h2_by_alpn, watcher).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                Ok(())
+                            }
+                        }
+                    })
+                    .await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
