@@ -1,7 +1,8 @@
 //! The data listener's own HTTP/1.1 server (`server::http1`), on raw sockets: pipelined
 //! calls, `Expect: 100-continue`, HTTP/1.0 keep-alive, a refused call's unread body,
-//! malformed framing and oversized heads, an oversized upload, the answer's framing
-//! headers, and graceful shutdown of idle keep-alive connections. Each test checks
+//! malformed framing and oversized heads, an oversized upload, a refusal before a
+//! large or held-back body, the answer's framing headers, the header deadline, and
+//! graceful shutdown of idle keep-alive connections. Each test checks
 //! what reached the upstream and what was counted.
 
 mod common;
@@ -157,6 +158,7 @@ async fn http_1_0_keeps_the_connection_only_when_it_asks() {
     stream.write_all(&raw_call(&gateway, "1.0", "", "{}")).await.unwrap();
     let answer = read_answer(&mut stream, &mut pending).await.expect("an answer");
     assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.head.starts_with("http/1.0 200"), "{}", answer.head);
     assert!(answer.head.contains("connection: close"), "{}", answer.head);
     assert!(
         closes(&mut stream).await,
@@ -182,14 +184,8 @@ async fn a_refused_call_with_an_unread_body_leaves_the_connection_usable() {
     let mut stream = TcpStream::connect(gateway.data).await.unwrap();
     // An unknown caller is refused from its headers, before its upload is read.
     let body = format!("{{\"Pad\":\"{}\"}}", "x".repeat(20_000));
-    let unknown = format!(
-        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-TC-Action: IdCardVerification\r\n\
-         X-TC-Timestamp: 1\r\nAuthorization: TC3-HMAC-SHA256 Credential=AKIDunknown/2026-01-01/faceid/tc3_request, \
-         SignedHeaders=content-type;host, Signature={}\r\nContent-Length: {}\r\n\r\n{body}",
-        "0".repeat(64),
-        body.len()
-    );
-    let mut raw = unknown.into_bytes();
+    let mut raw = unknown_caller_head("", body.len()).into_bytes();
+    raw.extend(body.as_bytes());
     raw.extend(raw_call(&gateway, "1.1", "", "{}"));
     stream.write_all(&raw).await.unwrap();
     let mut pending = Vec::new();
@@ -332,4 +328,57 @@ async fn the_header_deadline_runs_from_each_head_and_closes_an_idle_connection()
         "not before its deadline"
     );
     assert_eq!(sim.successes("IdCardVerification").await, 3);
+}
+
+/// An unknown caller's call with `extra` headers and a declared body of `length` bytes,
+/// of which only the head is sent.
+fn unknown_caller_head(extra: &str, length: usize) -> String {
+    format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-TC-Action: IdCardVerification\r\n\
+         X-TC-Timestamp: 1\r\nAuthorization: TC3-HMAC-SHA256 Credential=AKIDunknown/2026-01-01/faceid/tc3_request, \
+         SignedHeaders=content-type;host, Signature={}\r\n{extra}Content-Length: {length}\r\n\r\n",
+        "0".repeat(64),
+    )
+}
+
+#[tokio::test]
+async fn a_refusal_is_answered_before_a_large_unread_body_and_the_connection_closed() {
+    let sim = SimHandle::start(|_| {}).await;
+    let gateway = GatewayHandle::start(&sim, "[limits]\nmax_body_bytes = 4096\nbody_read_timeout_ms = 30000\n").await;
+    // 64 MiB declared (past the 16 MiB the gateway reads to drop), 1 KiB sent: the
+    // answer must come now, not after the body or the body deadline.
+    let mut stream = TcpStream::connect(gateway.data).await.unwrap();
+    stream
+        .write_all(unknown_caller_head("", 64 << 20).as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&[b' '; 1024]).await.unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_answer(&mut stream, &mut Vec::new()).await.expect("the refusal");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        answer.body.contains("AuthFailure") || answer.body.contains("RequestSizeLimitExceeded"),
+        "{}",
+        answer.body
+    );
+    assert!(answer.head.contains("connection: close"), "{}", answer.head);
+    drop(stream);
+
+    // A refused caller that waits for `100 Continue` is not told to go on: it gets
+    // the refusal and the connection closes.
+    let mut stream = TcpStream::connect(gateway.data).await.unwrap();
+    stream
+        .write_all(unknown_caller_head("Expect: 100-continue\r\n", 2).as_bytes())
+        .await
+        .unwrap();
+    let answer = read_answer(&mut stream, &mut Vec::new()).await.expect("the refusal");
+    assert_ne!(answer.status, 100);
+    assert!(answer.body.contains("AuthFailure"), "{}", answer.body);
+    assert!(answer.head.contains("connection: close"), "{}", answer.head);
+    assert!(closes(&mut stream).await);
+    assert_eq!(sim.successes("IdCardVerification").await, 0);
 }

@@ -140,6 +140,10 @@ impl UpstreamPool {
             .deadline_timer
             .take()
             .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            // Kept from a call with a longer timeout: never let this one overrun.
+            timer.as_mut().reset(deadline);
+        }
         let (answer, reusable) = {
             let mut exchange = std::pin::pin!(connection.exchange(method, body, limit));
             loop {

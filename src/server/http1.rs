@@ -49,6 +49,8 @@ thread_local! {
     /// connection with nothing to read holds no buffer, and the one that reads next
     /// takes the buffer used last, still in the CPU's cache.
     static SPARE_BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    /// Answer heads (with small bodies) being written, likewise.
+    static SPARE_WRITE_BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 fn take_spare_buffer() -> BytesMut {
@@ -136,10 +138,16 @@ where
         )
         .await;
         let (parts, body) = response.into_parts();
-        if connection.unread_body > 0 && !connection.must_close {
-            keep_alive &= connection.discard_body(limits).await;
-        }
-        keep_alive &= !connection.must_close && !shutting_down(&stop) && !asks_to_close(&parts.headers);
+        // A body the pipeline did not read (it refused the call first) is read and
+        // dropped after the answer: the client reads the answer at once, and then the
+        // next request can follow. One the client holds back for a `100 Continue` it
+        // never got, or larger than the discard budget, ends the connection.
+        let unread = connection.unread_body > 0 && !connection.must_close;
+        let drainable = unread && !connection.awaits_continue;
+        keep_alive &= !connection.must_close
+            && !shutting_down(&stop)
+            && !asks_to_close(&parts.headers)
+            && (!unread || drainable && connection.unread_body <= discard_budget(limits));
         // Taken (and, when billable, counted) as it is sent: see `ProxyBody`.
         let (data, upstream_headers) = body.into_sent();
         let persistence = match (keep_alive, version) {
@@ -147,16 +155,31 @@ where
             (true, Version::HTTP_10) => Persistence::KeepAlive10,
             (true, _) => Persistence::KeepAlive,
         };
-        if connection
-            .write_response(&parts, &upstream_headers, &data, !head_request, persistence)
-            .await
-            .is_err()
-            || !keep_alive
-        {
+        // Bounded like a body read: a client that stops reading its answers must not
+        // hold its connection for ever.
+        let write = connection.write_response(&parts, &upstream_headers, &data, !head_request, version, persistence);
+        if !matches!(tokio::time::timeout(limits.body_read_timeout, write).await, Ok(Ok(()))) {
+            return None;
+        }
+        if !keep_alive {
             let _ = connection.stream.shutdown().await;
+            if drainable {
+                // Lingering close: a client still sending would otherwise get a reset,
+                // which can destroy the answer before it reads it.
+                connection.discard_body(limits).await;
+            }
+            return None;
+        }
+        if drainable && !connection.discard_body(limits).await {
             return None;
         }
     }
+}
+
+/// How much of an unread request body is read and dropped to keep (or cleanly close)
+/// a connection: four bodies' worth, at least 16 MiB.
+fn discard_budget(limits: &crate::config::Limits) -> u64 {
+    (limits.max_body_bytes as u64).saturating_mul(4).max(16 << 20)
 }
 
 /// What a connection waits on besides its socket. Both live as long as the connection,
@@ -217,7 +240,6 @@ enum Persistence {
 struct Connection<S> {
     stream: S,
     read_buffer: BytesMut,
-    write_buffer: Vec<u8>,
     /// The last parsed head's header positions, reused from request to request.
     spans: Vec<HeaderSpan>,
     /// Declared body bytes of the current request not read yet.
@@ -235,7 +257,6 @@ impl<S: ClientStream> Connection<S> {
             stream,
             // Taken when the first bytes arrive (`read_head`).
             read_buffer: BytesMut::new(),
-            write_buffer: Vec::new(),
             spans: Vec::new(),
             unread_body: 0,
             awaits_continue: false,
@@ -435,17 +456,10 @@ impl<S: ClientStream> Connection<S> {
         self.stream.flush().await
     }
 
-    /// Reads and drops the body the pipeline did not read (it refused the call first),
-    /// so the connection can carry the next request; `false` when it cannot.
+    /// Reads and drops the body the pipeline did not read, within the discard budget
+    /// and the body deadline; `false` when not all of it came.
     async fn discard_body(&mut self, limits: &crate::config::Limits) -> bool {
-        if self.awaits_continue {
-            // Told nothing, the client may never send it.
-            return false;
-        }
-        // An oversized upload is read up to a bound too, so that the client reads our
-        // error instead of a connection reset; past the bound the connection closes.
-        let budget = (limits.max_body_bytes as u64).saturating_mul(4).max(16 << 20);
-        let mut allowance = budget;
+        let mut allowance = discard_budget(limits);
         let discard = async {
             while self.unread_body > 0 {
                 if allowance == 0 {
@@ -476,11 +490,14 @@ impl<S: ClientStream> Connection<S> {
         upstream_headers: &PassedHeaders,
         body: &Bytes,
         with_body: bool,
+        version: Version,
         persistence: Persistence,
     ) -> io::Result<()> {
-        let mut head = std::mem::take(&mut self.write_buffer);
+        // From the thread's spares, not kept by the connection: 10,000 idle keep-alive
+        // connections would each hold their last answer.
+        let mut head = SPARE_WRITE_BUFFERS.with_borrow_mut(Vec::pop).unwrap_or_default();
         head.clear();
-        encode_head(&mut head, parts, upstream_headers, body.len(), persistence);
+        encode_head(&mut head, parts, upstream_headers, body.len(), version, persistence);
         let body: &[u8] = if with_body && allows_body(parts.status) {
             body
         } else {
@@ -492,7 +509,13 @@ impl<S: ClientStream> Connection<S> {
         } else {
             write_all_vectored(&mut self.stream, &head, body).await
         };
-        self.write_buffer = head;
+        if head.capacity() <= MAX_SPARE_CAPACITY {
+            SPARE_WRITE_BUFFERS.with_borrow_mut(|spare| {
+                if spare.len() < MAX_SPARE_BUFFERS {
+                    spare.push(head);
+                }
+            });
+        }
         result?;
         self.stream.flush().await
     }
@@ -615,9 +638,9 @@ fn folded_equal(name: &[u8], lowercase: &[u8]) -> bool {
 /// included; an ASCII check reads eight bytes a step.
 fn field_value(bytes: Bytes) -> Result<HeaderValue, StatusCode> {
     if bytes.is_ascii() {
-        // SAFETY: the unchecked constructor requires UTF-8, which ASCII is, and in
-        // fact bytes `HeaderValue` accepts: httparse allowed only HTAB and visible
-        // characters, its rule and `HeaderValue`'s.
+        // SAFETY: the constructor's documented requirement is UTF-8, which ASCII is;
+        // what it relies on is `HeaderValue`'s byte rule (HTAB, or 0x20-0xFF but
+        // 0x7F), and httparse accepted these bytes by the same rule.
         Ok(unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) })
     } else {
         HeaderValue::from_maybe_shared(bytes).map_err(|_| StatusCode::BAD_REQUEST)
@@ -651,9 +674,15 @@ fn encode_head(
     parts: &http::response::Parts,
     upstream_headers: &PassedHeaders,
     body_length: usize,
+    version: Version,
     persistence: Persistence,
 ) {
-    out.extend_from_slice(b"HTTP/1.1 ");
+    // An HTTP/1.0 client gets an HTTP/1.0 status line, as hyper and nginx answer.
+    out.extend_from_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
