@@ -229,7 +229,7 @@ struct ReadyRequest {
     keep_alive: bool,
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Persistence {
     Close,
     KeepAlive,
