@@ -1,7 +1,8 @@
 //! The gateway's own HTTP/1.1 client towards the upstream (`proxy::pool`, `proxy::h1`),
 //! against a scripted upstream speaking raw bytes: keep-alive reuse, chunked answers,
 //! `Connection: close`, an idle connection the upstream closed, interim 100 answers,
-//! answers cut short or over the cap, no answer on a reused connection. Each checks
+//! answers cut short or over the cap, no answer on a reused connection, the answer's
+//! headers (hop-by-hop ones dropped, the upstream's Date once) and a 204. Each checks
 //! what the tenant got and what was counted.
 
 mod common;
@@ -412,4 +413,50 @@ async fn a_reused_connection_that_never_answers_times_out_on_the_calls_own_deadl
         "{metrics}"
     );
     assert_eq!(billed(&gateway).await, 1);
+}
+
+#[tokio::test]
+async fn answer_headers_pass_on_once_without_hop_by_hop_ones_and_bodiless_answers_stay_bodiless() {
+    let upstream = ScriptedUpstream::start(|n| match n {
+        0 => Reply::Keep(answer(
+            "Date: Thu, 26 Nov 2026 16:00:00 GMT\r\nConnection: keep-alive, X-Secret-Hop\r\nX-Secret-Hop: 1\r\n\
+             Keep-Alive: timeout=5\r\nX-TC-RequestId: up-1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n",
+            BILLABLE,
+        )),
+        1 => Reply::Keep(b"HTTP/1.1 204 No Content\r\nX-Empty: yes\r\n\r\n".to_vec()),
+        _ => Reply::Keep(answer("", BILLABLE)),
+    })
+    .await;
+    let gateway = gateway_before(&upstream, "").await;
+    let mut sender = client(&gateway).await;
+    let (headers, answer) = call_on(&mut sender, &gateway).await;
+    assert_eq!(answer["RequestId"], "wire-1", "{answer}");
+    let dates: Vec<_> = headers.get_all("date").iter().collect();
+    assert_eq!(dates, ["Thu, 26 Nov 2026 16:00:00 GMT"], "the upstream's Date, once");
+    for gone in ["x-secret-hop", "keep-alive", "connection"] {
+        assert!(headers.get(gone).is_none(), "{gone} must not pass: {headers:?}");
+    }
+    assert_eq!(headers["x-tc-requestid"], "up-1");
+    let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_eq!(headers.get_all("content-length").iter().count(), 1);
+
+    // A 204: no body and no length on the way out either; the connection stays usable.
+    sender.ready().await.unwrap();
+    let response = sender
+        .send_request(call(&gateway, "IdCardVerification", "{}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(response.headers()["x-empty"], "yes");
+    assert!(
+        response.headers().get("content-length").is_none(),
+        "{:?}",
+        response.headers()
+    );
+    assert!(response.into_body().collect().await.unwrap().to_bytes().is_empty());
+    let (_, again) = call_on(&mut sender, &gateway).await;
+    assert_eq!(again["RequestId"], "wire-1", "the connection carries on: {again}");
+    assert_eq!(upstream.connections(), 1);
+    assert_eq!(billed(&gateway).await, 2, "the 204 is not billable");
 }
