@@ -3,7 +3,7 @@
 //! so every case is unit-tested here; `pool` drives the connection. Must not decide
 //! anything about a call (whether it is allowed, billable or retried).
 
-use crate::proxy::headers::PassedHeaders;
+use crate::proxy::headers::{PassedHeaders, list_items};
 use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
 use std::mem::MaybeUninit;
@@ -103,8 +103,7 @@ pub fn parse_response_head(buffer: &mut BytesMut, request_method: &Method) -> Re
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = Some(h.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
+            for token in list_items(h.value) {
                 said_close |= token.eq_ignore_ascii_case(b"close");
                 said_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }

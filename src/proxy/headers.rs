@@ -30,11 +30,21 @@ pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|token| !token.eq_ignore_ascii_case(b"keep-alive") && !token.eq_ignore_ascii_case(b"close"))
+        .flat_map(|v| list_items(v.as_bytes()))
+        .filter(|token| names_a_header(token))
         .filter_map(|token| HeaderName::from_bytes(token).ok())
         .collect()
+}
+
+/// The items of a comma-separated field value (`Connection`, ...), trimmed.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// A `Connection` token other than the usual `keep-alive` and `close`: it names a
+/// header that is hop-by-hop for this message.
+fn names_a_header(token: &[u8]) -> bool {
+    !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") && !token.eq_ignore_ascii_case(b"close")
 }
 
 /// An answer's end-to-end header fields as HTTP/1.1 lines (`Name: value\r\n`), in the
@@ -59,17 +69,7 @@ impl PassedHeaders {
         for field in fields {
             length += field.name.len() + field.value.len() + 4;
             if field.name.eq_ignore_ascii_case("connection") {
-                named.extend(
-                    field
-                        .value
-                        .split(|b| *b == b',')
-                        .map(<[u8]>::trim_ascii)
-                        .filter(|token| {
-                            !token.is_empty()
-                                && !token.eq_ignore_ascii_case(b"keep-alive")
-                                && !token.eq_ignore_ascii_case(b"close")
-                        }),
-                );
+                named.extend(list_items(field.value).filter(|token| names_a_header(token)));
             }
         }
         let mut lines = Vec::with_capacity(length);

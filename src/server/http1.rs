@@ -19,7 +19,7 @@
 use crate::app::App;
 use crate::proxy::body::{BodyError, RequestBody};
 use crate::proxy::h1::parse_content_length;
-use crate::proxy::headers::PassedHeaders;
+use crate::proxy::headers::{PassedHeaders, list_items};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
@@ -648,9 +648,7 @@ fn field_value(bytes: Bytes) -> Result<HeaderValue, StatusCode> {
 }
 
 fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+    list_items(value).any(|item| item.eq_ignore_ascii_case(token))
 }
 
 fn asks_to_close(headers: &HeaderMap) -> bool {
