@@ -194,7 +194,9 @@ impl UpstreamPool {
             {
                 idle.remove(0);
             }
-            if idle.iter().filter(|(pool, _)| *pool == self.id).count() < self.max_idle {
+            // Counted only when the whole list could be over the cap: with hundreds of
+            // client connections the scan was on every call.
+            if idle.len() < self.max_idle || idle.iter().filter(|(pool, _)| *pool == self.id).count() < self.max_idle {
                 idle.push((self.id, connection));
             }
         });
