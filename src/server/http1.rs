@@ -520,15 +520,21 @@ impl<S: ClientStream> Connection<S> {
         self.stream.flush().await
     }
 
+    /// An empty answer with `status`, then the connection ends: the head could not be
+    /// read as a request, so its version is unknown and HTTP/1.1 is answered.
     async fn write_refusal(&mut self, status: StatusCode) -> io::Result<()> {
+        let mut refusal = http::Response::new(());
+        *refusal.status_mut() = status;
+        let (parts, ()) = refusal.into_parts();
         let mut answer = Vec::with_capacity(128);
-        answer.extend_from_slice(b"HTTP/1.1 ");
-        answer.extend_from_slice(status.as_str().as_bytes());
-        answer.push(b' ');
-        answer.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        answer.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n");
-        write_date(&mut answer);
-        answer.extend_from_slice(b"\r\n");
+        encode_head(
+            &mut answer,
+            &parts,
+            &PassedHeaders::default(),
+            0,
+            Version::HTTP_11,
+            Persistence::Close,
+        );
         self.stream.write_all(&answer).await?;
         self.stream.flush().await?;
         self.stream.shutdown().await
