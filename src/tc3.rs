@@ -10,7 +10,7 @@ use http::HeaderMap;
 use ring::digest::{self, SHA256};
 use ring::hmac::{self as ring_hmac, HMAC_SHA256};
 use sha2::Digest as _;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use subtle::ConstantTimeEq;
@@ -119,24 +119,57 @@ fn split_once_ascii(s: &str, separator: u8) -> Option<(&str, &str)> {
     Some((&s[..at], &s[at + 1..]))
 }
 
-/// 64 hex digits (either case) into 32 bytes.
-fn decode_hex_32(hex: &[u8]) -> Option<[u8; 32]> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
+/// Each byte's value as a hex digit (either case), or 0xFF.
+static HEX_DIGIT_VALUES: [u8; 256] = {
+    let mut table = [0xFF; 256];
+    let mut c = 0;
+    while c < 256 {
+        table[c] = match c as u8 {
+            b @ b'0'..=b'9' => b - b'0',
+            b @ b'a'..=b'f' => b - b'a' + 10,
+            b @ b'A'..=b'F' => b - b'A' + 10,
+            _ => 0xFF,
+        };
+        c += 1;
     }
+    table
+};
+
+/// Each byte in lower-case hex.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = [DIGITS[byte >> 4], DIGITS[byte & 15]];
+        byte += 1;
+    }
+    table
+};
+
+/// 64 hex digits (either case) into 32 bytes. By table, with one validity check at
+/// the end: a branch per digit cost three times as much (every request decodes one).
+fn decode_hex_32(hex: &[u8]) -> Option<[u8; 32]> {
     if hex.len() != 64 {
         return None;
     }
     let mut out = [0u8; 32];
+    let mut invalid = 0u8;
     for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        let (high, low) = (HEX_DIGIT_VALUES[pair[0] as usize], HEX_DIGIT_VALUES[pair[1] as usize]);
+        invalid |= high | low;
+        *byte = (high << 4) | (low & 0x0F);
     }
-    Some(out)
+    (invalid & 0xF0 == 0).then_some(out)
+}
+
+/// 32 bytes into 64 lower-case hex digits, a table entry per byte.
+fn encode_hex_32(bytes: &[u8; 32]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[*byte as usize]);
+    }
+    out
 }
 
 fn is_iso_date(s: &str) -> bool {
@@ -172,10 +205,34 @@ fn validate_signed_headers(list: &str) -> Result<(), Tc3Error> {
 }
 
 /// `YYYY-MM-DD` of a Unix timestamp in UTC, the date TC3 puts in the credential scope,
-/// as bytes on the stack (the hot path compares it on every request).
+/// as bytes on the stack (the hot path compares it on every request, and writes it
+/// when re-signing). The last two days' are kept per thread (two: the meter asks for
+/// the day at the billing time zone's offset, which can be the next or the previous
+/// one): the conversion's divisions cost more than the rest of the date check.
 pub fn utc_date_bytes(timestamp: i64) -> Option<[u8; 10]> {
+    thread_local! {
+        static LAST_DAYS: Cell<[(i64, [u8; 10]); 2]> = const { Cell::new([(i64::MIN, [0; 10]); 2]) };
+    }
+    let day = timestamp.div_euclid(86_400);
+    LAST_DAYS.with(|last| {
+        let [latest, earlier] = last.get();
+        if latest.0 == day {
+            return Some(latest.1);
+        }
+        if earlier.0 == day {
+            last.set([earlier, latest]);
+            return Some(earlier.1);
+        }
+        let date = civil_date_bytes(day)?;
+        last.set([(day, date), latest]);
+        Some(date)
+    })
+}
+
+/// `YYYY-MM-DD` of a day counted from 1970-01-01 (years 0-9999 only).
+fn civil_date_bytes(day: i64) -> Option<[u8; 10]> {
     // Howard Hinnant's days-to-civil algorithm.
-    let z = timestamp.div_euclid(86_400) + 719_468;
+    let z = day + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -211,9 +268,7 @@ impl HexDigest {
     }
 
     pub fn from_digest(digest: &[u8; 32]) -> Self {
-        let mut out = [0u8; 64];
-        hex::encode_to_slice(digest, &mut out).expect("64 bytes hold 32 in hex");
-        Self(out)
+        Self(encode_hex_32(digest))
     }
 
     pub fn as_str(&self) -> &str {
@@ -949,6 +1004,24 @@ mod tests {
     }
 
     #[test]
+    fn the_per_thread_date_cache_gives_what_the_conversion_gives() {
+        // Two days in turn (as the meter's time zone and UTC ask), then a third, then
+        // back: each answer must be that day's, whichever slot held it.
+        let days = [20_418i64, 20_419, 20_418, 20_419, 20_420, 20_418, 20_420, -1, 20_419];
+        for day in days {
+            for second in [0, 43_200, 86_399] {
+                assert_eq!(
+                    utc_date_bytes(day * 86_400 + second),
+                    civil_date_bytes(day),
+                    "day {day}"
+                );
+            }
+        }
+        assert_eq!(utc_date_bytes(-86_400), Some(*b"1969-12-31"));
+        assert_eq!(utc_date_bytes(253_402_300_800), None, "year 10000");
+    }
+
+    #[test]
     fn ascii_splits_and_hex_decoding_agree_with_the_standard_ones() {
         for text in ["", ",", "a", "a,b", ",a,,b,", "Credential=x/y, Signature=z", "é,ü,,"] {
             let ours: Vec<&str> = split_ascii(text, b',').collect();
@@ -964,6 +1037,25 @@ mod tests {
         let mut bad = lower.into_bytes();
         bad[63] = b'g';
         assert!(decode_hex_32(&bad).is_none());
+        // Every byte value, in both directions and in every position of a pair.
+        for chunk in (0..=255u8).collect::<Vec<_>>().chunks(32) {
+            let bytes: [u8; 32] = chunk.try_into().unwrap();
+            let encoded = encode_hex_32(&bytes);
+            assert_eq!(encoded.as_slice(), hex::encode(bytes).as_bytes());
+            assert_eq!(decode_hex_32(&encoded), Some(bytes));
+        }
+        let valid = hex::encode([0x5au8; 32]).into_bytes();
+        for c in 0..=255u8 {
+            for position in [0, 1, 62, 63] {
+                let mut text = valid.clone();
+                text[position] = c;
+                assert_eq!(
+                    decode_hex_32(&text).is_some(),
+                    c.is_ascii_hexdigit(),
+                    "{c:#x} at {position}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Hop-by-hop header handling (RFC 9110 §7.6.1) for both directions of the proxy.
 //! Must not touch end-to-end headers: the upstream's answer passes through unchanged.
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 /// Headers that describe one connection, never the message; always removed.
@@ -55,7 +54,9 @@ fn names_a_header(token: &[u8]) -> bool {
 /// server states the length of the whole body it sends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PassedHeaders {
-    lines: Bytes,
+    /// A `Vec`, not `Bytes`: the lines' length is only known once they are written,
+    /// and `Bytes::from` a `Vec` with spare capacity allocates a second time.
+    lines: Vec<u8>,
     has_date: bool,
 }
 
@@ -90,10 +91,7 @@ impl PassedHeaders {
             lines.extend_from_slice(field.value);
             lines.extend_from_slice(b"\r\n");
         }
-        PassedHeaders {
-            lines: Bytes::from(lines),
-            has_date,
-        }
+        PassedHeaders { lines, has_date }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -104,18 +102,15 @@ impl PassedHeaders {
         self.has_date
     }
 
-    /// Adds the fields to `headers` (names lowercased, values shared, not copied).
+    /// Adds the fields to `headers` (names lowercased; values copied, HTTP/2 only).
     pub fn append_to(&self, headers: &mut HeaderMap) {
-        let mut offset = 0;
         for line in self.lines.split(|b| *b == b'\n') {
-            let start = offset;
-            offset += line.len() + 1;
             let Some(colon) = line.iter().position(|b| *b == b':') else {
                 continue;
             };
             let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(&line[..colon]),
-                HeaderValue::from_maybe_shared(self.lines.slice(start + colon + 2..start + line.len() - 1)),
+                HeaderValue::from_bytes(&line[colon + 2..line.len() - 1]),
             ) else {
                 continue;
             };
