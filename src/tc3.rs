@@ -442,7 +442,7 @@ impl HmacSha256 {
 
 /// The payload hash a request is signed with: sha256 of the body, or of the literal
 /// `UNSIGNED-PAYLOAD` when the client sent `X-TC-Content-SHA256: UNSIGNED-PAYLOAD`.
-pub fn payload_hash(headers: &HeaderMap, body: &[u8]) -> HexDigest {
+pub fn payload_hash(headers: &(impl SignedHeaders + ?Sized), body: &[u8]) -> HexDigest {
     if is_unsigned_payload(headers) {
         HexDigest::of(UNSIGNED_PAYLOAD.as_bytes())
     } else {
@@ -450,10 +450,40 @@ pub fn payload_hash(headers: &HeaderMap, body: &[u8]) -> HexDigest {
     }
 }
 
-pub fn is_unsigned_payload(headers: &HeaderMap) -> bool {
+pub fn is_unsigned_payload(headers: &(impl SignedHeaders + ?Sized)) -> bool {
     headers
-        .get(&X_TC_CONTENT_SHA256)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(UNSIGNED_PAYLOAD.as_bytes()))
+        .signed_value("x-tc-content-sha256")
+        .is_some_and(|v| v.eq_ignore_ascii_case(UNSIGNED_PAYLOAD.as_bytes()))
+}
+
+/// Where a signature's headers are read from: hyper's `HeaderMap`, or the pipeline's
+/// `proxy::fields::RequestFields`.
+pub trait SignedHeaders {
+    /// The first value of the header `name` (lower-case, as `SignedHeaders` lists it).
+    fn signed_value(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl SignedHeaders for HeaderMap {
+    /// The names the SDKs sign are looked up as constants: a lookup by string parses
+    /// the name first.
+    fn signed_value(&self, name: &str) -> Option<&[u8]> {
+        match name {
+            "content-type" => self.get(http::header::CONTENT_TYPE),
+            "host" => self.get(http::header::HOST),
+            "x-tc-action" => self.get(&X_TC_ACTION),
+            _ => self.get(name),
+        }
+        .map(http::HeaderValue::as_bytes)
+    }
+}
+
+/// A signed header's value as text: visible ASCII, as `HeaderValue::to_str` has it.
+fn signed_text(value: &[u8]) -> Option<&str> {
+    if value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
 }
 
 /// What a signature covers, independent of how the request arrived.
@@ -461,7 +491,7 @@ pub struct SignedRequest<'a> {
     pub method: &'a str,
     /// The raw query string (without '?'), empty for POST.
     pub query: &'a str,
-    pub headers: &'a HeaderMap,
+    pub headers: &'a dyn SignedHeaders,
     pub payload_hash_hex: &'a str,
     pub timestamp: i64,
 }
@@ -484,10 +514,11 @@ fn canonical_request_hash(
     hash.update(request.query.as_bytes());
     hash.update(b"\n");
     for name in split_ascii(signed_headers, b';') {
-        let value = signed_header(request.headers, name)
+        let value = request
+            .headers
+            .signed_value(name)
+            .and_then(signed_text)
             .ok_or(Tc3Error::SignatureFailure)?
-            .to_str()
-            .map_err(|_| Tc3Error::SignatureFailure)?
             .trim();
         hash.update(name.as_bytes());
         hash.update(b":");
@@ -512,21 +543,8 @@ fn canonical_request_hash(
     Ok(hash.finish())
 }
 
-/// A signed header's value. The names the SDKs sign are looked up as constants: a
-/// lookup by string parses the name first.
-fn signed_header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h http::HeaderValue> {
-    match name {
-        "content-type" => headers.get(http::header::CONTENT_TYPE),
-        "host" => headers.get(http::header::HOST),
-        "x-tc-action" => headers.get(&X_TC_ACTION),
-        _ => headers.get(name),
-    }
-}
-
 /// The header naming the API action; the proxy routes and bills by it too.
 pub static X_TC_ACTION: http::HeaderName = http::HeaderName::from_static("x-tc-action");
-static X_TC_TIMESTAMP: http::HeaderName = http::HeaderName::from_static("x-tc-timestamp");
-static X_TC_CONTENT_SHA256: http::HeaderName = http::HeaderName::from_static("x-tc-content-sha256");
 
 /// HMAC(kSigning, StringToSign), fed piece by piece.
 fn string_to_sign_mac(key: &SigningKey, timestamp: i64, date: &str, service: &str, canonical: &[u8; 32]) -> [u8; 32] {
@@ -583,7 +601,10 @@ pub fn verify_signature(
             return Ok(());
         }
         let any_upper = split_ascii(auth.signed_headers, b';').any(|name| {
-            signed_header(request.headers, name).is_some_and(|v| v.as_bytes().iter().any(u8::is_ascii_uppercase))
+            request
+                .headers
+                .signed_value(name)
+                .is_some_and(|v| v.iter().any(u8::is_ascii_uppercase))
         });
         if lower || !any_upper {
             break;
@@ -593,10 +614,10 @@ pub fn verify_signature(
 }
 
 /// Reads and parses `X-TC-Timestamp`.
-pub fn request_timestamp(headers: &HeaderMap) -> Result<i64, Tc3Error> {
+pub fn request_timestamp(headers: &(impl SignedHeaders + ?Sized)) -> Result<i64, Tc3Error> {
     headers
-        .get(&X_TC_TIMESTAMP)
-        .and_then(|v| v.to_str().ok())
+        .signed_value("x-tc-timestamp")
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.parse::<i64>().ok())
         .filter(|t| *t >= 0)
         .ok_or(Tc3Error::InvalidAuthorization(
@@ -732,11 +753,11 @@ impl Signer {
         let call = OutgoingCall {
             method: request.method,
             query: request.query,
-            content_type: request.headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            content_type: request.headers.signed_value("content-type"),
             host: request
                 .headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
+                .signed_value("host")
+                .and_then(signed_text)
                 .unwrap_or_default(),
             payload_hash_hex: request.payload_hash_hex,
             timestamp: request.timestamp,

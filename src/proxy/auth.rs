@@ -5,10 +5,10 @@
 //! signature over the body. Credentials come from the in-memory mirror only. Must not
 //! decide anything about the account's state or the action.
 
+use crate::proxy::fields::{Known, RequestFields, visible_ascii};
 use crate::sigv1::{self, Params};
 use crate::state::mirror::{CredentialEntry, StateMirror};
 use crate::tc3::{self, SignedRequest, Tc3Error};
-use http::{HeaderMap, header};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,18 +67,16 @@ pub enum AuthMethod {
     },
 }
 
-fn single_authorization(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let Some(first) = values.next() else {
+fn single_authorization(fields: &RequestFields) -> Result<Option<&str>, AuthError> {
+    let Some(first) = fields.get(Known::Authorization) else {
         return Ok(None);
     };
-    if values.next().is_some() {
+    if fields.is_repeated(Known::Authorization) {
         return Err(AuthError::InvalidAuthorization("more than one Authorization header"));
     }
-    first
-        .to_str()
-        .map(Some)
-        .map_err(|_| AuthError::InvalidAuthorization("the Authorization header is not visible ASCII"))
+    visible_ascii(first).map(Some).ok_or(AuthError::InvalidAuthorization(
+        "the Authorization header is not visible ASCII",
+    ))
 }
 
 fn usable(credential: Option<Arc<CredentialEntry>>) -> Result<Arc<CredentialEntry>, AuthError> {
@@ -90,14 +88,14 @@ fn usable(credential: Option<Arc<CredentialEntry>>) -> Result<Arc<CredentialEntr
 }
 
 /// Phase 2a: parse the credential out of the headers and find it.
-pub fn identify<'h>(headers: &'h HeaderMap, mirror: &StateMirror, now: i64) -> Result<Identified<'h>, AuthError> {
-    let Some(value) = single_authorization(headers)? else {
+pub fn identify<'h>(fields: &'h RequestFields, mirror: &StateMirror, now: i64) -> Result<Identified<'h>, AuthError> {
+    let Some(value) = single_authorization(fields)? else {
         return Ok(Identified::V1);
     };
     if value.starts_with(tc3::ALGORITHM) {
         let auth = tc3::parse_authorization(value)?;
         let credential = usable(mirror.by_secret_id(auth.secret_id))?;
-        let timestamp = tc3::request_timestamp(headers)?;
+        let timestamp = tc3::request_timestamp(fields)?;
         tc3::check_time(&auth, timestamp, now)?;
         return Ok(Identified::Tc3 {
             credential,
@@ -122,6 +120,7 @@ pub fn identify<'h>(headers: &'h HeaderMap, mirror: &StateMirror, now: i64) -> R
 pub fn verify(
     identified: Identified<'_>,
     parts: &http::request::Parts,
+    fields: &RequestFields,
     body: &[u8],
     mirror: &StateMirror,
     now: i64,
@@ -136,11 +135,11 @@ pub fn verify(
             auth,
             timestamp,
         } => {
-            let payload_hash = tc3::payload_hash(&parts.headers, body);
+            let payload_hash = tc3::payload_hash(fields, body);
             let request = SignedRequest {
                 method: parts.method.as_str(),
                 query: parts.uri.query().unwrap_or(""),
-                headers: &parts.headers,
+                headers: fields,
                 payload_hash_hex: payload_hash.as_str(),
                 timestamp,
             };
@@ -163,10 +162,8 @@ pub fn verify(
             }
             let credential = usable(mirror.by_secret_id(params.require("SecretId")?))?;
             sigv1::check_time(&params, now)?;
-            let host = parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
+            let host = fields
+                .get_str(Known::Host)
                 .or_else(|| parts.uri.authority().map(|a| a.as_str()))
                 .unwrap_or("");
             let target = sigv1::Target {

@@ -7,9 +7,9 @@
 use crate::app::App;
 use crate::meter::CounterKey;
 use crate::meter::billable::BillableScanner;
+use crate::proxy::fields::{Known, RequestFields};
 use crate::proxy::headers::PassedHeaders;
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -38,32 +38,29 @@ pub trait RequestBody: Send {
     /// refused before it is read.
     fn read_bounded(
         self,
-        headers: &HeaderMap,
+        fields: &RequestFields,
         limit: usize,
         deadline: Duration,
     ) -> impl Future<Output = Result<Bytes, BodyError>> + Send;
 }
 
 impl RequestBody for Incoming {
-    async fn read_bounded(self, headers: &HeaderMap, limit: usize, deadline: Duration) -> Result<Bytes, BodyError> {
-        read_incoming(headers, self, limit, deadline).await
+    async fn read_bounded(self, fields: &RequestFields, limit: usize, deadline: Duration) -> Result<Bytes, BodyError> {
+        read_incoming(fields, self, limit, deadline).await
     }
 }
 
 async fn read_incoming(
-    headers: &HeaderMap,
+    fields: &RequestFields,
     body: Incoming,
     limit: usize,
     deadline: Duration,
 ) -> Result<Bytes, BodyError> {
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = fields.get_str(Known::ContentLength).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         // Boxed, as the other rare paths: every request's future is as large as its
         // largest state, and is copied whole when it is created.
-        Box::pin(drain_for_lingering_close(headers, body, limit, deadline)).await;
+        Box::pin(drain_for_lingering_close(fields, body, limit, deadline)).await;
         return Err(BodyError::TooLarge { limit });
     }
     match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
@@ -77,10 +74,10 @@ async fn read_incoming(
 /// Reads and discards an oversized upload (bounded in bytes and time) before answering,
 /// so the client reads our error instead of a connection reset. A client that asked
 /// `Expect: 100-continue` is answered at once: it has not sent the body.
-async fn drain_for_lingering_close(headers: &HeaderMap, body: Incoming, limit: usize, deadline: Duration) {
-    let expects_continue = headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+async fn drain_for_lingering_close(fields: &RequestFields, body: Incoming, limit: usize, deadline: Duration) {
+    let expects_continue = fields
+        .get(Known::Expect)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
         return;
     }

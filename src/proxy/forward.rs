@@ -6,12 +6,13 @@
 
 use crate::config;
 use crate::proxy::body::ProxyBody;
+use crate::proxy::fields::{Known, RequestFields};
 use crate::proxy::h1;
-use crate::proxy::headers::{connection_named, is_hop_by_hop};
+use crate::proxy::headers::connection_named;
 use crate::proxy::pool::{PoolError, UpstreamPool};
 use crate::tc3::{OutgoingCall, Signer};
 use bytes::Bytes;
-use http::{HeaderName, Response, header, request};
+use http::{Response, request};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,12 +35,23 @@ pub enum Resign<'a> {
     V1 { params: &'a crate::sigv1::Params },
 }
 
-/// Headers the client sent that must never reach the upstream.
-static CLIENT_ONLY: [HeaderName; 3] = [
-    header::AUTHORIZATION,
-    HeaderName::from_static("x-tc-token"),
-    HeaderName::from_static("x-tc-timestamp"),
-];
+/// Whether a header the client sent is left out of the upstream request: hop-by-hop
+/// fields, the client's credentials (`Authorization`, `X-TC-Token`) and timestamp, and
+/// those the forwarder writes itself (`Host`, `X-TC-Timestamp`) or that describe how
+/// the client sent its body (`Content-Length`, written from the body; a 100-continue
+/// wait would only stall a body that is sent whole).
+fn left_out(known: Known) -> bool {
+    known.is_hop_by_hop()
+        || matches!(
+            known,
+            Known::Authorization
+                | Known::XTcToken
+                | Known::XTcTimestamp
+                | Known::Host
+                | Known::ContentLength
+                | Known::Expect
+        )
+}
 
 pub struct UpstreamClient {
     /// Keep-alive connections, idle per data-plane thread (see `pool`).
@@ -84,6 +96,7 @@ impl UpstreamClient {
     pub async fn forward(
         &self,
         parts: &request::Parts,
+        fields: &RequestFields,
         body: Bytes,
         resign: Resign<'_>,
         now_unix: i64,
@@ -112,7 +125,7 @@ impl UpstreamClient {
                 body = Bytes::from(signed);
             }
         }
-        let write_head = |out: &mut Vec<u8>| self.write_head(out, parts, &target, resign, now_unix);
+        let write_head = |out: &mut Vec<u8>| self.write_head(out, parts, fields, &target, resign, now_unix);
         let exchange = self
             .pool
             .exchange(&parts.method, write_head, &body, self.max_body_bytes, self.timeout);
@@ -136,24 +149,21 @@ impl UpstreamClient {
     /// Writes the upstream request's head: the client's end-to-end headers, then `Host`
     /// and, for TC3, the platform's timestamp and signature. Written straight into the
     /// connection's buffer: no header map is built for the upstream.
-    fn write_head(&self, out: &mut Vec<u8>, parts: &request::Parts, target: &str, resign: Resign<'_>, now_unix: i64) {
+    fn write_head(
+        &self,
+        out: &mut Vec<u8>,
+        parts: &request::Parts,
+        fields: &RequestFields,
+        target: &str,
+        resign: Resign<'_>,
+        now_unix: i64,
+    ) {
         h1::write_request_line(out, &parts.method, target);
-        let named = if parts.headers.contains_key(header::CONNECTION) {
-            connection_named(&parts.headers)
-        } else {
-            Vec::new()
-        };
-        for (name, value) in &parts.headers {
-            let dropped = is_hop_by_hop(name)
-                || CLIENT_ONLY.contains(name)
-                || named.contains(name)
-                // Sent as the platform's (`Host`) or from the body (`Content-Length`); a
-                // 100-continue wait would only stall a body that is sent whole.
-                || *name == header::HOST
-                || *name == header::CONTENT_LENGTH
-                || *name == header::EXPECT;
-            if !dropped {
-                h1::write_header(out, name.as_str().as_bytes(), value.as_bytes());
+        let named = connection_named(fields);
+        let is_named = |name: &[u8]| named.iter().any(|token| token.eq_ignore_ascii_case(name));
+        for (name, value, known) in fields.iter() {
+            if !known.is_some_and(left_out) && !is_named(name) {
+                h1::write_header(out, name, value);
             }
         }
         h1::write_header(out, b"host", self.authority.as_str().as_bytes());
@@ -163,11 +173,7 @@ impl UpstreamClient {
                 method: parts.method.as_str(),
                 query: target.split_once('?').map_or("", |(_, query)| query),
                 // Signed only if sent: a client's `Connection: content-type` drops it.
-                content_type: parts
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .filter(|_| !named.contains(&header::CONTENT_TYPE))
-                    .map(|v| v.as_bytes()),
+                content_type: fields.get(Known::ContentType).filter(|_| !is_named(b"content-type")),
                 host: self.authority.as_str(),
                 payload_hash_hex: payload_hash,
                 timestamp: now_unix,

@@ -1,6 +1,7 @@
 //! Hop-by-hop header handling (RFC 9110 §7.6.1) for both directions of the proxy.
 //! Must not touch end-to-end headers: the upstream's answer passes through unchanged.
 
+use crate::proxy::fields::{Known, RequestFields};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 /// Headers that describe one connection, never the message; always removed.
@@ -18,20 +19,14 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// One of the fixed hop-by-hop headers.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-}
-
-/// The headers a `Connection` header names. The usual `keep-alive` and `close` are
-/// skipped without being parsed, so the usual answer is an empty, unallocated list.
-pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| list_items(v.as_bytes()))
+/// The header names a request's `Connection` header lists, as sent. The usual
+/// `keep-alive` and `close` are skipped, so the usual answer is an empty, unallocated
+/// list.
+pub fn connection_named(fields: &RequestFields) -> Vec<&[u8]> {
+    fields
+        .all(Known::Connection)
+        .flat_map(list_items)
         .filter(|token| names_a_header(token))
-        .filter_map(|token| HeaderName::from_bytes(token).ok())
         .collect()
 }
 

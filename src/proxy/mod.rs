@@ -27,6 +27,7 @@
 pub mod auth;
 pub mod body;
 pub mod errors;
+pub mod fields;
 pub mod forward;
 pub mod h1;
 pub mod headers;
@@ -44,26 +45,33 @@ use crate::tencent;
 use auth::AuthMethod;
 use body::{MeterTicket, ProxyBody, RequestBody};
 use errors::{ErrorCode, GatewayError};
+use fields::{Known, RequestFields};
 use forward::{ForwardError, Resign};
 use http::Response;
 use std::sync::Arc;
 use std::time::Instant;
 use tenant::TenantAction;
 
-use crate::tc3::X_TC_ACTION;
-
 /// Headers that decide what the call is, and so where it is routed and how it is billed.
-fn repeats_a_routing_header(headers: &http::HeaderMap) -> bool {
-    static X_TC_VERSION: http::HeaderName = http::HeaderName::from_static("x-tc-version");
-    static X_TC_REGION: http::HeaderName = http::HeaderName::from_static("x-tc-region");
-    static ROUTING: [&http::HeaderName; 4] = [&X_TC_ACTION, &X_TC_VERSION, &X_TC_REGION, &http::header::CONTENT_TYPE];
-    ROUTING
-        .iter()
-        .any(|name| headers.get_all(*name).iter().nth(1).is_some())
+fn repeats_a_routing_header(fields: &RequestFields) -> bool {
+    [
+        Known::XTcAction,
+        Known::XTcVersion,
+        Known::XTcRegion,
+        Known::ContentType,
+    ]
+    .into_iter()
+    .any(|known| fields.is_repeated(known))
 }
 
 /// Runs one request through the pipeline. Never fails: errors become Tencent answers.
-pub async fn handle<B: RequestBody>(app: &Arc<App>, parts: http::request::Parts, body: B) -> Response<ProxyBody> {
+/// `parts` carries the method, target and version; the header fields are in `fields`.
+pub async fn handle<B: RequestBody>(
+    app: &Arc<App>,
+    parts: http::request::Parts,
+    fields: RequestFields,
+    body: B,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     if parts.method == http::Method::GET
         && let Some(page) = crate::console::serve(crate::console::Console::Tenant, parts.uri.path())
@@ -81,12 +89,12 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, parts: http::request::Parts,
             http::StatusCode::METHOD_NOT_ALLOWED,
             "CONNECT is not supported: this is not a forward proxy",
         ))
-    } else if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+    } else if fields.contains(Known::TransferEncoding) {
         Some((
             http::StatusCode::BAD_REQUEST,
             "chunked request bodies are refused: send Content-Length",
         ))
-    } else if parts.headers.len() != parts.headers.keys_len() && repeats_a_routing_header(&parts.headers) {
+    } else if repeats_a_routing_header(&fields) {
         // The gateway checks and bills the first X-TC-Action; the upstream might act
         // on another copy, and the platform's signature does not cover it.
         Some((
@@ -110,12 +118,10 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, parts: http::request::Parts,
         );
         return response;
     }
-    let mut action = parts
-        .headers
-        .get(&X_TC_ACTION)
-        .and_then(|v| v.to_str().ok())
+    let mut action = fields
+        .get_str(Known::XTcAction)
         .and_then(|name| app.catalog.lookup(name));
-    let result = pipeline(app, &parts, body, &mut action).await;
+    let result = pipeline(app, &parts, &fields, body, &mut action).await;
     let seconds = started.elapsed().as_secs_f64();
     match result {
         Ok(response) => {
@@ -144,22 +150,23 @@ pub async fn handle<B: RequestBody>(app: &Arc<App>, parts: http::request::Parts,
 async fn pipeline<B: RequestBody>(
     app: &Arc<App>,
     parts: &http::request::Parts,
+    fields: &RequestFields,
     body: B,
     action: &mut Option<ActionId>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let limits = &app.config.limits;
     let now = app.clock.now_unix();
     // 2a. authenticate: who claims to call, from the headers alone
-    let identified = auth::identify(&parts.headers, &app.mirror, now)?;
+    let identified = auth::identify(fields, &app.mirror, now)?;
     // 1. bound: the body
     let body = body
-        .read_bounded(&parts.headers, limits.max_body_bytes, limits.body_read_timeout)
+        .read_bounded(fields, limits.max_body_bytes, limits.body_read_timeout)
         .await?;
     // 2b. authenticate: the signature over the whole request
-    let caller = auth::verify(identified, parts, &body, &app.mirror, now)?;
+    let caller = auth::verify(identified, parts, fields, &body, &app.mirror, now)?;
     let name = match &caller.method {
         AuthMethod::V1 { params } => params.get("Action").ok().flatten(),
-        _ => parts.headers.get(&X_TC_ACTION).and_then(|v| v.to_str().ok()),
+        _ => fields.get_str(Known::XTcAction),
     };
     // Tenant actions are answered here, before the state check: a tenant must be able
     // to activate, and to see why it is refused, while it is refused.
@@ -203,7 +210,7 @@ async fn pipeline<B: RequestBody>(
             payload_hash: payload_hash.as_str(),
         },
         AuthMethod::ApiKey => {
-            api_key_hash = crate::tc3::payload_hash(&parts.headers, &body);
+            api_key_hash = crate::tc3::payload_hash(fields, &body);
             Resign::Tc3 {
                 payload_hash: api_key_hash.as_str(),
             }
@@ -231,7 +238,7 @@ async fn pipeline<B: RequestBody>(
         None
     };
     let upstream_started = Instant::now();
-    let response = app.upstream.forward(parts, body, resign, now).await?;
+    let response = app.upstream.forward(parts, fields, body, resign, now).await?;
     app.metrics.record_upstream(upstream_started.elapsed().as_secs_f64());
     // 7. meter: decided as the answer streams through (`body::ProxyBody::Metered`)
     let Some(key) = meter_key.filter(|_| response.status() == http::StatusCode::OK) else {

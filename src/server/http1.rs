@@ -18,10 +18,11 @@
 
 use crate::app::App;
 use crate::proxy::body::{BodyError, RequestBody};
+use crate::proxy::fields::{Known, RequestFields};
 use crate::proxy::h1::parse_content_length;
 use crate::proxy::headers::{PassedHeaders, list_items};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
@@ -132,6 +133,7 @@ where
         let response = crate::proxy::handle(
             &app,
             request.parts,
+            request.fields,
             ConnectionBody {
                 connection: &mut connection,
             },
@@ -225,7 +227,9 @@ struct HeaderSpan {
 }
 
 struct ReadyRequest {
+    /// Method, target and version; the header map is left empty.
     parts: http::request::Parts,
+    fields: RequestFields,
     keep_alive: bool,
 }
 
@@ -389,8 +393,8 @@ impl<S: ClientStream> Connection<S> {
         Some(HeadRead::Head(head))
     }
 
-    /// Turns the parsed head into the request's parts and sets up its body. The header
-    /// values are slices of the head's bytes, not copies.
+    /// Turns the parsed head into the request's parts and fields and sets up its body.
+    /// The fields are positions in the head's bytes: nothing is copied.
     fn take_request(&mut self, parsed: &ParsedHead) -> Result<ReadyRequest, StatusCode> {
         let head = self.read_buffer.split_to(parsed.length).freeze();
         let mut request = Request::new(());
@@ -399,31 +403,33 @@ impl<S: ClientStream> Connection<S> {
         *request.uri_mut() =
             Uri::from_maybe_shared(head.slice(parsed.target.clone())).map_err(|_| StatusCode::BAD_REQUEST)?;
         *request.version_mut() = parsed.version;
-        let headers = request.headers_mut();
-        headers.reserve(self.spans.len());
+        let mut fields = RequestFields::with_capacity(head, self.spans.len());
         let mut content_length: Option<u64> = None;
         let mut chunked = false;
         let mut connection_close = false;
         let mut connection_keep_alive = false;
         let mut expects_continue = false;
         for span in &self.spans {
-            let name = header_name(&head[span.name.clone()]).map_err(|_| StatusCode::BAD_REQUEST)?;
-            let value = field_value(head.slice(span.value.clone()))?;
-            if name == header::CONTENT_LENGTH {
-                let length = parse_content_length(value.as_bytes()).ok_or(StatusCode::BAD_REQUEST)?;
-                if content_length.is_some_and(|seen| seen != length) {
-                    return Err(StatusCode::BAD_REQUEST);
+            let Some(known) = fields.push(span.name.clone(), span.value.clone()) else {
+                continue;
+            };
+            let value = fields.last_value();
+            match known {
+                Known::ContentLength => {
+                    let length = parse_content_length(value).ok_or(StatusCode::BAD_REQUEST)?;
+                    if content_length.is_some_and(|seen| seen != length) {
+                        return Err(StatusCode::BAD_REQUEST);
+                    }
+                    content_length = Some(length);
                 }
-                content_length = Some(length);
-            } else if name == header::TRANSFER_ENCODING {
-                chunked = true;
-            } else if name == header::CONNECTION {
-                connection_close |= has_token(value.as_bytes(), b"close");
-                connection_keep_alive |= has_token(value.as_bytes(), b"keep-alive");
-            } else if name == header::EXPECT {
-                expects_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+                Known::TransferEncoding => chunked = true,
+                Known::Connection => {
+                    connection_close |= has_token(value, b"close");
+                    connection_keep_alive |= has_token(value, b"keep-alive");
+                }
+                Known::Expect => expects_continue = value.eq_ignore_ascii_case(b"100-continue"),
+                _ => {}
             }
-            headers.append(name, value);
         }
         let keep_alive = match parsed.version {
             Version::HTTP_10 => connection_keep_alive && !connection_close,
@@ -436,7 +442,11 @@ impl<S: ClientStream> Connection<S> {
         self.unread_body = if chunked { 0 } else { content_length.unwrap_or(0) };
         self.awaits_continue = expects_continue && parsed.version == Version::HTTP_11 && self.unread_body > 0;
         let (parts, ()) = request.into_parts();
-        Ok(ReadyRequest { parts, keep_alive })
+        Ok(ReadyRequest {
+            parts,
+            fields,
+            keep_alive,
+        })
     }
 
     /// Reads until `length` bytes are buffered.
@@ -555,7 +565,7 @@ struct ConnectionBody<'a, S> {
 }
 
 impl<S: ClientStream> RequestBody for ConnectionBody<'_, S> {
-    async fn read_bounded(self, _headers: &HeaderMap, limit: usize, deadline: Duration) -> Result<Bytes, BodyError> {
+    async fn read_bounded(self, _fields: &RequestFields, limit: usize, deadline: Duration) -> Result<Bytes, BodyError> {
         let connection = self.connection;
         let declared = connection.unread_body;
         if declared > limit as u64 {
@@ -592,64 +602,6 @@ impl<S: ClientStream> RequestBody for ConnectionBody<'_, S> {
                 Err(BodyError::Timeout)
             }
         }
-    }
-}
-
-/// The names the Tencent SDKs send, found by length and one comparison: `http` would
-/// allocate each `X-TC-*` name per request, and finds even a standard name through a
-/// lowercased copy and a large match. Anything else goes to `http`.
-fn header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
-    static X_TC_ACTION: HeaderName = HeaderName::from_static("x-tc-action");
-    static X_TC_REGION: HeaderName = HeaderName::from_static("x-tc-region");
-    static X_TC_TOKEN: HeaderName = HeaderName::from_static("x-tc-token");
-    static X_TC_VERSION: HeaderName = HeaderName::from_static("x-tc-version");
-    static X_TC_LANGUAGE: HeaderName = HeaderName::from_static("x-tc-language");
-    static X_TC_TIMESTAMP: HeaderName = HeaderName::from_static("x-tc-timestamp");
-    static X_TC_REQUESTCLIENT: HeaderName = HeaderName::from_static("x-tc-requestclient");
-    let candidates: &[&HeaderName] = match name.len() {
-        4 => &[&header::HOST],
-        6 => &[&header::ACCEPT, &header::EXPECT],
-        10 => &[&header::CONNECTION, &header::USER_AGENT, &X_TC_TOKEN],
-        11 => &[&X_TC_ACTION, &X_TC_REGION],
-        12 => &[&header::CONTENT_TYPE, &X_TC_VERSION],
-        13 => &[&header::AUTHORIZATION, &X_TC_LANGUAGE],
-        14 => &[&header::CONTENT_LENGTH, &X_TC_TIMESTAMP],
-        15 => &[&header::ACCEPT_ENCODING],
-        18 => &[&X_TC_REQUESTCLIENT],
-        _ => &[],
-    };
-    for known in candidates {
-        if folded_equal(name, known.as_str().as_bytes()) {
-            return Ok((*known).clone());
-        }
-    }
-    HeaderName::from_bytes(name)
-}
-
-/// `name`, a field name httparse accepted, equals `lowercase` (letters and `-`) without
-/// regard to case. Setting bit 0x20 lowercases a letter and leaves `-` alone; of the
-/// other token characters none becomes a lowercase letter or `-`. Without an early
-/// exit the loop is vectorised: a third of `eq_ignore_ascii_case`'s cost here.
-fn folded_equal(name: &[u8], lowercase: &[u8]) -> bool {
-    name.len() == lowercase.len()
-        && name
-            .iter()
-            .zip(lowercase)
-            .fold(0u8, |differs, (a, b)| differs | ((a | 0x20) ^ b))
-            == 0
-}
-
-/// A field value httparse accepted, shared with the head's bytes. `HeaderValue`'s own
-/// check is a loop over every byte of every value, the SDK's long `Authorization`
-/// included; an ASCII check reads eight bytes a step.
-fn field_value(bytes: Bytes) -> Result<HeaderValue, StatusCode> {
-    if bytes.is_ascii() {
-        // SAFETY: the constructor's documented requirement is UTF-8, which ASCII is;
-        // what it relies on is `HeaderValue`'s byte rule (HTAB, or 0x20-0xFF but
-        // 0x7F), and httparse accepted these bytes by the same rule.
-        Ok(unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) })
-    } else {
-        HeaderValue::from_maybe_shared(bytes).map_err(|_| StatusCode::BAD_REQUEST)
     }
 }
 
@@ -803,49 +755,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sdk_header_names_are_found_whatever_their_case_and_others_parsed() {
-        for name in [
-            "Host",
-            "Accept",
-            "Expect",
-            "Connection",
-            "User-Agent",
-            "X-TC-Token",
-            "X-TC-Action",
-            "X-TC-Region",
-            "Content-Type",
-            "X-TC-Version",
-            "Authorization",
-            "X-TC-Language",
-            "Content-Length",
-            "X-TC-Timestamp",
-            "Accept-Encoding",
-            "X-TC-RequestClient",
-            "X-TC-Other",
-            "x-custom",
-        ] {
-            let parsed = header_name(name.as_bytes()).unwrap();
-            assert_eq!(parsed.as_str(), name.to_ascii_lowercase());
-            assert_eq!(parsed, HeaderName::from_bytes(name.as_bytes()).unwrap());
-        }
-        assert!(header_name(b"bad name").is_err());
-        assert!(header_name(b"").is_err());
-    }
-
-    #[test]
-    fn field_values_are_shared_and_obs_text_still_checked() {
-        let value = field_value(Bytes::from_static(b"TC3-HMAC-SHA256 Credential=a/b")).unwrap();
-        assert_eq!(value, "TC3-HMAC-SHA256 Credential=a/b");
-        assert_eq!(
-            field_value(Bytes::from_static(b"caf\xe9")).unwrap().as_bytes(),
-            b"caf\xe9"
-        );
-        assert!(field_value(Bytes::from_static(b"\xe9\x7f")).is_err());
-        assert!(!folded_equal(b"X_TC_Action", b"x-tc-action"));
-        assert!(folded_equal(b"X-tc-ACTION", b"x-tc-action"));
-    }
 
     #[test]
     fn connection_tokens_are_matched_whole_and_without_case() {

@@ -289,7 +289,8 @@ impl DataPlane {
             let app = app.clone();
             async move {
                 let (parts, body) = request.into_parts();
-                let mut response = crate::proxy::handle(&app, parts, body).await;
+                let fields = crate::proxy::fields::RequestFields::from_header_map(&parts.headers);
+                let mut response = crate::proxy::handle(&app, parts, fields, body).await;
                 let upstream_headers = response.body_mut().take_upstream_headers();
                 upstream_headers.append_to(response.headers_mut());
                 Ok::<_, Infallible>(response)

@@ -1,0 +1,421 @@
+//! A request's header fields as the pipeline reads them: the head's bytes, each
+//! field's position in them, and where the first of each header the gateway acts on
+//! is, found once as the head is taken. Lookups of those are an index, not a hash;
+//! other names are found by a scan. The HTTP/1.1 server builds it from the parsed head
+//! without copying a value; HTTP/2 builds it from hyper's `HeaderMap`. A `HeaderMap`
+//! per request (hashing every name, two allocations) was the largest share of
+//! parsing's cost. Must not decide anything about a request: it only holds fields.
+//!
+//! Values hold no control byte but HTAB (httparse's rule, and `HeaderValue`'s), so a
+//! value that is ASCII is visible ASCII.
+
+use bytes::Bytes;
+use http::HeaderMap;
+use std::ops::Range;
+
+/// The header names the pipeline reads, the hop-by-hop ones the forwarder drops, and
+/// those the SDKs send (so a signed one is found without a scan).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Known {
+    Host,
+    Accept,
+    Expect,
+    Connection,
+    UserAgent,
+    XTcToken,
+    XTcAction,
+    XTcRegion,
+    ContentType,
+    XTcVersion,
+    Authorization,
+    XTcLanguage,
+    ContentLength,
+    XTcTimestamp,
+    AcceptEncoding,
+    TransferEncoding,
+    XTcRequestClient,
+    XTcContentSha256,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    Trailer,
+    Upgrade,
+    ProxyAuthorization,
+}
+
+impl Known {
+    const COUNT: usize = Known::ProxyAuthorization as usize + 1;
+
+    pub fn lowercase(self) -> &'static str {
+        match self {
+            Known::Host => "host",
+            Known::Accept => "accept",
+            Known::Expect => "expect",
+            Known::Connection => "connection",
+            Known::UserAgent => "user-agent",
+            Known::XTcToken => "x-tc-token",
+            Known::XTcAction => "x-tc-action",
+            Known::XTcRegion => "x-tc-region",
+            Known::ContentType => "content-type",
+            Known::XTcVersion => "x-tc-version",
+            Known::Authorization => "authorization",
+            Known::XTcLanguage => "x-tc-language",
+            Known::ContentLength => "content-length",
+            Known::XTcTimestamp => "x-tc-timestamp",
+            Known::AcceptEncoding => "accept-encoding",
+            Known::TransferEncoding => "transfer-encoding",
+            Known::XTcRequestClient => "x-tc-requestclient",
+            Known::XTcContentSha256 => "x-tc-content-sha256",
+            Known::KeepAlive => "keep-alive",
+            Known::ProxyConnection => "proxy-connection",
+            Known::Te => "te",
+            Known::Trailer => "trailer",
+            Known::Upgrade => "upgrade",
+            Known::ProxyAuthorization => "proxy-authorization",
+        }
+    }
+
+    /// The known header `name` (a field name token, in any case) is, found by its
+    /// length and one comparison.
+    pub fn of(name: &[u8]) -> Option<Known> {
+        let candidates: &[Known] = match name.len() {
+            2 => &[Known::Te],
+            4 => &[Known::Host],
+            6 => &[Known::Accept, Known::Expect],
+            7 => &[Known::Trailer, Known::Upgrade],
+            10 => &[Known::Connection, Known::UserAgent, Known::XTcToken, Known::KeepAlive],
+            11 => &[Known::XTcAction, Known::XTcRegion],
+            12 => &[Known::ContentType, Known::XTcVersion],
+            13 => &[Known::Authorization, Known::XTcLanguage],
+            14 => &[Known::ContentLength, Known::XTcTimestamp],
+            15 => &[Known::AcceptEncoding],
+            16 => &[Known::ProxyConnection],
+            17 => &[Known::TransferEncoding],
+            18 => &[Known::XTcRequestClient],
+            19 => &[Known::XTcContentSha256, Known::ProxyAuthorization],
+            _ => &[],
+        };
+        candidates
+            .iter()
+            .copied()
+            .find(|known| folded_equal(name, known.lowercase().as_bytes()))
+    }
+
+    /// Connection-level fields (RFC 9110 §7.6.1): never forwarded.
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Known::Connection
+                | Known::KeepAlive
+                | Known::ProxyConnection
+                | Known::Te
+                | Known::Trailer
+                | Known::TransferEncoding
+                | Known::Upgrade
+                | Known::ProxyAuthorization
+        )
+    }
+}
+
+/// `name`, a field name token, equals `lowercase` (letters, digits and `-`) without
+/// regard to case. Setting bit 0x20 lowercases a letter and leaves `-` and digits
+/// alone; of the other token characters none becomes a lowercase letter, a digit or
+/// `-`. Without an early exit the loop is vectorised: a third of
+/// `eq_ignore_ascii_case`'s cost here.
+pub fn folded_equal(name: &[u8], lowercase: &[u8]) -> bool {
+    name.len() == lowercase.len()
+        && name
+            .iter()
+            .zip(lowercase)
+            .fold(0u8, |differs, (a, b)| differs | ((a | 0x20) ^ b))
+            == 0
+}
+
+const NOT_KNOWN: u8 = u8::MAX;
+
+#[derive(Clone, Copy)]
+struct Field {
+    name_start: u32,
+    name_length: u32,
+    value_start: u32,
+    value_length: u32,
+    known: u8,
+}
+
+pub struct RequestFields {
+    /// The bytes the fields are positions in: the request head on HTTP/1.1.
+    text: Bytes,
+    fields: Vec<Field>,
+    /// For each known name, 1 + the index of its first field; 0 when absent.
+    first: [u16; Known::COUNT],
+    /// A bit per known name sent more than once.
+    repeated: u32,
+}
+
+impl Default for RequestFields {
+    fn default() -> Self {
+        RequestFields {
+            text: Bytes::new(),
+            fields: Vec::new(),
+            first: [0; Known::COUNT],
+            repeated: 0,
+        }
+    }
+}
+
+impl RequestFields {
+    /// Fields at positions in `text` (names and values httparse accepted), in order.
+    pub fn with_capacity(text: Bytes, capacity: usize) -> Self {
+        RequestFields {
+            text,
+            fields: Vec::with_capacity(capacity),
+            ..RequestFields::default()
+        }
+    }
+
+    /// Adds the field whose name and value are at these positions of the text; returns
+    /// which known header it is.
+    pub fn push(&mut self, name: Range<usize>, value: Range<usize>) -> Option<Known> {
+        let known = Known::of(&self.text[name.clone()]);
+        let index = self.fields.len();
+        if let Some(known) = known {
+            let slot = &mut self.first[known as usize];
+            if *slot == 0 {
+                // More fields than u16 holds are refused long before (max_headers).
+                *slot = u16::try_from(index + 1).unwrap_or(u16::MAX);
+            } else {
+                self.repeated |= 1 << known as u32;
+            }
+        }
+        self.fields.push(Field {
+            name_start: name.start as u32,
+            name_length: name.len() as u32,
+            value_start: value.start as u32,
+            value_length: value.len() as u32,
+            known: known.map_or(NOT_KNOWN, |k| k as u8),
+        });
+        known
+    }
+
+    /// The fields of an HTTP/2 request (or a test's), copied into one buffer.
+    pub fn from_header_map(headers: &HeaderMap) -> Self {
+        let mut text = Vec::with_capacity(headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum());
+        let mut positions = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            let name_start = text.len();
+            text.extend_from_slice(name.as_str().as_bytes());
+            let value_start = text.len();
+            text.extend_from_slice(value.as_bytes());
+            positions.push((name_start..value_start, value_start..text.len()));
+        }
+        let mut fields = RequestFields::with_capacity(Bytes::from(text), positions.len());
+        for (name, value) in positions {
+            fields.push(name, value);
+        }
+        fields
+    }
+
+    /// The value of the field pushed last (empty when there is none).
+    pub fn last_value(&self) -> &[u8] {
+        self.fields.last().map_or(&[], |field| self.value_of(field))
+    }
+
+    fn name_of(&self, field: &Field) -> &[u8] {
+        let start = field.name_start as usize;
+        &self.text[start..start + field.name_length as usize]
+    }
+
+    fn value_of(&self, field: &Field) -> &[u8] {
+        let start = field.value_start as usize;
+        &self.text[start..start + field.value_length as usize]
+    }
+
+    /// The first value of a known header.
+    pub fn get(&self, known: Known) -> Option<&[u8]> {
+        match self.first[known as usize] {
+            0 => None,
+            at => Some(self.value_of(&self.fields[at as usize - 1])),
+        }
+    }
+
+    /// The first value of a known header, if it is visible ASCII (as
+    /// `HeaderValue::to_str` has it).
+    pub fn get_str(&self, known: Known) -> Option<&str> {
+        self.get(known).and_then(visible_ascii)
+    }
+
+    pub fn contains(&self, known: Known) -> bool {
+        self.first[known as usize] != 0
+    }
+
+    /// Whether a known header was sent more than once.
+    pub fn is_repeated(&self, known: Known) -> bool {
+        self.repeated & (1 << known as u32) != 0
+    }
+
+    /// Every value of a known header, in order.
+    pub fn all(&self, known: Known) -> impl Iterator<Item = &[u8]> {
+        let from = (self.first[known as usize] as usize).saturating_sub(1);
+        let present = self.contains(known);
+        self.fields[from..]
+            .iter()
+            .filter(move |field| present && field.known == known as u8)
+            .map(|field| self.value_of(field))
+    }
+
+    /// The first value of the header named `lowercase` (known or not).
+    pub fn find(&self, lowercase: &str) -> Option<&[u8]> {
+        if let Some(known) = Known::of(lowercase.as_bytes()) {
+            return self.get(known);
+        }
+        self.fields
+            .iter()
+            .find(|field| field.known == NOT_KNOWN && self.name_of(field).eq_ignore_ascii_case(lowercase.as_bytes()))
+            .map(|field| self.value_of(field))
+    }
+
+    /// Every field in order: its name as sent, its value, and which known header it is.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<Known>)> {
+        self.fields.iter().map(|field| {
+            let known = (field.known != NOT_KNOWN).then(|| KNOWN_BY_INDEX[field.known as usize]);
+            (self.name_of(field), self.value_of(field), known)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+}
+
+static KNOWN_BY_INDEX: [Known; Known::COUNT] = [
+    Known::Host,
+    Known::Accept,
+    Known::Expect,
+    Known::Connection,
+    Known::UserAgent,
+    Known::XTcToken,
+    Known::XTcAction,
+    Known::XTcRegion,
+    Known::ContentType,
+    Known::XTcVersion,
+    Known::Authorization,
+    Known::XTcLanguage,
+    Known::ContentLength,
+    Known::XTcTimestamp,
+    Known::AcceptEncoding,
+    Known::TransferEncoding,
+    Known::XTcRequestClient,
+    Known::XTcContentSha256,
+    Known::KeepAlive,
+    Known::ProxyConnection,
+    Known::Te,
+    Known::Trailer,
+    Known::Upgrade,
+    Known::ProxyAuthorization,
+];
+
+/// A field value as text when it is visible ASCII (HTAB and space allowed).
+pub fn visible_ascii(value: &[u8]) -> Option<&str> {
+    // ASCII suffices: values hold no control bytes but HTAB (see the module's header).
+    if value.is_ascii() {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+impl crate::tc3::SignedHeaders for RequestFields {
+    fn signed_value(&self, name: &str) -> Option<&[u8]> {
+        self.find(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields_of(lines: &[(&str, &str)]) -> RequestFields {
+        let mut text = Vec::new();
+        let mut positions = Vec::new();
+        for (name, value) in lines {
+            let name_start = text.len();
+            text.extend_from_slice(name.as_bytes());
+            let value_start = text.len();
+            text.extend_from_slice(value.as_bytes());
+            positions.push((name_start..value_start, value_start..text.len()));
+        }
+        let mut fields = RequestFields::with_capacity(Bytes::from(text), positions.len());
+        for (name, value) in positions {
+            fields.push(name, value);
+        }
+        fields
+    }
+
+    #[test]
+    fn every_known_name_is_found_in_any_case_and_by_its_index() {
+        for (index, known) in KNOWN_BY_INDEX.iter().enumerate() {
+            assert_eq!(*known as usize, index);
+            let name = known.lowercase();
+            assert_eq!(Known::of(name.as_bytes()), Some(*known), "{name}");
+            assert_eq!(Known::of(name.to_uppercase().as_bytes()), Some(*known), "{name}");
+            assert!(
+                http::HeaderName::from_static(name).as_str() == name,
+                "{name} is a valid name"
+            );
+        }
+        assert_eq!(Known::of(b"X_TC_Action"), None);
+        assert_eq!(Known::of(b"x-tc-actions"), None);
+        assert_eq!(Known::of(b"date"), None);
+    }
+
+    #[test]
+    fn lookups_find_first_values_repeats_and_unknown_names() {
+        let fields = fields_of(&[
+            ("Host", "example.com"),
+            ("X-TC-Action", "LivenessCompare"),
+            ("X-Custom", "one"),
+            ("x-tc-action", "Other"),
+            ("X-CUSTOM", "two"),
+            ("Connection", "keep-alive"),
+            ("connection", "x-custom"),
+            ("X-Bin", "caf\u{e9}"),
+        ]);
+        assert_eq!(fields.len(), 8);
+        assert_eq!(fields.get(Known::Host), Some(&b"example.com"[..]));
+        assert_eq!(fields.get_str(Known::XTcAction), Some("LivenessCompare"));
+        assert!(fields.is_repeated(Known::XTcAction));
+        assert!(!fields.is_repeated(Known::Host));
+        assert!(!fields.contains(Known::ContentType));
+        assert_eq!(fields.get(Known::ContentType), None);
+        assert_eq!(fields.find("x-custom"), Some(&b"one"[..]));
+        assert_eq!(fields.find("x-tc-action"), Some(&b"LivenessCompare"[..]));
+        assert_eq!(fields.find("x-missing"), None);
+        assert_eq!(fields.find("x-bin").and_then(visible_ascii), None);
+        let connection: Vec<&[u8]> = fields.all(Known::Connection).collect();
+        assert_eq!(connection, [&b"keep-alive"[..], b"x-custom"]);
+        assert_eq!(fields.all(Known::Expect).count(), 0);
+        let names: Vec<(&[u8], Option<Known>)> = fields.iter().map(|(name, _, known)| (name, known)).collect();
+        assert_eq!(names[1], (&b"X-TC-Action"[..], Some(Known::XTcAction)));
+        assert_eq!(names[2], (&b"X-Custom"[..], None));
+    }
+
+    #[test]
+    fn a_header_map_gives_the_same_fields() {
+        let mut map = HeaderMap::new();
+        map.append("content-type", "application/json".parse().unwrap());
+        map.append("x-tc-action", "A".parse().unwrap());
+        map.append("x-tc-action", "B".parse().unwrap());
+        map.append("x-other", "1".parse().unwrap());
+        let fields = RequestFields::from_header_map(&map);
+        assert_eq!(fields.len(), 4);
+        assert_eq!(fields.get_str(Known::ContentType), Some("application/json"));
+        assert!(fields.is_repeated(Known::XTcAction));
+        assert_eq!(fields.all(Known::XTcAction).collect::<Vec<_>>(), [&b"A"[..], b"B"]);
+        assert_eq!(fields.find("x-other"), Some(&b"1"[..]));
+    }
+}
