@@ -79,27 +79,40 @@ impl Known {
     /// The known header `name` (a field name token, in any case) is, found by its
     /// length and one comparison.
     pub fn of(name: &[u8]) -> Option<Known> {
-        let candidates: &[Known] = match name.len() {
-            2 => &[Known::Te],
-            4 => &[Known::Host],
-            6 => &[Known::Accept, Known::Expect],
-            7 => &[Known::Trailer, Known::Upgrade],
-            10 => &[Known::Connection, Known::UserAgent, Known::XTcToken, Known::KeepAlive],
-            11 => &[Known::XTcAction, Known::XTcRegion],
-            12 => &[Known::ContentType, Known::XTcVersion],
-            13 => &[Known::Authorization, Known::XTcLanguage],
-            14 => &[Known::ContentLength, Known::XTcTimestamp],
-            15 => &[Known::AcceptEncoding],
-            16 => &[Known::ProxyConnection],
-            17 => &[Known::TransferEncoding],
-            18 => &[Known::XTcRequestClient],
-            19 => &[Known::XTcContentSha256, Known::ProxyAuthorization],
-            _ => &[],
+        use Known::*;
+        type Candidates = &'static [(Known, &'static [u8])];
+        let candidates: Candidates = match name.len() {
+            2 => &[(Te, b"te")],
+            4 => &[(Host, b"host")],
+            6 => &[(Accept, b"accept"), (Expect, b"expect")],
+            7 => &[(Trailer, b"trailer"), (Upgrade, b"upgrade")],
+            10 => &[
+                (Connection, b"connection"),
+                (UserAgent, b"user-agent"),
+                (XTcToken, b"x-tc-token"),
+                (KeepAlive, b"keep-alive"),
+            ],
+            11 => &[(XTcAction, b"x-tc-action"), (XTcRegion, b"x-tc-region")],
+            12 => &[(ContentType, b"content-type"), (XTcVersion, b"x-tc-version")],
+            13 => &[(Authorization, b"authorization"), (XTcLanguage, b"x-tc-language")],
+            14 => &[(ContentLength, b"content-length"), (XTcTimestamp, b"x-tc-timestamp")],
+            15 => &[(AcceptEncoding, b"accept-encoding")],
+            16 => &[(ProxyConnection, b"proxy-connection")],
+            17 => &[(TransferEncoding, b"transfer-encoding")],
+            18 => &[(XTcRequestClient, b"x-tc-requestclient")],
+            19 => &[
+                (XTcContentSha256, b"x-tc-content-sha256"),
+                (ProxyAuthorization, b"proxy-authorization"),
+            ],
+            _ => return None,
         };
+        // The last byte tells most candidates of one length apart before the whole
+        // name is compared.
+        let last = name[name.len() - 1] | 0x20;
         candidates
             .iter()
-            .copied()
-            .find(|known| folded_equal(name, known.lowercase().as_bytes()))
+            .find(|(_, lowercase)| lowercase[lowercase.len() - 1] == last && folded_equal(name, lowercase))
+            .map(|(known, _)| *known)
     }
 
     /// Connection-level fields (RFC 9110 §7.6.1): never forwarded.
@@ -322,11 +335,10 @@ static KNOWN_BY_INDEX: [Known; Known::COUNT] = [
 /// A field value as text when it is visible ASCII (HTAB and space allowed).
 pub fn visible_ascii(value: &[u8]) -> Option<&str> {
     // ASCII suffices: values hold no control bytes but HTAB (see the module's header).
-    if value.is_ascii() {
-        std::str::from_utf8(value).ok()
-    } else {
-        None
-    }
+    // SAFETY: ASCII is UTF-8; `from_utf8` would check every byte a second time.
+    value
+        .is_ascii()
+        .then(|| unsafe { std::str::from_utf8_unchecked(value) })
 }
 
 impl crate::tc3::SignedHeaders for RequestFields {
