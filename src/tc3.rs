@@ -11,6 +11,7 @@ use ring::digest::{self, SHA256};
 use ring::hmac::{self as ring_hmac, HMAC_SHA256};
 use sha2::Digest as _;
 use std::cell::{Cell, RefCell};
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use subtle::ConstantTimeEq;
@@ -560,10 +561,11 @@ impl Absorb for HmacSha256 {
 
 /// A message gathered on the stack and handed to the hash in one piece: the canonical
 /// request and the StringToSign come in 10 to 20 pieces of a few bytes, and a hash's
-/// own buffering costs more per piece (about 50 calls a request) than this copy.
+/// own buffering costs more per piece (about 50 calls a request) than this copy. The
+/// buffer is left uninitialised: it is only read up to what was written.
 struct Gathered<H: Absorb> {
     inner: H,
-    buffer: [u8; GATHERED_BYTES],
+    buffer: [MaybeUninit<u8>; GATHERED_BYTES],
     length: usize,
 }
 
@@ -573,26 +575,42 @@ impl<H: Absorb> Gathered<H> {
     fn new(inner: H) -> Self {
         Gathered {
             inner,
-            buffer: [0; GATHERED_BYTES],
+            buffer: [const { MaybeUninit::uninit() }; GATHERED_BYTES],
             length: 0,
         }
     }
 
+    #[inline]
     fn push(&mut self, data: &[u8]) {
-        if self.length + data.len() > GATHERED_BYTES {
-            self.inner.absorb(&self.buffer[..self.length]);
-            self.length = 0;
-            if data.len() > GATHERED_BYTES {
-                self.inner.absorb(data);
-                return;
-            }
+        let end = self.length + data.len();
+        if end <= GATHERED_BYTES {
+            self.buffer[self.length..end].write_copy_of_slice(data);
+            self.length = end;
+        } else {
+            self.spill(data);
         }
-        self.buffer[self.length..self.length + data.len()].copy_from_slice(data);
-        self.length += data.len();
+    }
+
+    #[cold]
+    fn spill(&mut self, data: &[u8]) {
+        self.flush();
+        if data.len() > GATHERED_BYTES {
+            self.inner.absorb(data);
+        } else {
+            self.buffer[..data.len()].write_copy_of_slice(data);
+            self.length = data.len();
+        }
+    }
+
+    fn flush(&mut self) {
+        // SAFETY: `push` and `spill` wrote the first `length` bytes.
+        let gathered = unsafe { self.buffer[..self.length].assume_init_ref() };
+        self.inner.absorb(gathered);
+        self.length = 0;
     }
 
     fn into_inner(mut self) -> H {
-        self.inner.absorb(&self.buffer[..self.length]);
+        self.flush();
         self.inner
     }
 }

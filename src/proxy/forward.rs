@@ -91,7 +91,8 @@ impl UpstreamClient {
         })
     }
 
-    /// Sends the call, re-signed, and returns the upstream's whole answer.
+    /// Sends the call, re-signed, and returns the upstream's whole answer. Its deadline
+    /// runs from `started`.
     /// `payload_hash_hex` is the hash the client's request was (or would be) signed with.
     pub async fn forward(
         &self,
@@ -100,6 +101,7 @@ impl UpstreamClient {
         body: Bytes,
         resign: Resign<'_>,
         now_unix: i64,
+        started: std::time::Instant,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut target = std::borrow::Cow::Borrowed(path_and_query);
@@ -126,9 +128,14 @@ impl UpstreamClient {
             }
         }
         let write_head = |out: &mut Vec<u8>| self.write_head(out, parts, fields, &target, resign, now_unix);
-        let exchange = self
-            .pool
-            .exchange(&parts.method, write_head, &body, self.max_body_bytes, self.timeout);
+        let exchange = self.pool.exchange(
+            &parts.method,
+            write_head,
+            &body,
+            self.max_body_bytes,
+            started,
+            self.timeout,
+        );
         let answer = match exchange.await {
             Err(PoolError::Timeout) => return Err(ForwardError::Timeout(self.timeout)),
             Err(PoolError::Connect(e)) => return Err(ForwardError::Connect(e)),

@@ -238,7 +238,10 @@ async fn pipeline<B: RequestBody>(
         None
     };
     let upstream_started = Instant::now();
-    let response = app.upstream.forward(parts, fields, body, resign, now).await?;
+    let response = app
+        .upstream
+        .forward(parts, fields, body, resign, now, upstream_started)
+        .await?;
     app.metrics.record_upstream(upstream_started.elapsed().as_secs_f64());
     // 7. meter: decided as the answer streams through (`body::ProxyBody::Metered`)
     let Some(key) = meter_key.filter(|_| response.status() == http::StatusCode::OK) else {

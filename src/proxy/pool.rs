@@ -107,8 +107,9 @@ impl UpstreamPool {
     }
 
     /// Sends a request on an idle connection of this thread, or a new one, and reads
-    /// the whole answer, refusing a body over `limit` bytes and giving up after
-    /// `timeout` (connecting included). `write_head` writes the request line and
+    /// the whole answer, refusing a body over `limit` bytes and giving up `timeout`
+    /// after `started` (connecting included; the caller's clock reading, so that the
+    /// call's timing and its deadline need one read). `write_head` writes the request line and
     /// headers (`h1::write_request_line`, `h1::write_header`); the body's length ends
     /// the head.
     pub async fn exchange(
@@ -117,10 +118,11 @@ impl UpstreamPool {
         write_head: impl FnOnce(&mut Vec<u8>),
         body: &[u8],
         limit: usize,
+        started: Instant,
         timeout: Duration,
     ) -> Result<Answer, PoolError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut connection = match self.checkout() {
+        let deadline = tokio::time::Instant::from_std(started) + timeout;
+        let mut connection = match self.checkout(started) {
             Some(connection) => connection,
             // Boxed: connecting (with TLS) is rare and its future large; inline it would
             // make every request's future larger, and futures are copied when created.
@@ -167,14 +169,14 @@ impl UpstreamPool {
     }
 
     /// The most recently used idle connection of this pool that is still open.
-    fn checkout(&self) -> Option<Connection> {
+    fn checkout(&self, now: Instant) -> Option<Connection> {
         loop {
             let mut connection = IDLE.with(|idle| {
                 let mut idle = idle.borrow_mut();
                 let position = idle.iter().rposition(|(pool, _)| *pool == self.id)?;
                 Some(idle.remove(position).1)
             })?;
-            if connection.idle_since.elapsed() >= self.idle_timeout || !connection.still_open() {
+            if now.saturating_duration_since(connection.idle_since) >= self.idle_timeout || !connection.still_open() {
                 continue;
             }
             return Some(connection);
