@@ -14,7 +14,8 @@ use http::HeaderMap;
 use std::ops::Range;
 
 /// The header names the pipeline reads, the hop-by-hop ones the forwarder drops, and
-/// those the SDKs send (so a signed one is found without a scan).
+/// those the SDKs send (so a signed one is found without a scan). Fewer than 32: a
+/// bit each in `RequestFields::repeated`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Known {
@@ -42,10 +43,12 @@ pub enum Known {
     Trailer,
     Upgrade,
     ProxyAuthorization,
+    /// Read in the upstream's answers (`headers::PassedHeaders`).
+    Date,
 }
 
 impl Known {
-    const COUNT: usize = Known::ProxyAuthorization as usize + 1;
+    const COUNT: usize = Known::Date as usize + 1;
 
     pub fn lowercase(self) -> &'static str {
         match self {
@@ -73,6 +76,7 @@ impl Known {
             Known::Trailer => "trailer",
             Known::Upgrade => "upgrade",
             Known::ProxyAuthorization => "proxy-authorization",
+            Known::Date => "date",
         }
     }
 
@@ -83,7 +87,7 @@ impl Known {
         type Candidates = &'static [(Known, &'static [u8])];
         let candidates: Candidates = match name.len() {
             2 => &[(Te, b"te")],
-            4 => &[(Host, b"host")],
+            4 => &[(Host, b"host"), (Date, b"date")],
             6 => &[(Accept, b"accept"), (Expect, b"expect")],
             7 => &[(Trailer, b"trailer"), (Upgrade, b"upgrade")],
             10 => &[
@@ -330,6 +334,7 @@ static KNOWN_BY_INDEX: [Known; Known::COUNT] = [
     Known::Trailer,
     Known::Upgrade,
     Known::ProxyAuthorization,
+    Known::Date,
 ];
 
 /// A field value as text when it is visible ASCII (HTAB and space allowed).
@@ -382,7 +387,8 @@ mod tests {
         }
         assert_eq!(Known::of(b"X_TC_Action"), None);
         assert_eq!(Known::of(b"x-tc-actions"), None);
-        assert_eq!(Known::of(b"date"), None);
+        assert_eq!(Known::of(b"vary"), None);
+        assert_eq!(Known::of(b"hosT"), Some(Known::Host));
     }
 
     #[test]

@@ -1,23 +1,8 @@
 //! Hop-by-hop header handling (RFC 9110 §7.6.1) for both directions of the proxy.
 //! Must not touch end-to-end headers: the upstream's answer passes through unchanged.
 
-use crate::proxy::fields::{Known, RequestFields};
-use http::{HeaderMap, HeaderName, HeaderValue, header};
-
-/// Headers that describe one connection, never the message; always removed.
-/// `Connection` first: `strip_hop_by_hop` reads its bit. A `static`, not a `const`: a
-/// const array of `HeaderName`s is built and dropped at every use (0.7% of a call's
-/// instructions when it was one).
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
+use crate::proxy::fields::{Known, RequestFields, folded_equal};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header names a request's `Connection` header lists, as sent. The usual
 /// `keep-alive` and `close` are skipped, so the usual answer is an empty, unallocated
@@ -64,7 +49,7 @@ impl PassedHeaders {
         let mut length = 0;
         for field in fields {
             length += field.name.len() + field.value.len() + 4;
-            if field.name.eq_ignore_ascii_case("connection") {
+            if folded_equal(field.name.as_bytes(), b"connection") {
                 named.extend(list_items(field.value).filter(|token| names_a_header(token)));
             }
         }
@@ -72,15 +57,13 @@ impl PassedHeaders {
         let mut has_date = false;
         for field in fields {
             let name = field.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"content-length")
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|hop| hop.as_str().as_bytes().eq_ignore_ascii_case(name))
+            let known = Known::of(name);
+            if known.is_some_and(|k| k == Known::ContentLength || k.is_hop_by_hop())
                 || named.iter().any(|token| token.eq_ignore_ascii_case(name))
             {
                 continue;
             }
-            has_date |= name.eq_ignore_ascii_case(b"date");
+            has_date |= known == Some(Known::Date);
             lines.extend_from_slice(name);
             lines.extend_from_slice(b": ");
             lines.extend_from_slice(field.value);
