@@ -77,13 +77,13 @@ impl BillableScanner {
                     match memchr::memchr2(b'"', b'\\', data) {
                         None => {
                             if key {
-                                data.iter().for_each(|b| self.push_key_byte(*b));
+                                self.push_key_bytes(data);
                             }
                             return;
                         }
                         Some(at) => {
                             if key {
-                                data[..at].iter().for_each(|b| self.push_key_byte(*b));
+                                self.push_key_bytes(&data[..at]);
                             }
                             if data[at] == b'\\' {
                                 self.lexer = Lexer::InString { escaped: true, key };
@@ -110,12 +110,16 @@ impl BillableScanner {
     }
 
     fn push_key_byte(&mut self, byte: u8) {
-        if self.key_len < KEY_CAPACITY {
-            self.key[self.key_len] = byte;
-            self.key_len += 1;
-        } else {
-            self.key_truncated = true;
-        }
+        self.push_key_bytes(&[byte]);
+    }
+
+    /// Keeps what fits of a key's bytes; a longer key is marked, never matched.
+    fn push_key_bytes(&mut self, bytes: &[u8]) {
+        let room = KEY_CAPACITY - self.key_len;
+        let taken = bytes.len().min(room);
+        self.key[self.key_len..self.key_len + taken].copy_from_slice(&bytes[..taken]);
+        self.key_len += taken;
+        self.key_truncated |= bytes.len() > room;
     }
 
     fn key_is(&self, name: &[u8]) -> bool {
@@ -245,6 +249,11 @@ mod tests {
             (r#"{"Other":{"Error":1},"Response":{"Result":"0"}}"#, true),
             (r#"{"Response":{"Result":"0"},"Error":{}}"#, true),
             (r#"{"Response":{"Res\u0075lt":"0","Err\"or":1}}"#, true),
+            // Keys longer than the scanner keeps: never taken for a shorter one.
+            (r#"{"ResponseResponseResponse":{"Result":"0"}}"#, false),
+            (r#"{"Response":{"ErrorErrorErrorErrorError":{"Code":"c"}}}"#, true),
+            (r#"{"Response":{"Error_sixteen_byt":{"Code":"c"}}}"#, true),
+            (r#"{"Response":{"Error_seventeen_b":1,"Error":{"Code":"c"}}}"#, false),
             (r#"{"Response":"text"}"#, false),
             (r#"{"Result":"0"}"#, false),
             (r#"{"Response":{"Result":"0"}"#, false),
