@@ -1,12 +1,15 @@
 //! Prometheus metrics for the admin listener's `/metrics`. Every per-request handle is
 //! created at start-up and indexed by (action id, outcome), so recording a request is
 //! an array index and an atomic add: no lock, no allocation, no label strings built on
-//! the hot path; latency histograms are sharded per data-plane worker
-//! (`LatencyHistogram`). Must not hold request data beyond the counts.
+//! the hot path. What is recorded per request is sharded per data-plane worker
+//! (`LatencyHistogram`, `ShardedCounts`): two workers adding to one atomic pass its
+//! cache line back and forth on every call. Must not hold request data beyond the
+//! counts.
 
 use crate::catalog::{ActionId, Catalog};
 use crate::proxy::errors::ErrorCode;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -94,6 +97,98 @@ impl EncodeMetric for LatencyHistogram {
     }
 }
 
+/// `u64`s in a 128-byte span (two cache lines: adjacent-line prefetching pairs them).
+const LINE_U64S: usize = 16;
+
+/// Counters the data-plane workers add to, each worker in its own cache lines (worker
+/// index modulo `HISTOGRAM_SHARDS`, other threads in shard 0), summed when scraped.
+#[derive(Debug)]
+struct ShardedCounts {
+    cells: usize,
+    /// Cells of one shard, rounded up to whole spans, plus one span so that no span
+    /// holds cells of two shards whatever the allocation's alignment.
+    stride: usize,
+    values: Box<[AtomicU64]>,
+}
+
+impl ShardedCounts {
+    fn new(cells: usize) -> Self {
+        let stride = cells.div_ceil(LINE_U64S) * LINE_U64S + LINE_U64S;
+        Self {
+            cells,
+            stride,
+            values: (0..stride * HISTOGRAM_SHARDS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn add(&self, cell: usize) {
+        debug_assert!(cell < self.cells);
+        let shard = crate::workers::current_worker() % HISTOGRAM_SHARDS;
+        self.values[shard * self.stride + cell].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self, cell: usize) -> u64 {
+        (0..HISTOGRAM_SHARDS)
+            .map(|shard| self.values[shard * self.stride + cell].load(Ordering::Relaxed))
+            .fold(0u64, u64::wrapping_add)
+    }
+}
+
+/// A counter without labels, sharded (`ShardedCounts`).
+#[derive(Clone, Debug)]
+pub struct ShardedCounter(Arc<ShardedCounts>);
+
+impl Default for ShardedCounter {
+    fn default() -> Self {
+        Self(Arc::new(ShardedCounts::new(1)))
+    }
+}
+
+impl ShardedCounter {
+    pub fn inc(&self) {
+        self.0.add(0);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.sum(0)
+    }
+}
+
+impl EncodeMetric for ShardedCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// `requests`, by action and outcome: one sharded cell per pair.
+#[derive(Debug)]
+struct RequestCounts {
+    counts: Arc<ShardedCounts>,
+    /// Each cell's labels, in cell order.
+    labels: Vec<RequestLabels>,
+}
+
+impl Collector for RequestCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "requests",
+            "Requests on the data listener by action and outcome (forwarded, or the error code the gateway answered)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (cell, labels) in self.labels.iter().enumerate() {
+            metric
+                .encode_family(labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&self.counts.sum(cell), None)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     action: String,
@@ -141,7 +236,7 @@ impl Outcome {
 pub struct Metrics {
     registry: Registry,
     /// `[action][outcome]`, flattened; the last action row is "unknown".
-    requests: Vec<Counter>,
+    requests: Arc<ShardedCounts>,
     actions: usize,
     duration: LatencyHistogram,
     upstream_duration: LatencyHistogram,
@@ -153,7 +248,7 @@ pub struct Metrics {
     pub state_age_seconds: Gauge,
     pub accounts_loaded: Gauge,
     pub credentials_loaded: Gauge,
-    pub billable_calls: Counter,
+    pub billable_calls: ShardedCounter,
     pub usage_pending_calls: Gauge,
     pub usage_oldest_pending_seconds: Gauge,
     pub flush_batches_ok: Counter,
@@ -163,23 +258,21 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(catalog: &Catalog) -> Self {
         let mut registry = Registry::with_prefix("ekyc_gateway");
-        let family = Family::<RequestLabels, Counter>::default();
-        let mut requests = Vec::with_capacity((catalog.len() + 1) * Outcome::COUNT);
+        let mut labels = Vec::with_capacity((catalog.len() + 1) * Outcome::COUNT);
         let action_names = catalog.names().chain(std::iter::once("unknown"));
         for action in action_names {
             for outcome in 0..Outcome::COUNT {
-                let labels = RequestLabels {
+                labels.push(RequestLabels {
                     action: action.to_string(),
                     outcome: Outcome::label(outcome).to_string(),
-                };
-                requests.push(family.get_or_create(&labels).clone());
+                });
             }
         }
-        registry.register(
-            "requests",
-            "Requests on the data listener by action and outcome (forwarded, or the error code the gateway answered)",
-            family,
-        );
+        let requests = Arc::new(ShardedCounts::new(labels.len()));
+        registry.register_collector(Box::new(RequestCounts {
+            counts: requests.clone(),
+            labels,
+        }));
         let duration = LatencyHistogram::new();
         registry.register(
             "request_duration_seconds",
@@ -228,7 +321,7 @@ impl Metrics {
             "Credentials in the in-memory state mirror",
             credentials_loaded.clone(),
         );
-        let billable_calls = Counter::default();
+        let billable_calls = ShardedCounter::default();
         registry.register(
             "billable_calls",
             "Calls counted for billing (upstream HTTP 200 without Error, billable action)",
@@ -272,7 +365,7 @@ impl Metrics {
 
     pub fn record_request(&self, action: Option<ActionId>, outcome: Outcome, seconds: f64) {
         let row = action.map_or(self.actions, |a| a.0 as usize);
-        self.requests[row * Outcome::COUNT + outcome.index()].inc();
+        self.requests.add(row * Outcome::COUNT + outcome.index());
         self.duration.observe(seconds);
     }
 
@@ -297,6 +390,47 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_and_billable_counts_sum_every_workers_shard() {
+        let catalog = Catalog::new(&crate::catalog::tests::actions(&[
+            "LivenessCompare",
+            "IdCardVerification",
+        ]));
+        let m = Metrics::new(&catalog);
+        let liveness = catalog.lookup("LivenessCompare");
+        std::thread::scope(|scope| {
+            // Workers 1, 2 and 17 (17 shares worker 1's shard), and a thread that is
+            // not a worker (shard 0).
+            for worker in [1, 2, 17, 0] {
+                let m = &m;
+                scope.spawn(move || {
+                    crate::workers::act_as_worker(worker);
+                    for _ in 0..1000 {
+                        m.record_request(liveness, Outcome::Forwarded, 0.001);
+                        m.billable_calls.inc();
+                    }
+                    m.record_request(None, Outcome::Refused(ErrorCode::ALL[0]), 0.001);
+                });
+            }
+        });
+        assert_eq!(m.billable_calls.get(), 4000);
+        let text = m.render();
+        let refused = ErrorCode::ALL[0].as_str();
+        for line in [
+            r#"ekyc_gateway_requests_total{action="LivenessCompare",outcome="forwarded"} 4000"#.to_string(),
+            r#"ekyc_gateway_requests_total{action="IdCardVerification",outcome="forwarded"} 0"#.to_string(),
+            format!(r#"ekyc_gateway_requests_total{{action="unknown",outcome="{refused}"}} 4"#),
+            "ekyc_gateway_billable_calls_total 4000".to_string(),
+        ] {
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE ekyc_gateway_requests counter").count(),
+            1,
+            "{text}"
+        );
+    }
 
     #[test]
     fn latency_histogram_sums_its_shards_into_cumulative_buckets() {

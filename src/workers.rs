@@ -20,6 +20,12 @@ pub fn current_worker() -> usize {
     WORKER.with(Cell::get)
 }
 
+/// Makes this thread count as worker `index` (tests of per-worker sharding).
+#[cfg(test)]
+pub(crate) fn act_as_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
 /// How many data-plane threads `configured` means: 0 is one per available core.
 pub fn thread_count(configured: usize) -> usize {
     if configured > 0 {

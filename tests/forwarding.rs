@@ -45,6 +45,10 @@ async fn forwards_over_h2c_prior_knowledge() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert!(v["Response"]["BizToken"].is_string(), "{v}");
     assert_eq!(sim.successes("DetectAuth").await, 1);
+    // Counted by the gateway as well: HTTP/2 answers are taken by hyper, not by our
+    // HTTP/1.1 server.
+    let metrics = gateway.metrics().await;
+    assert!(metrics.contains("ekyc_gateway_billable_calls_total 1"), "{metrics}");
 }
 
 fn tls_client(

@@ -103,16 +103,19 @@ async fn drain_for_lingering_close(fields: &RequestFields, body: Incoming, limit
 /// gets: the upstream has made (and billed) the call, whether or not the client is
 /// still there to read it. hyper's HTTP/2 server drops the answer of a stream the
 /// client reset, and it is not counted.
+///
+/// The ticket holds no `Arc<App>`: cloning one on every call passed its reference
+/// count's cache line between the workers. The server that sends the answer counts it
+/// with its own `App` (`into_sent`); hyper's HTTP/2 server, which takes the body
+/// itself, is handed one (`counted_by`).
 pub struct MeterTicket {
-    pub app: Arc<App>,
     pub key: CounterKey,
     /// The call's arrival (Unix seconds).
     pub at: i64,
 }
 
 impl MeterTicket {
-    fn count(self) {
-        let app = &self.app;
+    fn count(self, app: &App) {
         let key = self.key;
         app.counters.add(key, self.at, || {
             let account = app.mirror.account_by_index(key.account).map(|a| a.id().to_string());
@@ -121,7 +124,7 @@ impl MeterTicket {
                 app.catalog.name(crate::catalog::ActionId(key.action)).to_string(),
             )
         });
-        self.app.metrics.billable_calls.inc();
+        app.metrics.billable_calls.inc();
     }
 }
 
@@ -134,6 +137,8 @@ impl MeterTicket {
 pub struct ProxyBody {
     data: Option<Bytes>,
     ticket: Option<MeterTicket>,
+    /// Where `ticket` is counted when the body is taken through `Body` (HTTP/2).
+    counter: Option<Arc<App>>,
     upstream_headers: PassedHeaders,
 }
 
@@ -161,13 +166,22 @@ impl ProxyBody {
         std::mem::take(&mut self.upstream_headers)
     }
 
-    /// The answer's bytes, taken to be sent (which counts the call if it is billable),
-    /// and the upstream's header fields.
-    pub fn into_sent(mut self) -> (Bytes, PassedHeaders) {
+    /// The answer's bytes, taken to be sent (which counts the call in `app` if it is
+    /// billable), and the upstream's header fields.
+    pub fn into_sent(mut self, app: &App) -> (Bytes, PassedHeaders) {
         if let Some(ticket) = self.ticket.take() {
-            ticket.count();
+            ticket.count(app);
         }
         (self.data.take().unwrap_or_default(), self.upstream_headers)
+    }
+
+    /// The same body, counting its call in `app` when a server takes it through
+    /// `Body` (hyper's HTTP/2). Only a billable answer keeps the reference.
+    pub fn counted_by(mut self, app: &Arc<App>) -> Self {
+        if self.ticket.is_some() {
+            self.counter = Some(app.clone());
+        }
+        self
     }
 }
 
@@ -176,6 +190,7 @@ impl From<Bytes> for ProxyBody {
         ProxyBody {
             data: (!bytes.is_empty()).then_some(bytes),
             ticket: None,
+            counter: None,
             upstream_headers: PassedHeaders::default(),
         }
     }
@@ -189,7 +204,15 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         let data = this.data.take();
         if let Some(ticket) = this.ticket.take() {
-            ticket.count();
+            match &this.counter {
+                Some(app) => ticket.count(app),
+                // A server that takes bodies through `Body` must call `counted_by`.
+                None => tracing::error!(
+                    account = ticket.key.account,
+                    action = ticket.key.action,
+                    "a billable answer was sent by a server that does not count: not counted"
+                ),
+            }
         }
         Poll::Ready(data.map(|data| Ok(Frame::data(data))))
     }

@@ -191,6 +191,15 @@ impl RequestFields {
         }
     }
 
+    /// Empties the list for the next request's fields at positions in `text`, keeping
+    /// its allocation (the HTTP/1.1 server keeps one list per connection).
+    pub fn reset(&mut self, text: Bytes) {
+        self.text = text;
+        self.fields.clear();
+        self.first = [0; Known::COUNT];
+        self.repeated = 0;
+    }
+
     /// Adds the field whose name and value are at these positions of the text; returns
     /// which known header it is.
     pub fn push(&mut self, name: Range<usize>, value: Range<usize>) -> Option<Known> {

@@ -69,7 +69,7 @@ fn repeats_a_routing_header(fields: &RequestFields) -> bool {
 pub async fn handle<B: RequestBody>(
     app: &Arc<App>,
     parts: http::request::Parts,
-    fields: RequestFields,
+    fields: &RequestFields,
     body: B,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -94,7 +94,7 @@ pub async fn handle<B: RequestBody>(
             http::StatusCode::BAD_REQUEST,
             "chunked request bodies are refused: send Content-Length",
         ))
-    } else if repeats_a_routing_header(&fields) {
+    } else if repeats_a_routing_header(fields) {
         // The gateway checks and bills the first X-TC-Action; the upstream might act
         // on another copy, and the platform's signature does not cover it.
         Some((
@@ -121,7 +121,7 @@ pub async fn handle<B: RequestBody>(
     let mut action = fields
         .get_str(Known::XTcAction)
         .and_then(|name| app.catalog.lookup(name));
-    let result = pipeline(app, &parts, &fields, body, &mut action).await;
+    let result = pipeline(app, &parts, fields, body, &mut action).await;
     let seconds = started.elapsed().as_secs_f64();
     match result {
         Ok(response) => {
@@ -247,11 +247,7 @@ async fn pipeline<B: RequestBody>(
     let Some(key) = meter_key.filter(|_| response.status() == http::StatusCode::OK) else {
         return Ok(response);
     };
-    let ticket = MeterTicket {
-        app: app.clone(),
-        key,
-        at: now,
-    };
+    let ticket = MeterTicket { key, at: now };
     // 8. respond
     Ok(response.map(|body| body.metered(ticket)))
 }

@@ -109,6 +109,8 @@ where
         stop: &stop,
     };
     let mut first = true;
+    // One list for every request of the connection: its allocation is kept.
+    let mut fields = RequestFields::default();
     loop {
         let head = match connection.read_head(limits, &mut waits, first).await {
             HeadRead::Head(head) => head,
@@ -120,7 +122,7 @@ where
             }
         };
         first = false;
-        let request = match connection.take_request(&head) {
+        let request = match connection.take_request(&head, &mut fields) {
             Ok(request) => request,
             Err(status) => {
                 let _ = connection.write_refusal(status).await;
@@ -133,12 +135,14 @@ where
         let response = crate::proxy::handle(
             &app,
             request.parts,
-            request.fields,
+            &fields,
             ConnectionBody {
                 connection: &mut connection,
             },
         )
         .await;
+        // The head's bytes are let go: the read buffer is not kept shared with them.
+        fields.reset(Bytes::new());
         let (parts, body) = response.into_parts();
         // A body the pipeline did not read (it refused the call first) is read and
         // dropped after the answer: the client reads the answer at once, and then the
@@ -151,7 +155,7 @@ where
             && !asks_to_close(&parts.headers)
             && (!unread || drainable && connection.unread_body <= discard_budget(limits));
         // Taken (and, when billable, counted) as it is sent: see `ProxyBody`.
-        let (data, upstream_headers) = body.into_sent();
+        let (data, upstream_headers) = body.into_sent(&app);
         let persistence = match (keep_alive, version) {
             (false, _) => Persistence::Close,
             (true, Version::HTTP_10) => Persistence::KeepAlive10,
@@ -227,9 +231,9 @@ struct HeaderSpan {
 }
 
 struct ReadyRequest {
-    /// Method, target and version; the header map is left empty.
+    /// Method, target and version; the header map is left empty (the fields are in
+    /// the connection's `RequestFields`).
     parts: http::request::Parts,
-    fields: RequestFields,
     keep_alive: bool,
 }
 
@@ -393,9 +397,9 @@ impl<S: ClientStream> Connection<S> {
         Some(HeadRead::Head(head))
     }
 
-    /// Turns the parsed head into the request's parts and fields and sets up its body.
+    /// Turns the parsed head into the request's parts and `fields` and sets up its body.
     /// The fields are positions in the head's bytes: nothing is copied.
-    fn take_request(&mut self, parsed: &ParsedHead) -> Result<ReadyRequest, StatusCode> {
+    fn take_request(&mut self, parsed: &ParsedHead, fields: &mut RequestFields) -> Result<ReadyRequest, StatusCode> {
         let head = self.read_buffer.split_to(parsed.length).freeze();
         let mut request = Request::new(());
         *request.method_mut() =
@@ -403,7 +407,7 @@ impl<S: ClientStream> Connection<S> {
         *request.uri_mut() =
             Uri::from_maybe_shared(head.slice(parsed.target.clone())).map_err(|_| StatusCode::BAD_REQUEST)?;
         *request.version_mut() = parsed.version;
-        let mut fields = RequestFields::with_capacity(head, self.spans.len());
+        fields.reset(head);
         let mut content_length: Option<u64> = None;
         let mut chunked = false;
         let mut connection_close = false;
@@ -442,11 +446,7 @@ impl<S: ClientStream> Connection<S> {
         self.unread_body = if chunked { 0 } else { content_length.unwrap_or(0) };
         self.awaits_continue = expects_continue && parsed.version == Version::HTTP_11 && self.unread_body > 0;
         let (parts, ()) = request.into_parts();
-        Ok(ReadyRequest {
-            parts,
-            fields,
-            keep_alive,
-        })
+        Ok(ReadyRequest { parts, keep_alive })
     }
 
     /// Reads until `length` bytes are buffered.

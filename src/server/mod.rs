@@ -290,7 +290,8 @@ impl DataPlane {
             async move {
                 let (parts, body) = request.into_parts();
                 let fields = crate::proxy::fields::RequestFields::from_header_map(&parts.headers);
-                let mut response = crate::proxy::handle(&app, parts, fields, body).await;
+                let response = crate::proxy::handle(&app, parts, &fields, body).await;
+                let mut response = response.map(|body| body.counted_by(&app));
                 let upstream_headers = response.body_mut().take_upstream_headers();
                 upstream_headers.append_to(response.headers_mut());
                 Ok::<_, Infallible>(response)
