@@ -163,7 +163,7 @@ impl UpstreamPool {
         };
         if reusable {
             connection.deadline_timer = Some(timer);
-            self.check_in(connection);
+            self.check_in(connection, started);
         }
         Ok(answer)
     }
@@ -183,8 +183,11 @@ impl UpstreamPool {
         }
     }
 
-    fn check_in(&self, mut connection: Connection) {
-        let now = Instant::now();
+    /// Puts a connection back, idle since `since`: the call's start, not its end, which
+    /// saves a clock read and can only make a connection look idle for longer (it is
+    /// then closed a call's length early, never late).
+    fn check_in(&self, mut connection: Connection, since: Instant) {
+        let now = since;
         connection.idle_since = now;
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();

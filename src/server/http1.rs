@@ -164,7 +164,7 @@ where
         // Bounded like a body read: a client that stops reading its answers must not
         // hold its connection for ever.
         let write = connection.write_response(&parts, &upstream_headers, &data, !head_request, version, persistence);
-        if !matches!(tokio::time::timeout(limits.body_read_timeout, write).await, Ok(Ok(()))) {
+        if !written_in_time(write, limits.body_read_timeout).await {
             return None;
         }
         if !keep_alive {
@@ -602,6 +602,17 @@ impl<S: ClientStream> RequestBody for ConnectionBody<'_, S> {
                 Err(BodyError::Timeout)
             }
         }
+    }
+}
+
+/// Runs `write` under `deadline`. An answer that fits in the socket's buffer (almost
+/// all) is written by the first poll, and then no timer is set up at all.
+async fn written_in_time(write: impl Future<Output = io::Result<()>>, deadline: Duration) -> bool {
+    let mut write = std::pin::pin!(write);
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(result) => result.is_ok(),
+        Poll::Pending => matches!(tokio::time::timeout(deadline, write).await, Ok(Ok(()))),
     }
 }
 
