@@ -7,7 +7,7 @@
 //! | `cli`     | the `ekyc-gateway` command line (thin) |
 //! | `config`  | TOML config validated into an immutable `Config`; secrets from the env |
 //! | `server`  | listeners, TLS, our HTTP/1.1 server (`server::http1`), hyper for h2, graceful shutdown; `server::run` |
-//! | `proxy`   | the data listener's pipeline, its order written down in `proxy/mod.rs` |
+//! | `proxy`   | the data listener's pipeline, its order written down in `proxy/mod.rs`; request headers by position (`proxy::fields`) |
 //! | `tc3`     | TC3-HMAC-SHA256 parsing, signing and verification (pure) |
 //! | `sigv1`   | the legacy v1 form signature (pure) |
 //! | `state`   | account state and credentials: in-memory mirror, Redis cache, publishers |
@@ -18,7 +18,7 @@
 //! | `billing` | prices, the monthly billing job, ledger, balance and bill status |
 //! | `admin`   | the admin listener: health, readiness, metrics |
 //! | `console` | the tenants' (`/console/`) and operators' (`/ui/`) web pages, embedded |
-//! | `metrics` | Prometheus counters, lock-free on the hot path |
+//! | `metrics` | Prometheus counters, lock-free and sharded per worker on the hot path |
 //! | `tencent` | Tencent API 3.0 wire shapes (error body, RequestId) |
 //! | `tls`     | rustls server and client configuration |
 //! | `app`     | the one shared state, passed down as an `Arc` |
