@@ -47,76 +47,70 @@ pub enum Known {
     Date,
 }
 
+/// Each known name and its lower-case spelling, in the enum's order (a test checks it).
+static KNOWN: [(Known, &str); Known::COUNT] = [
+    (Known::Host, "host"),
+    (Known::Accept, "accept"),
+    (Known::Expect, "expect"),
+    (Known::Connection, "connection"),
+    (Known::UserAgent, "user-agent"),
+    (Known::XTcToken, "x-tc-token"),
+    (Known::XTcAction, "x-tc-action"),
+    (Known::XTcRegion, "x-tc-region"),
+    (Known::ContentType, "content-type"),
+    (Known::XTcVersion, "x-tc-version"),
+    (Known::Authorization, "authorization"),
+    (Known::XTcLanguage, "x-tc-language"),
+    (Known::ContentLength, "content-length"),
+    (Known::XTcTimestamp, "x-tc-timestamp"),
+    (Known::AcceptEncoding, "accept-encoding"),
+    (Known::TransferEncoding, "transfer-encoding"),
+    (Known::XTcRequestClient, "x-tc-requestclient"),
+    (Known::XTcContentSha256, "x-tc-content-sha256"),
+    (Known::KeepAlive, "keep-alive"),
+    (Known::ProxyConnection, "proxy-connection"),
+    (Known::Te, "te"),
+    (Known::Trailer, "trailer"),
+    (Known::Upgrade, "upgrade"),
+    (Known::ProxyAuthorization, "proxy-authorization"),
+    (Known::Date, "date"),
+];
+
 impl Known {
     const COUNT: usize = Known::Date as usize + 1;
 
     pub fn lowercase(self) -> &'static str {
-        match self {
-            Known::Host => "host",
-            Known::Accept => "accept",
-            Known::Expect => "expect",
-            Known::Connection => "connection",
-            Known::UserAgent => "user-agent",
-            Known::XTcToken => "x-tc-token",
-            Known::XTcAction => "x-tc-action",
-            Known::XTcRegion => "x-tc-region",
-            Known::ContentType => "content-type",
-            Known::XTcVersion => "x-tc-version",
-            Known::Authorization => "authorization",
-            Known::XTcLanguage => "x-tc-language",
-            Known::ContentLength => "content-length",
-            Known::XTcTimestamp => "x-tc-timestamp",
-            Known::AcceptEncoding => "accept-encoding",
-            Known::TransferEncoding => "transfer-encoding",
-            Known::XTcRequestClient => "x-tc-requestclient",
-            Known::XTcContentSha256 => "x-tc-content-sha256",
-            Known::KeepAlive => "keep-alive",
-            Known::ProxyConnection => "proxy-connection",
-            Known::Te => "te",
-            Known::Trailer => "trailer",
-            Known::Upgrade => "upgrade",
-            Known::ProxyAuthorization => "proxy-authorization",
-            Known::Date => "date",
-        }
+        KNOWN[self as usize].1
     }
 
     /// The known header `name` (a field name token, in any case) is, found by its
     /// length and one comparison.
     pub fn of(name: &[u8]) -> Option<Known> {
         use Known::*;
-        type Candidates = &'static [(Known, &'static [u8])];
-        let candidates: Candidates = match name.len() {
-            2 => &[(Te, b"te")],
-            4 => &[(Host, b"host"), (Date, b"date")],
-            6 => &[(Accept, b"accept"), (Expect, b"expect")],
-            7 => &[(Trailer, b"trailer"), (Upgrade, b"upgrade")],
-            10 => &[
-                (Connection, b"connection"),
-                (UserAgent, b"user-agent"),
-                (XTcToken, b"x-tc-token"),
-                (KeepAlive, b"keep-alive"),
-            ],
-            11 => &[(XTcAction, b"x-tc-action"), (XTcRegion, b"x-tc-region")],
-            12 => &[(ContentType, b"content-type"), (XTcVersion, b"x-tc-version")],
-            13 => &[(Authorization, b"authorization"), (XTcLanguage, b"x-tc-language")],
-            14 => &[(ContentLength, b"content-length"), (XTcTimestamp, b"x-tc-timestamp")],
-            15 => &[(AcceptEncoding, b"accept-encoding")],
-            16 => &[(ProxyConnection, b"proxy-connection")],
-            17 => &[(TransferEncoding, b"transfer-encoding")],
-            18 => &[(XTcRequestClient, b"x-tc-requestclient")],
-            19 => &[
-                (XTcContentSha256, b"x-tc-content-sha256"),
-                (ProxyAuthorization, b"proxy-authorization"),
-            ],
+        let candidates: &[Known] = match name.len() {
+            2 => &[Te],
+            4 => &[Host, Date],
+            6 => &[Accept, Expect],
+            7 => &[Trailer, Upgrade],
+            10 => &[Connection, UserAgent, XTcToken, KeepAlive],
+            11 => &[XTcAction, XTcRegion],
+            12 => &[ContentType, XTcVersion],
+            13 => &[Authorization, XTcLanguage],
+            14 => &[ContentLength, XTcTimestamp],
+            15 => &[AcceptEncoding],
+            16 => &[ProxyConnection],
+            17 => &[TransferEncoding],
+            18 => &[XTcRequestClient],
+            19 => &[XTcContentSha256, ProxyAuthorization],
             _ => return None,
         };
         // The last byte tells most candidates of one length apart before the whole
         // name is compared.
         let last = name[name.len() - 1] | 0x20;
-        candidates
-            .iter()
-            .find(|(_, lowercase)| lowercase[lowercase.len() - 1] == last && folded_equal(name, lowercase))
-            .map(|(known, _)| *known)
+        candidates.iter().copied().find(|known| {
+            let lowercase = known.lowercase().as_bytes();
+            lowercase[lowercase.len() - 1] == last && folded_equal(name, lowercase)
+        })
     }
 
     /// Connection-level fields (RFC 9110 §7.6.1): never forwarded.
@@ -182,15 +176,6 @@ impl Default for RequestFields {
 }
 
 impl RequestFields {
-    /// Fields at positions in `text` (names and values httparse accepted), in order.
-    pub fn with_capacity(text: Bytes, capacity: usize) -> Self {
-        RequestFields {
-            text,
-            fields: Vec::with_capacity(capacity),
-            ..RequestFields::default()
-        }
-    }
-
     /// Empties the list for the next request's fields at positions in `text`, keeping
     /// its allocation (the HTTP/1.1 server keeps one list per connection).
     pub fn reset(&mut self, text: Bytes) {
@@ -224,18 +209,31 @@ impl RequestFields {
         known
     }
 
-    /// The fields of an HTTP/2 request (or a test's), copied into one buffer.
+    /// The fields of an HTTP/2 request, copied into one buffer.
     pub fn from_header_map(headers: &HeaderMap) -> Self {
-        let mut text = Vec::with_capacity(headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum());
-        let mut positions = Vec::with_capacity(headers.len());
-        for (name, value) in headers {
+        Self::from_pairs(
+            headers
+                .iter()
+                .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+        )
+    }
+
+    /// Fields given as names and values apart, copied into one buffer.
+    fn from_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Self {
+        let mut text = Vec::new();
+        let mut positions = Vec::new();
+        for (name, value) in pairs {
             let name_start = text.len();
-            text.extend_from_slice(name.as_str().as_bytes());
+            text.extend_from_slice(name);
             let value_start = text.len();
-            text.extend_from_slice(value.as_bytes());
+            text.extend_from_slice(value);
             positions.push((name_start..value_start, value_start..text.len()));
         }
-        let mut fields = RequestFields::with_capacity(Bytes::from(text), positions.len());
+        let mut fields = RequestFields {
+            text: Bytes::from(text),
+            fields: Vec::with_capacity(positions.len()),
+            ..RequestFields::default()
+        };
         for (name, value) in positions {
             fields.push(name, value);
         }
@@ -304,7 +302,7 @@ impl RequestFields {
     /// Every field in order: its name as sent, its value, and which known header it is.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<Known>)> {
         self.fields.iter().map(|field| {
-            let known = (field.known != NOT_KNOWN).then(|| KNOWN_BY_INDEX[field.known as usize]);
+            let known = (field.known != NOT_KNOWN).then(|| KNOWN[field.known as usize].0);
             (self.name_of(field), self.value_of(field), known)
         })
     }
@@ -317,34 +315,6 @@ impl RequestFields {
         self.fields.is_empty()
     }
 }
-
-static KNOWN_BY_INDEX: [Known; Known::COUNT] = [
-    Known::Host,
-    Known::Accept,
-    Known::Expect,
-    Known::Connection,
-    Known::UserAgent,
-    Known::XTcToken,
-    Known::XTcAction,
-    Known::XTcRegion,
-    Known::ContentType,
-    Known::XTcVersion,
-    Known::Authorization,
-    Known::XTcLanguage,
-    Known::ContentLength,
-    Known::XTcTimestamp,
-    Known::AcceptEncoding,
-    Known::TransferEncoding,
-    Known::XTcRequestClient,
-    Known::XTcContentSha256,
-    Known::KeepAlive,
-    Known::ProxyConnection,
-    Known::Te,
-    Known::Trailer,
-    Known::Upgrade,
-    Known::ProxyAuthorization,
-    Known::Date,
-];
 
 /// A field value as text when it is visible ASCII (HTAB and space allowed).
 pub fn visible_ascii(value: &[u8]) -> Option<&str> {
@@ -366,25 +336,12 @@ mod tests {
     use super::*;
 
     fn fields_of(lines: &[(&str, &str)]) -> RequestFields {
-        let mut text = Vec::new();
-        let mut positions = Vec::new();
-        for (name, value) in lines {
-            let name_start = text.len();
-            text.extend_from_slice(name.as_bytes());
-            let value_start = text.len();
-            text.extend_from_slice(value.as_bytes());
-            positions.push((name_start..value_start, value_start..text.len()));
-        }
-        let mut fields = RequestFields::with_capacity(Bytes::from(text), positions.len());
-        for (name, value) in positions {
-            fields.push(name, value);
-        }
-        fields
+        RequestFields::from_pairs(lines.iter().map(|(name, value)| (name.as_bytes(), value.as_bytes())))
     }
 
     #[test]
     fn every_known_name_is_found_in_any_case_and_by_its_index() {
-        for (index, known) in KNOWN_BY_INDEX.iter().enumerate() {
+        for (index, (known, _)) in KNOWN.iter().enumerate() {
             assert_eq!(*known as usize, index);
             let name = known.lowercase();
             assert_eq!(Known::of(name.as_bytes()), Some(*known), "{name}");
