@@ -226,11 +226,22 @@ struct RawTier {
     unit: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawRuntime {
     /// Data-plane threads, one current-thread runtime each; 0: one per core.
     worker_threads: u64,
+    /// Each data-plane thread kept on one CPU of those the process may use.
+    pin_threads: bool,
+}
+
+impl Default for RawRuntime {
+    fn default() -> Self {
+        Self {
+            worker_threads: 0,
+            pin_threads: true,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -428,6 +439,8 @@ pub struct Config {
     pub prices: PriceBook,
     /// Data-plane threads (`runtime.worker_threads`; 0: one per core).
     pub worker_threads: usize,
+    /// Each data-plane thread pinned to one allowed CPU (`runtime.pin_threads`).
+    pub pin_worker_threads: bool,
     /// `postgres://…` or `sqlite://path` (env `EKYC_STORE_URL` wins over the file).
     pub store_url: String,
     pub state: StateConfig,
@@ -815,6 +828,7 @@ impl Config {
             actions,
             prices,
             worker_threads: within("runtime.worker_threads", raw.runtime.worker_threads, 0, 1024)?,
+            pin_worker_threads: raw.runtime.pin_threads,
             default_rate_limit_qps: raw.rate_limit.default_qps,
             meter: MeterConfig {
                 flush_interval: ms("meter.flush_interval_ms", raw.meter.flush_interval_ms, 10, 3_600_000)?,
@@ -865,6 +879,9 @@ mod tests {
         assert_eq!(c.upstream.authority.as_str(), "faceid.tencentcloudapi.com");
         assert!(c.actions.iter().any(|a| a.name == "LivenessCompare"));
         assert_eq!(c.default_rate_limit_qps, 100);
+        assert_eq!((c.worker_threads, c.pin_worker_threads), (0, true));
+        let unpinned = Config::from_toml("[runtime]\npin_threads = false\n", &ENV).unwrap();
+        assert!(!unpinned.pin_worker_threads);
         let c = Config::from_toml(
             "[actions.GetFaceIdTokenIntl]\nrate_limit_qps = 20\n[actions.LivenessCompare]\n",
             &ENV,

@@ -90,7 +90,10 @@ pub async fn serve(
         "ekyc-gateway serving"
     );
 
-    let workers = Arc::new(Workers::start(crate::workers::thread_count(app.config.worker_threads))?);
+    let workers = Arc::new(Workers::start(
+        crate::workers::thread_count(app.config.worker_threads),
+        app.config.pin_worker_threads,
+    )?);
     // Off loopback the admin listener speaks TLS only (config refuses it without).
     let admin_tls = match listeners.admin.local_addr()?.ip().is_loopback() {
         true => None,
