@@ -2,13 +2,15 @@
 //! SDKs), `Authorization: Bearer <API key>` (plain HTTP clients), and the legacy v1
 //! form signature. Split in two so that a caller with no valid credential is refused
 //! before its body is read: `identify` looks at the headers only, `verify` checks the
-//! signature over the body. Credentials come from the in-memory mirror only. Must not
-//! decide anything about the account's state or the action.
+//! signature over the body. Credentials come from the in-memory mirror only, through
+//! the connection's `CallerCache`. Must not decide anything about the account's state
+//! or the action.
 
 use crate::proxy::fields::{Known, RequestFields, visible_ascii};
 use crate::sigv1::{self, Params};
 use crate::state::mirror::{CredentialEntry, StateMirror};
-use crate::tc3::{self, SignedRequest, Tc3Error};
+use crate::tc3::{self, SignedRequest, SigningKey, Tc3Error};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,21 +39,102 @@ impl From<Tc3Error> for AuthError {
 
 const MAX_API_KEY_LEN: usize = 256;
 
-/// The caller as known from the headers alone (borrowing them: nothing is copied).
+/// The credential a connection called with last. SDKs keep their connections alive
+/// and sign every call on one with the same SecretId, so the next call finds it here
+/// instead of in the mirror: no map shard lock, no reference count and no signing-key
+/// lock, each a write to a cache line that every data-plane thread writes when one
+/// tenant is busy. It holds while the mirror's credential generation is unchanged
+/// (an entry replaced in the mirror bumps it); revocation and the account's state are
+/// read from the shared entry on every call, so they still take effect at once.
+#[derive(Default)]
+pub struct CallerCache {
+    credential: Option<Arc<CredentialEntry>>,
+    generation: u64,
+    /// The API key hash `credential` was found by, if it was.
+    api_key_hash: Option<[u8; 32]>,
+    /// `credential`'s TC3 signing key for faceid on this credential date.
+    signing_key: Option<([u8; 10], SigningKey)>,
+}
+
+impl CallerCache {
+    fn hold(&mut self, found: Option<Arc<CredentialEntry>>, generation: u64) {
+        let same = match (&self.credential, &found) {
+            (Some(held), Some(found)) => Arc::ptr_eq(held, found),
+            _ => false,
+        };
+        if !same {
+            self.signing_key = None;
+            self.api_key_hash = None;
+        }
+        self.credential = found;
+        self.generation = generation;
+    }
+
+    fn find_by_secret_id(&mut self, mirror: &StateMirror, secret_id: &str) -> Result<&CredentialEntry, AuthError> {
+        // Read before the lookup: an entry replaced in between then fails the next check.
+        let generation = mirror.credential_generation();
+        let held = generation == self.generation
+            && self
+                .credential
+                .as_ref()
+                .is_some_and(|held| held.secret_id() == secret_id);
+        if !held {
+            self.hold(mirror.by_secret_id(secret_id), generation);
+        }
+        usable(self.credential.as_deref())
+    }
+
+    fn find_by_api_key_hash(&mut self, mirror: &StateMirror, hash: [u8; 32]) -> Result<&CredentialEntry, AuthError> {
+        let generation = mirror.credential_generation();
+        let held = generation == self.generation && self.credential.is_some() && self.api_key_hash == Some(hash);
+        if !held {
+            self.hold(mirror.by_api_key_hash(&hash), generation);
+            self.api_key_hash = Some(hash);
+        }
+        usable(self.credential.as_deref())
+    }
+
+    /// The credential found last (by `identify` or `verify`).
+    fn held(&self) -> &CredentialEntry {
+        self.credential.as_deref().expect("found before it is used")
+    }
+
+    /// The held credential's signing key for `date` and `service`; derived once a day
+    /// per credential (in the mirror's entry) and once a day per connection here.
+    fn signing_key(&mut self, date: &str, service: &str) -> Cow<'_, SigningKey> {
+        let credential = self.credential.as_deref().expect("found before it is used");
+        let Ok(date_key) = <[u8; 10]>::try_from(date.as_bytes()) else {
+            return Cow::Owned(credential.signing_key(date, service));
+        };
+        if service != "faceid" {
+            return Cow::Owned(credential.signing_key(date, service));
+        }
+        if self
+            .signing_key
+            .as_ref()
+            .is_none_or(|(held_date, _)| *held_date != date_key)
+        {
+            self.signing_key = Some((date_key, credential.signing_key(date, service)));
+        }
+        Cow::Borrowed(&self.signing_key.as_ref().expect("set above").1)
+    }
+}
+
+/// The caller as known from the headers alone (borrowing them: nothing is copied). Its
+/// credential, if the headers name one, is held in the connection's `CallerCache`.
 pub enum Identified<'h> {
     Tc3 {
-        credential: Arc<CredentialEntry>,
         auth: tc3::Authorization<'h>,
         timestamp: i64,
     },
-    ApiKey(Arc<CredentialEntry>),
+    ApiKey,
     /// No `Authorization` header: maybe a v1 call; its credential is in the body.
     V1,
 }
 
 /// A caller whose signature (or key) has been checked.
-pub struct Authenticated {
-    pub credential: Arc<CredentialEntry>,
+pub struct Authenticated<'c> {
+    pub credential: &'c CredentialEntry,
     pub method: AuthMethod,
 }
 
@@ -79,7 +162,7 @@ fn single_authorization(fields: &RequestFields) -> Result<Option<&str>, AuthErro
     ))
 }
 
-fn usable(credential: Option<Arc<CredentialEntry>>) -> Result<Arc<CredentialEntry>, AuthError> {
+fn usable(credential: Option<&CredentialEntry>) -> Result<&CredentialEntry, AuthError> {
     let credential = credential.ok_or(AuthError::SecretIdNotFound)?;
     if credential.is_revoked() {
         return Err(AuthError::InvalidSecretId);
@@ -88,53 +171,52 @@ fn usable(credential: Option<Arc<CredentialEntry>>) -> Result<Arc<CredentialEntr
 }
 
 /// Phase 2a: parse the credential out of the headers and find it.
-pub fn identify<'h>(fields: &'h RequestFields, mirror: &StateMirror, now: i64) -> Result<Identified<'h>, AuthError> {
+pub fn identify<'h>(
+    fields: &'h RequestFields,
+    mirror: &StateMirror,
+    callers: &mut CallerCache,
+    now: i64,
+) -> Result<Identified<'h>, AuthError> {
     let Some(value) = single_authorization(fields)? else {
         return Ok(Identified::V1);
     };
     if value.starts_with(tc3::ALGORITHM) {
         let auth = tc3::parse_authorization(value)?;
-        let credential = usable(mirror.by_secret_id(auth.secret_id))?;
+        callers.find_by_secret_id(mirror, auth.secret_id)?;
         let timestamp = tc3::request_timestamp(fields)?;
         tc3::check_time(&auth, timestamp, now)?;
-        return Ok(Identified::Tc3 {
-            credential,
-            auth,
-            timestamp,
-        });
+        return Ok(Identified::Tc3 { auth, timestamp });
     }
     if let Some(key) = value.strip_prefix("Bearer ") {
         let key = key.trim();
         if key.is_empty() || key.len() > MAX_API_KEY_LEN {
             return Err(AuthError::InvalidAuthorization("the API key is empty or too long"));
         }
-        let credential = usable(mirror.by_api_key_hash(&crate::crypto::api_key_hash(key)))?;
-        return Ok(Identified::ApiKey(credential));
+        callers.find_by_api_key_hash(mirror, crate::crypto::api_key_hash(key))?;
+        return Ok(Identified::ApiKey);
     }
     Err(AuthError::InvalidAuthorization(
         "Authorization must be TC3-HMAC-SHA256 or Bearer <API key>",
     ))
 }
 
-/// Phase 2b: check the signature over the whole request.
-pub fn verify(
+/// Phase 2b: check the signature over the whole request. `callers` is the one
+/// `identify` was given.
+pub fn verify<'c>(
     identified: Identified<'_>,
     parts: &http::request::Parts,
     fields: &RequestFields,
     body: &[u8],
     mirror: &StateMirror,
+    callers: &'c mut CallerCache,
     now: i64,
-) -> Result<Authenticated, AuthError> {
+) -> Result<Authenticated<'c>, AuthError> {
     match identified {
-        Identified::ApiKey(credential) => Ok(Authenticated {
-            credential,
+        Identified::ApiKey => Ok(Authenticated {
+            credential: callers.held(),
             method: AuthMethod::ApiKey,
         }),
-        Identified::Tc3 {
-            credential,
-            auth,
-            timestamp,
-        } => {
+        Identified::Tc3 { auth, timestamp } => {
             let payload_hash = tc3::payload_hash(fields, body);
             let request = SignedRequest {
                 method: parts.method.as_str(),
@@ -143,10 +225,9 @@ pub fn verify(
                 payload_hash_hex: payload_hash.as_str(),
                 timestamp,
             };
-            let key = credential.signing_key(auth.date, auth.service);
-            tc3::verify_signature(&auth, &request, &key)?;
+            tc3::verify_signature(&auth, &request, &callers.signing_key(auth.date, auth.service))?;
             Ok(Authenticated {
-                credential,
+                credential: callers.held(),
                 method: AuthMethod::Tc3 { payload_hash },
             })
         }
@@ -160,7 +241,7 @@ pub fn verify(
             if !sigv1::looks_like_v1(&params) {
                 return Err(AuthError::InvalidAuthorization("the Authorization header is missing"));
             }
-            let credential = usable(mirror.by_secret_id(params.require("SecretId")?))?;
+            let credential = callers.find_by_secret_id(mirror, params.require("SecretId")?)?;
             sigv1::check_time(&params, now)?;
             let host = fields
                 .get_str(Known::Host)
@@ -177,5 +258,98 @@ pub fn verify(
                 method: AuthMethod::V1 { params },
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+    use crate::store::records::{CredentialRecord, CredentialStatus};
+
+    fn mirror() -> StateMirror {
+        StateMirror::new(Arc::new(MasterKey::parse(&"42".repeat(32)).unwrap()))
+    }
+
+    fn credential(
+        m: &StateMirror,
+        account: &str,
+        secret_key: &str,
+        version: i64,
+        status: CredentialStatus,
+    ) -> CredentialRecord {
+        CredentialRecord {
+            secret_id: "AKIDa".into(),
+            account_id: account.into(),
+            secret_key_sealed: m.master_key().seal(secret_key, account),
+            api_key_hash: hex::encode(crate::crypto::api_key_hash("ak-a")),
+            status,
+            created_at: 0,
+            revoked_at: None,
+            version,
+        }
+    }
+
+    fn signs_like(callers: &mut CallerCache, secret_key: &str, date: &str) -> bool {
+        callers.signing_key(date, "faceid").sign(b"x") == SigningKey::derive(secret_key, date, "faceid").sign(b"x")
+    }
+
+    #[test]
+    fn a_held_credential_follows_revocation_replacement_and_the_date() {
+        let m = mirror();
+        m.apply_credential(&credential(&m, "acme", "key-1", 1, CredentialStatus::Active))
+            .unwrap();
+        let mut callers = CallerCache::default();
+        assert_eq!(callers.find_by_secret_id(&m, "AKIDa").unwrap().account().id(), "acme");
+        assert!(signs_like(&mut callers, "key-1", "2026-11-26"));
+        assert!(signs_like(&mut callers, "key-1", "2026-11-27"));
+
+        // Revoked in place: the next call on the connection is refused.
+        m.apply_credential(&credential(&m, "acme", "key-1", 2, CredentialStatus::Revoked))
+            .unwrap();
+        assert_eq!(
+            callers.find_by_secret_id(&m, "AKIDa").err(),
+            Some(AuthError::InvalidSecretId)
+        );
+
+        // Replaced in the mirror (a new entry under the same SecretId): the held one
+        // and its signing key are let go.
+        m.apply_credential(&credential(&m, "other", "key-2", 3, CredentialStatus::Active))
+            .unwrap();
+        assert_eq!(callers.find_by_secret_id(&m, "AKIDa").unwrap().account().id(), "other");
+        assert!(signs_like(&mut callers, "key-2", "2026-11-27"));
+
+        // Another SecretId on the same connection is looked up, not taken for the held one.
+        assert_eq!(
+            callers.find_by_secret_id(&m, "AKIDb").err(),
+            Some(AuthError::SecretIdNotFound)
+        );
+        assert_eq!(callers.find_by_secret_id(&m, "AKIDa").unwrap().account().id(), "other");
+    }
+
+    #[test]
+    fn a_held_api_key_credential_answers_only_its_own_key() {
+        let m = mirror();
+        m.apply_credential(&credential(&m, "acme", "key-1", 1, CredentialStatus::Active))
+            .unwrap();
+        let mut callers = CallerCache::default();
+        let a = crate::crypto::api_key_hash("ak-a");
+        assert_eq!(callers.find_by_api_key_hash(&m, a).unwrap().secret_id(), "AKIDa");
+        assert_eq!(callers.find_by_api_key_hash(&m, a).unwrap().secret_id(), "AKIDa");
+        assert_eq!(
+            callers
+                .find_by_api_key_hash(&m, crate::crypto::api_key_hash("ak-b"))
+                .err(),
+            Some(AuthError::SecretIdNotFound)
+        );
+        // Found by SecretId, the entry does not answer for an API key it was not found by.
+        assert!(callers.find_by_secret_id(&m, "AKIDa").is_ok());
+        assert_eq!(
+            callers
+                .find_by_api_key_hash(&m, crate::crypto::api_key_hash("ak-b"))
+                .err(),
+            Some(AuthError::SecretIdNotFound)
+        );
+        assert!(callers.find_by_api_key_hash(&m, a).is_ok());
     }
 }

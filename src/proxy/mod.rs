@@ -66,10 +66,12 @@ fn repeats_a_routing_header(fields: &RequestFields) -> bool {
 
 /// Runs one request through the pipeline. Never fails: errors become Tencent answers.
 /// `parts` carries the method, target and version; the header fields are in `fields`.
+/// `callers` belongs to the connection (see `auth::CallerCache`).
 pub async fn handle<B: RequestBody>(
     app: &Arc<App>,
     parts: http::request::Parts,
     fields: &RequestFields,
+    callers: &mut auth::CallerCache,
     body: B,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -121,7 +123,7 @@ pub async fn handle<B: RequestBody>(
     let mut action = fields
         .get_str(Known::XTcAction)
         .and_then(|name| app.catalog.lookup(name));
-    let result = pipeline(app, &parts, fields, body, &mut action).await;
+    let result = pipeline(app, &parts, fields, callers, body, &mut action).await;
     let seconds = started.elapsed().as_secs_f64();
     match result {
         Ok(response) => {
@@ -151,19 +153,20 @@ async fn pipeline<B: RequestBody>(
     app: &Arc<App>,
     parts: &http::request::Parts,
     fields: &RequestFields,
+    callers: &mut auth::CallerCache,
     body: B,
     action: &mut Option<ActionId>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let limits = &app.config.limits;
     let now = app.clock.now_unix();
     // 2a. authenticate: who claims to call, from the headers alone
-    let identified = auth::identify(fields, &app.mirror, now)?;
+    let identified = auth::identify(fields, &app.mirror, callers, now)?;
     // 1. bound: the body
     let body = body
         .read_bounded(fields, limits.max_body_bytes, limits.body_read_timeout)
         .await?;
     // 2b. authenticate: the signature over the whole request
-    let caller = auth::verify(identified, parts, fields, &body, &app.mirror, now)?;
+    let caller = auth::verify(identified, parts, fields, &body, &app.mirror, callers, now)?;
     let name = match &caller.method {
         AuthMethod::V1 { params } => params.get("Action").ok().flatten(),
         _ => fields.get_str(Known::XTcAction),

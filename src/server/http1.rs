@@ -111,6 +111,7 @@ where
     let mut first = true;
     // One list for every request of the connection: its allocation is kept.
     let mut fields = RequestFields::default();
+    let mut callers = crate::proxy::auth::CallerCache::default();
     loop {
         let head = match connection.read_head(limits, &mut waits, first).await {
             HeadRead::Head(head) => head,
@@ -136,6 +137,7 @@ where
             &app,
             request.parts,
             &fields,
+            &mut callers,
             ConnectionBody {
                 connection: &mut connection,
             },

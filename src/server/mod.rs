@@ -293,7 +293,9 @@ impl DataPlane {
             async move {
                 let (parts, body) = request.into_parts();
                 let fields = crate::proxy::fields::RequestFields::from_header_map(&parts.headers);
-                let response = crate::proxy::handle(&app, parts, &fields, body).await;
+                // Per request: hyper runs an HTTP/2 connection's requests as separate tasks.
+                let mut callers = crate::proxy::auth::CallerCache::default();
+                let response = crate::proxy::handle(&app, parts, &fields, &mut callers, body).await;
                 let mut response = response.map(|body| body.counted_by(&app));
                 let upstream_headers = response.body_mut().take_upstream_headers();
                 upstream_headers.append_to(response.headers_mut());

@@ -8,7 +8,7 @@
 use crate::crypto::MasterKey;
 use crate::store::records::{AccountRecord, CredentialRecord, CredentialStatus};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const ACTIVATED: u8 = 1;
@@ -182,6 +182,9 @@ pub struct StateMirror {
     master_key: Arc<MasterKey>,
     next_index: AtomicU32,
     by_index: Map<u32, Arc<AccountEntry>>,
+    /// Bumped after a credential entry is added or replaced: a copy of an entry held
+    /// outside the maps (`proxy::auth::CallerCache`) is good while this is unchanged.
+    credential_generation: AtomicU64,
 }
 
 impl StateMirror {
@@ -193,6 +196,7 @@ impl StateMirror {
             master_key,
             next_index: AtomicU32::new(0),
             by_index: Map::default(),
+            credential_generation: AtomicU64::new(0),
         }
     }
 
@@ -276,6 +280,7 @@ impl StateMirror {
         });
         self.by_api_key.insert(hash, entry.clone());
         self.by_secret_id.insert(record.secret_id.as_str().into(), entry);
+        self.credential_generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
@@ -292,6 +297,11 @@ impl StateMirror {
             }
         }
         failed
+    }
+
+    /// Read it before a lookup whose result is kept (see the field).
+    pub fn credential_generation(&self) -> u64 {
+        self.credential_generation.load(Ordering::Acquire)
     }
 
     pub fn by_secret_id(&self, secret_id: &str) -> Option<Arc<CredentialEntry>> {
