@@ -44,6 +44,19 @@ fn signed_headers_by(signer: &Signer, body: &[u8]) -> HeaderMap {
     headers
 }
 
+/// Phase 2 as the pipeline runs it: the caller's account.
+fn authenticate<'c>(
+    parts: &http::request::Parts,
+    fields: &RequestFields,
+    body: &[u8],
+    mirror: &StateMirror,
+    callers: &'c mut CallerCache,
+) -> &'c ekyc_gateway::state::mirror::AccountEntry {
+    let identified = auth::identify(fields, mirror, callers, TIMESTAMP).unwrap();
+    let caller = auth::verify(identified, parts, fields, body, mirror, callers, TIMESTAMP).unwrap();
+    caller.credential.account()
+}
+
 fn verify(headers: &HeaderMap, body: &[u8], key: &tc3::SigningKey) {
     let auth = tc3::parse_authorization(headers["authorization"].to_str().unwrap()).unwrap();
     let timestamp = tc3::request_timestamp(headers).unwrap();
@@ -191,35 +204,13 @@ fn auth_with_a_million_credentials(c: &mut Criterion) {
         group.bench_function(format!("tc3_identify_verify_{size}B"), |b| {
             b.iter(|| {
                 let mut callers = CallerCache::default();
-                let identified = auth::identify(&fields, &mirror, &mut callers, TIMESTAMP).unwrap();
-                let caller = auth::verify(
-                    identified,
-                    &parts,
-                    &fields,
-                    black_box(&body),
-                    &mirror,
-                    &mut callers,
-                    TIMESTAMP,
-                )
-                .unwrap();
-                black_box(caller.credential.account().standing());
+                black_box(authenticate(&parts, &fields, black_box(&body), &mirror, &mut callers).standing())
             })
         });
         if size == 1024 {
             // Phases 2, 3 and 5 as the pipeline runs them.
             let admit = |callers: &mut CallerCache| {
-                let identified = auth::identify(&fields, &mirror, callers, TIMESTAMP).unwrap();
-                let caller = auth::verify(
-                    identified,
-                    &parts,
-                    &fields,
-                    black_box(&body),
-                    &mirror,
-                    callers,
-                    TIMESTAMP,
-                )
-                .unwrap();
-                let account = caller.credential.account();
+                let account = authenticate(&parts, &fields, black_box(&body), &mirror, callers);
                 assert_eq!(account.standing(), AccountStanding::Enabled);
                 limited.check(account, ActionId(0)).unwrap();
                 account.index()

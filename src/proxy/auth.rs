@@ -103,20 +103,20 @@ impl CallerCache {
     /// per credential (in the mirror's entry) and once a day per connection here.
     fn signing_key(&mut self, date: &str, service: &str) -> Cow<'_, SigningKey> {
         let credential = self.credential.as_deref().expect("found before it is used");
-        let Ok(date_key) = <[u8; 10]>::try_from(date.as_bytes()) else {
-            return Cow::Owned(credential.signing_key(date, service));
-        };
-        if service != "faceid" {
-            return Cow::Owned(credential.signing_key(date, service));
+        match <[u8; 10]>::try_from(date.as_bytes()) {
+            Ok(date_key) if service == "faceid" => {
+                if self
+                    .signing_key
+                    .as_ref()
+                    .is_none_or(|(held_date, _)| *held_date != date_key)
+                {
+                    self.signing_key = Some((date_key, credential.signing_key(date, service)));
+                }
+                Cow::Borrowed(&self.signing_key.as_ref().expect("set above").1)
+            }
+            // Not what the SDKs send for eKYC: left to the entry, which derives it.
+            _ => Cow::Owned(credential.signing_key(date, service)),
         }
-        if self
-            .signing_key
-            .as_ref()
-            .is_none_or(|(held_date, _)| *held_date != date_key)
-        {
-            self.signing_key = Some((date_key, credential.signing_key(date, service)));
-        }
-        Cow::Borrowed(&self.signing_key.as_ref().expect("set above").1)
     }
 }
 
