@@ -5,7 +5,9 @@
 //! - `Counters`: a concurrent map from small integers (account index, action id, month
 //!   number) to a slot of the `journal`, a memory-mapped file whose atomics are the
 //!   counts, so counting a call allocates nothing, takes no lock the flusher holds for
-//!   long, and survives the process being killed.
+//!   long, and survives the process being killed. Each data-plane worker keeps its own
+//!   copy of the entries it used (`WorkerSlots`), so a count writes no cache line that
+//!   another worker writes, but the journal slot itself.
 //! - `Month`: the calendar month of a call's arrival in the billing time zone.
 //!
 //! Must not do I/O on the hot path; the flusher (`flush`) does that.
@@ -84,12 +86,26 @@ pub struct FrozenBatch {
     pub rows: Vec<UsageRow>,
 }
 
+/// Shards of `WorkerSlots`: data-plane worker i uses shard i % this, other threads shard 0.
+const WORKER_SLOT_SHARDS: usize = 16;
+
+/// Index entries one worker used since the freeze that last unlinked a key, behind a
+/// lock that only that worker takes on the hot path (uncontended, in a line of its
+/// own) and the freeze takes once to empty it: what lets the freeze release a slot
+/// knowing no worker will add to it afterwards.
+#[derive(Default)]
+#[repr(align(128))]
+struct WorkerSlots(Mutex<HashMap<CounterKey, u32, ahash::RandomState>>);
+
 pub struct Counters {
-    /// Hot-path index: key → journal slot.
+    /// Index: key → journal slot. Only a worker's first count of a key after a freeze
+    /// that unlinked keys reads it; `worker_slots` serve the rest.
     index: DashMap<CounterKey, u32, ahash::RandomState>,
+    worker_slots: Box<[WorkerSlots]>,
     journal: Journal,
-    /// Live slots not in `index`: left in the journal by an earlier process. Nothing is
-    /// added to them; they go once flushed.
+    /// Live slots not in `index`: left in the journal by an earlier process, or unlinked
+    /// by a freeze while a worker may have added to them. Nothing is added to them once
+    /// here; they go once flushed.
     orphans: Mutex<Vec<u32>>,
     /// Calls that found every journal slot taken (see `SLOT_HEADROOM`): kept in memory
     /// only, flushed with the next batch, lost on a crash. Logged loudly.
@@ -107,6 +123,7 @@ impl Counters {
         let orphans: Vec<u32> = (0..journal.high_water()).filter(|s| journal.is_live(*s)).collect();
         Self {
             index: DashMap::default(),
+            worker_slots: (0..WORKER_SLOT_SHARDS).map(|_| WorkerSlots::default()).collect(),
             journal,
             orphans: Mutex::new(orphans),
             overflow: Mutex::new(HashMap::new()),
@@ -134,16 +151,32 @@ impl Counters {
         self.max_keys
     }
 
-    /// Counts one call. The common case (a key seen before) is a shared-lock lookup and
-    /// an atomic add on the mapped journal; only a new key takes the shard's write lock
-    /// and a slot, once. `names` gives the key's account id and action name then.
+    /// Counts one call. The common case (a key this worker counted before) is a lookup
+    /// in the worker's own slots, under its own lock, and an atomic add on the mapped
+    /// journal; a key new to the worker is looked up in the shared index (a shard read
+    /// lock), and only a key new to the process takes the shard's write lock and a
+    /// slot, once. `names` gives the key's account id and action name then.
     #[inline]
     pub fn add(&self, key: CounterKey, now: i64, names: impl FnOnce() -> (String, String)) {
-        if let Some(slot) = self.index.get(&key) {
+        let shard = &self.worker_slots[crate::workers::current_worker() % WORKER_SLOT_SHARDS];
+        // Held until the add is done: the freeze empties this map under the same lock
+        // before it releases a slot (see `freeze`).
+        let mut known = shard.0.lock().expect("worker slots");
+        if let Some(slot) = known.get(&key) {
             self.journal.add(*slot, 1);
         } else {
-            self.add_new(key, names);
+            let slot = match self.index.get(&key) {
+                Some(slot) => {
+                    self.journal.add(*slot, 1);
+                    Some(*slot)
+                }
+                None => self.add_new(key, names),
+            };
+            if let Some(slot) = slot {
+                known.insert(key, slot);
+            }
         }
+        drop(known);
         if self.oldest.load(Ordering::Relaxed) == 0 {
             let _ = self
                 .oldest
@@ -151,19 +184,23 @@ impl Counters {
         }
     }
 
+    /// Counts a call under a key the index does not hold (yet); the slot it went to,
+    /// or None when it was counted in memory (`overflow`).
     #[cold]
-    fn add_new(&self, key: CounterKey, names: impl FnOnce() -> (String, String)) {
+    fn add_new(&self, key: CounterKey, names: impl FnOnce() -> (String, String)) -> Option<u32> {
         use dashmap::mapref::entry::Entry;
-        // The shard's write lock is held until the add is done, so the freeze cannot
-        // release the slot in between.
         match self.index.entry(key) {
-            Entry::Occupied(slot) => self.journal.add(*slot.get(), 1),
+            Entry::Occupied(slot) => {
+                self.journal.add(*slot.get(), 1);
+                Some(*slot.get())
+            }
             Entry::Vacant(vacant) => {
                 let (account, action) = names();
                 match self.journal.allocate(&account, &action, key.month) {
                     Some(slot) => {
                         self.journal.add(slot, 1);
                         vacant.insert(slot);
+                        Some(slot)
                     }
                     None => {
                         tracing::error!(
@@ -176,6 +213,7 @@ impl Counters {
                             .expect("overflow")
                             .entry((account, action, key.month))
                             .or_default() += 1;
+                        None
                     }
                 }
             }
@@ -193,6 +231,32 @@ impl Counters {
         // overstated, never understated).
         self.oldest.store(0, Ordering::Relaxed);
         let mut parts: Vec<(u32, u64)> = Vec::new();
+        // A slot whose key had no call since the last batch leaves the index, but is not
+        // released yet: a worker may still hold it in its own slots, and add to it.
+        let mut unlinked: Vec<u32> = Vec::new();
+        self.index.retain(|_, slot| {
+            let figures = self.journal.figures(*slot);
+            if figures.counted == figures.flushed {
+                unlinked.push(*slot);
+                return false;
+            }
+            // A worker may add to the slot meanwhile: that call is above the frozen
+            // figure and goes in the next batch.
+            self.journal.set_frozen(*slot, figures.counted);
+            parts.push((*slot, figures.counted - figures.flushed));
+            true
+        });
+        if !unlinked.is_empty() {
+            // Once each worker's slots are emptied under its lock, no worker can reach an
+            // unlinked slot: its next call under that key finds none in the index and
+            // takes a new slot. The unlinked ones are then cut as orphans below: released
+            // if still idle, in this batch if a call reached them in between.
+            for shard in self.worker_slots.iter() {
+                let held = std::mem::take(&mut *shard.0.lock().expect("worker slots"));
+                drop(held);
+            }
+            self.orphans.lock().expect("orphans").extend(unlinked);
+        }
         let mut cut = |slot: u32| {
             let figures = self.journal.figures(slot);
             if figures.counted == figures.flushed {
@@ -203,9 +267,6 @@ impl Counters {
             parts.push((slot, figures.counted - figures.flushed));
             true
         };
-        // `retain` holds each shard's write lock while it visits it; `add` holds the
-        // read lock while it adds, so the slot is quiet while it is cut or released.
-        self.index.retain(|_, slot| cut(*slot));
         self.orphans.lock().expect("orphans").retain(|slot| cut(*slot));
         let overflow = std::mem::take(&mut *self.overflow.lock().expect("overflow"));
         if parts.is_empty() && overflow.is_empty() {
@@ -421,6 +482,73 @@ mod tests {
             counters.acknowledge();
         }
         assert_eq!(taken, 200_000);
+        assert_eq!(counters.pending(), 0);
+    }
+
+    /// Keys go idle and their slots are released and reused for other keys while
+    /// workers still count: every call must land under its own key, once.
+    #[test]
+    fn released_slots_never_take_a_workers_late_count() {
+        use std::sync::atomic::{AtomicBool, AtomicU32};
+        const WORKERS: u32 = 4;
+        const CALLS: u32 = 60_000;
+        // Each worker moves through 60 keys, 200 calls on each, in windows that overlap
+        // the other workers' so that keys are shared and go idle at different times.
+        let key_of = |worker: u32, call: u32| (call / 200 + worker * 7) % 60;
+        let counters = Counters::in_memory(1000);
+        let done = AtomicBool::new(false);
+        let freezes = AtomicU32::new(0);
+        let mut taken: HashMap<String, u64> = HashMap::new();
+        std::thread::scope(|scope| {
+            let adders: Vec<_> = (0..WORKERS)
+                .map(|worker| {
+                    let (counters, freezes) = (&counters, &freezes);
+                    scope.spawn(move || {
+                        crate::workers::act_as_worker(worker as usize + 1);
+                        for call in 0..CALLS {
+                            let k = key(key_of(worker, call));
+                            counters.add(k, 1, names(k));
+                            // Every 2,000 calls, wait for a whole freeze to pass: however
+                            // the threads are scheduled, at least 30 run during the counting.
+                            if call % 2000 == 1999 {
+                                let seen = freezes.load(Ordering::Acquire);
+                                while freezes.load(Ordering::Acquire) < seen + 2 {
+                                    std::thread::yield_now();
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            scope.spawn(|| {
+                for adder in adders {
+                    adder.join().unwrap();
+                }
+                done.store(true, Ordering::Release);
+            });
+            while !done.load(Ordering::Acquire) {
+                if let Some(batch) = counters.freeze() {
+                    for row in batch.rows {
+                        *taken.entry(row.account_id).or_default() += row.calls;
+                    }
+                    counters.acknowledge();
+                }
+                freezes.fetch_add(1, Ordering::Release);
+            }
+        });
+        if let Some(batch) = counters.freeze() {
+            for row in batch.rows {
+                *taken.entry(row.account_id).or_default() += row.calls;
+            }
+            counters.acknowledge();
+        }
+        let mut expected: HashMap<String, u64> = HashMap::new();
+        for worker in 0..WORKERS {
+            for call in 0..CALLS {
+                *expected.entry(format!("acct-{}", key_of(worker, call))).or_default() += 1;
+            }
+        }
+        assert_eq!(taken, expected);
         assert_eq!(counters.pending(), 0);
     }
 
