@@ -4,10 +4,11 @@
 //! - `billable`: the streaming check of an upstream answer.
 //! - `Counters`: a concurrent map from small integers (account index, action id, month
 //!   number) to a slot of the `journal`, a memory-mapped file whose atomics are the
-//!   counts, so counting a call allocates nothing, takes no lock the flusher holds for
-//!   long, and survives the process being killed. Each data-plane worker keeps its own
-//!   copy of the entries it used (`WorkerSlots`), so a count writes no cache line that
-//!   another worker writes, but the journal slot itself.
+//!   counts, so counting a call allocates nothing (once the key is known), takes no
+//!   lock the flusher holds for long, and survives the process being killed. Each
+//!   data-plane worker keeps its own copy of the entries it used (`WorkerSlots`), so a
+//!   count writes no cache line that another worker writes, but the journal slot
+//!   itself.
 //! - `Month`: the calendar month of a call's arrival in the billing time zone.
 //!
 //! Must not do I/O on the hot path; the flusher (`flush`) does that.
@@ -20,8 +21,8 @@ use crate::store::UsageRow;
 use dashmap::DashMap;
 use journal::Journal;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// A calendar month, numbered `year * 12 + (month - 1)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -86,20 +87,22 @@ pub struct FrozenBatch {
     pub rows: Vec<UsageRow>,
 }
 
-/// Shards of `WorkerSlots`: data-plane worker i uses shard i % this, other threads shard 0.
+/// Shards of `WorkerSlots`: data-plane worker i uses shard i % this, other threads shard
+/// 0 (as the metrics' shards). Workers beyond 16 share a shard, and its lock.
 const WORKER_SLOT_SHARDS: usize = 16;
 
 /// Index entries one worker used since the freeze that last unlinked a key, behind a
-/// lock that only that worker takes on the hot path (uncontended, in a line of its
-/// own) and the freeze takes once to empty it: what lets the freeze release a slot
-/// knowing no worker will add to it afterwards.
+/// lock that only that worker takes on the hot path (uncontended with up to 16
+/// workers, in a line of its own) and the freeze takes once to empty it: what lets the
+/// freeze release a slot knowing no worker will add to it afterwards. Each worker's
+/// copy holds at most the keys it counted under since then (about 24 bytes a key).
 #[derive(Default)]
 #[repr(align(128))]
 struct WorkerSlots(Mutex<HashMap<CounterKey, u32, ahash::RandomState>>);
 
 pub struct Counters {
-    /// Index: key → journal slot. Only a worker's first count of a key after a freeze
-    /// that unlinked keys reads it; `worker_slots` serve the rest.
+    /// Index: key → journal slot. `admits` reads it, and `add` only for a worker's first
+    /// count under a key after a freeze that unlinked keys; `worker_slots` serve the rest.
     index: DashMap<CounterKey, u32, ahash::RandomState>,
     worker_slots: Box<[WorkerSlots]>,
     journal: Journal,
@@ -160,8 +163,9 @@ impl Counters {
     pub fn add(&self, key: CounterKey, now: i64, names: impl FnOnce() -> (String, String)) {
         let shard = &self.worker_slots[crate::workers::current_worker() % WORKER_SLOT_SHARDS];
         // Held until the add is done: the freeze empties this map under the same lock
-        // before it releases a slot (see `freeze`).
-        let mut known = shard.0.lock().expect("worker slots");
+        // before it releases a slot (see `freeze`). A panic while it was held (in
+        // `names`, before anything is inserted) leaves the map as it was: not poisoned.
+        let mut known = shard.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = known.get(&key) {
             self.journal.add(*slot, 1);
         } else {
@@ -251,9 +255,9 @@ impl Counters {
             // unlinked slot: its next call under that key finds none in the index and
             // takes a new slot. The unlinked ones are then cut as orphans below: released
             // if still idle, in this batch if a call reached them in between.
+            // `clear` keeps the maps' room: the keys come back at the next call.
             for shard in self.worker_slots.iter() {
-                let held = std::mem::take(&mut *shard.0.lock().expect("worker slots"));
-                drop(held);
+                shard.0.lock().unwrap_or_else(PoisonError::into_inner).clear();
             }
             self.orphans.lock().expect("orphans").extend(unlinked);
         }
@@ -490,27 +494,31 @@ mod tests {
     #[test]
     fn released_slots_never_take_a_workers_late_count() {
         use std::sync::atomic::{AtomicBool, AtomicU32};
-        const WORKERS: u32 = 4;
+        // Workers 1 and 17 share a shard, as do worker 0 (any other thread) and 16.
+        const WORKERS: [usize; 5] = [1, 2, 17, 0, 16];
         const CALLS: u32 = 60_000;
         // Each worker moves through 60 keys, 200 calls on each, in windows that overlap
         // the other workers' so that keys are shared and go idle at different times.
-        let key_of = |worker: u32, call: u32| (call / 200 + worker * 7) % 60;
+        let key_of = |worker: usize, call: u32| (call / 200 + worker as u32 * 7) % 60;
         let counters = Counters::in_memory(1000);
         let done = AtomicBool::new(false);
         let freezes = AtomicU32::new(0);
         let mut taken: HashMap<String, u64> = HashMap::new();
         std::thread::scope(|scope| {
-            let adders: Vec<_> = (0..WORKERS)
+            let adders: Vec<_> = WORKERS
+                .into_iter()
                 .map(|worker| {
                     let (counters, freezes) = (&counters, &freezes);
                     scope.spawn(move || {
-                        crate::workers::act_as_worker(worker as usize + 1);
+                        crate::workers::act_as_worker(worker);
                         for call in 0..CALLS {
                             let k = key(key_of(worker, call));
                             counters.add(k, 1, names(k));
-                            // Every 2,000 calls, wait for a whole freeze to pass: however
-                            // the threads are scheduled, at least 30 run during the counting.
-                            if call % 2000 == 1999 {
+                            // Every 1,500 calls, halfway through a key, wait for a whole
+                            // freeze to pass (at least 40 run during the counting): the
+                            // key goes idle, and the next calls under it, from the
+                            // worker's own slots, race the freeze that unlinks it.
+                            if call % 1500 == 1499 {
                                 let seen = freezes.load(Ordering::Acquire);
                                 while freezes.load(Ordering::Acquire) < seen + 2 {
                                     std::thread::yield_now();
@@ -543,7 +551,7 @@ mod tests {
             counters.acknowledge();
         }
         let mut expected: HashMap<String, u64> = HashMap::new();
-        for worker in 0..WORKERS {
+        for worker in WORKERS {
             for call in 0..CALLS {
                 *expected.entry(format!("acct-{}", key_of(worker, call))).or_default() += 1;
             }
