@@ -111,9 +111,7 @@ where
     let mut first = true;
     // One list for every request of the connection: its allocation is kept.
     let mut fields = RequestFields::default();
-    // Made at the first request: a connection that sends none holds 8 bytes for it, not
-    // about 350 (10,000 idle connections, tests/hostile.rs).
-    let mut callers: Option<Box<crate::proxy::auth::CallerCache>> = None;
+    let mut callers = crate::proxy::auth::CallerCache::default();
     loop {
         let head = match connection.read_head(limits, &mut waits, first).await {
             HeadRead::Head(head) => head,
@@ -139,7 +137,7 @@ where
             &app,
             request.parts,
             &fields,
-            callers.get_or_insert_with(Box::default),
+            &mut callers,
             ConnectionBody {
                 connection: &mut connection,
             },
