@@ -156,9 +156,9 @@ impl Counters {
 
     /// Counts one call. The common case (a key this worker counted before) is a lookup
     /// in the worker's own slots, under its own lock, and an atomic add on the mapped
-    /// journal; a key new to the worker is looked up in the shared index (a shard read
-    /// lock), and only a key new to the process takes the shard's write lock and a
-    /// slot, once. `names` gives the key's account id and action name then.
+    /// journal; a key new to the worker is found in the shared index, where a key new to
+    /// the process takes a slot, once. `names` gives the key's account id and action
+    /// name then.
     #[inline]
     pub fn add(&self, key: CounterKey, now: i64, names: impl FnOnce() -> (String, String)) {
         let shard = &self.worker_slots[crate::workers::current_worker() % WORKER_SLOT_SHARDS];
@@ -169,14 +169,7 @@ impl Counters {
         if let Some(slot) = known.get(&key) {
             self.journal.add(*slot, 1);
         } else {
-            let slot = match self.index.get(&key) {
-                Some(slot) => {
-                    self.journal.add(*slot, 1);
-                    Some(*slot)
-                }
-                None => self.add_new(key, names),
-            };
-            if let Some(slot) = slot {
+            if let Some(slot) = self.add_via_index(key, names) {
                 known.insert(key, slot);
             }
         }
@@ -188,10 +181,12 @@ impl Counters {
         }
     }
 
-    /// Counts a call under a key the index does not hold (yet); the slot it went to,
-    /// or None when it was counted in memory (`overflow`).
+    /// Counts a call under a key through the shared index (a shard's write lock: a
+    /// worker comes here once per key between freezes that unlink keys), taking a slot
+    /// for a key new to the process; the slot it went to, or None when it was counted
+    /// in memory (`overflow`).
     #[cold]
-    fn add_new(&self, key: CounterKey, names: impl FnOnce() -> (String, String)) -> Option<u32> {
+    fn add_via_index(&self, key: CounterKey, names: impl FnOnce() -> (String, String)) -> Option<u32> {
         use dashmap::mapref::entry::Entry;
         match self.index.entry(key) {
             Entry::Occupied(slot) => {
