@@ -56,6 +56,15 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, Tc3Error> {
         .strip_prefix(ALGORITHM)
         .and_then(|r| r.strip_prefix(' '))
         .ok_or(Bad("the algorithm must be TC3-HMAC-SHA256"))?;
+    match parse_as_the_sdks_write_it(rest) {
+        Some(parsed) => Ok(parsed),
+        None => parse_fields(rest),
+    }
+}
+
+/// The fields after the algorithm, in any order, each once.
+fn parse_fields(rest: &str) -> Result<Authorization<'_>, Tc3Error> {
+    use Tc3Error::InvalidAuthorization as Bad;
     let (mut credential, mut signed_headers, mut signature) = (None, None, None);
     for field in rest.split(',') {
         let field = field.trim_ascii();
@@ -91,6 +100,44 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, Tc3Error> {
         service,
         signed_headers,
         signature: decoded,
+    })
+}
+
+/// The fields as every official SDK writes them (`Credential=.., SignedHeaders=..,
+/// Signature=<64 hex>`, this order, ", " between), found from both ends without
+/// searching the whole value: three searches for ',' cost about 700 instructions a
+/// call. Stricter than `parse_authorization` (the SecretId and service must be ASCII
+/// letters and digits), never looser: `None` sends the value to the general parser,
+/// which also gives the error.
+fn parse_as_the_sdks_write_it(rest: &str) -> Option<Authorization<'_>> {
+    const SIGNATURE: &str = ", Signature=";
+    const SIGNED_HEADERS: &str = ", SignedHeaders=";
+    let rest = rest.strip_prefix("Credential=")?;
+    let front = rest.get(..rest.len().checked_sub(64)?)?;
+    let signature = decode_hex_32(&rest.as_bytes()[front.len()..])?;
+    let front = front.strip_suffix(SIGNATURE)?;
+    // The signed headers are a few names without commas: the last comma is the one
+    // before them.
+    let comma = front.bytes().rposition(|b| b == b',')?;
+    let (credential, signed_headers) = front.split_at(comma);
+    let signed_headers = signed_headers.strip_prefix(SIGNED_HEADERS)?;
+    let mut parts = split_ascii(credential, b'/');
+    let (Some(secret_id), Some(date), Some(service), Some("tc3_request"), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !plain(secret_id) || !plain(service) || !is_iso_date(date) {
+        return None;
+    }
+    validate_signed_headers(signed_headers).ok()?;
+    Some(Authorization {
+        secret_id,
+        date,
+        service,
+        signed_headers,
+        signature,
     })
 }
 
@@ -274,7 +321,9 @@ impl HexDigest {
     }
 
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("hex is ASCII")
+        // SAFETY: the only constructor fills it with `encode_hex_32`'s ASCII digits.
+        // Checked, this was about 180 instructions a call (it is read twice).
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 }
 
@@ -681,7 +730,16 @@ impl Gathered<Sha256> {
 /// The header naming the API action; the proxy routes and bills by it too.
 pub static X_TC_ACTION: http::HeaderName = http::HeaderName::from_static("x-tc-action");
 
-/// HMAC(kSigning, StringToSign), fed piece by piece.
+/// The StringToSign's fixed end: `{date}/{service}` is followed by this, then the hex
+/// canonical hash.
+const SCOPE_END: &[u8] = b"/tc3_request\n";
+/// StringToSigns up to this length (all but a hostile `service`) are written on the stack.
+const STRING_TO_SIGN_ON_STACK: usize = 192;
+
+/// HMAC(kSigning, StringToSign). The message is written in one buffer of its exact
+/// length, each piece copied once to its place, and signed in one call: gathered piece
+/// by piece it took six variable-length copies and two moves of the HMAC state, more
+/// instructions than the HMAC's own bookkeeping.
 fn string_to_sign_mac(key: &SigningKey, timestamp: i64, date: &str, service: &str, canonical: &[u8; 32]) -> [u8; 32] {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
@@ -694,20 +752,38 @@ fn string_to_sign_mac(key: &SigningKey, timestamp: i64, date: &str, service: &st
             break;
         }
     }
-    let mut mac = Gathered::new(key.start());
-    mac.push(ALGORITHM.as_bytes());
-    mac.push(b"\n");
-    if timestamp < 0 {
-        mac.push(b"-");
+    let digits = &digits[at..];
+    let sign: &[u8] = if timestamp < 0 { b"-" } else { b"" };
+    let length =
+        ALGORITHM.len() + 1 + sign.len() + digits.len() + 1 + date.len() + 1 + service.len() + SCOPE_END.len() + 64;
+    let write = |out: &mut [u8]| {
+        let mut out = out;
+        for piece in [
+            ALGORITHM.as_bytes(),
+            b"\n",
+            sign,
+            digits,
+            b"\n",
+            date.as_bytes(),
+            b"/",
+            service.as_bytes(),
+            SCOPE_END,
+        ] {
+            let (head, tail) = out.split_at_mut(piece.len());
+            head.copy_from_slice(piece);
+            out = tail;
+        }
+        out.copy_from_slice(&encode_hex_32(canonical));
+    };
+    if length <= STRING_TO_SIGN_ON_STACK {
+        let mut message = [0u8; STRING_TO_SIGN_ON_STACK];
+        write(&mut message[..length]);
+        key.sign(&message[..length])
+    } else {
+        let mut message = vec![0u8; length];
+        write(&mut message);
+        key.sign(&message)
     }
-    mac.push(&digits[at..]);
-    mac.push(b"\n");
-    mac.push(date.as_bytes());
-    mac.push(b"/");
-    mac.push(service.as_bytes());
-    mac.push(b"/tc3_request\n");
-    mac.push(&encode_hex_32(canonical));
-    mac.into_inner().finish()
 }
 
 /// Checks the skew window and the credential date against the request's timestamp.
@@ -1135,6 +1211,62 @@ mod tests {
     }
 
     #[test]
+    fn the_sdks_layout_parses_as_the_general_parser_parses_it_or_goes_to_it() {
+        let sig = "0123456789abcdefABCDEF".repeat(3)[..64].to_string();
+        let mut values: Vec<String> = [
+            "AKIDz8krbsJ5yKBZQpn74WFkmLPx3EXAMPLE/2026-11-26/faceid/tc3_request, SignedHeaders=content-type;host",
+            "AKIDa/2026-11-26/faceid/tc3_request, SignedHeaders=host",
+            // Each of these must go to the general parser: spacing, order, a comma or
+            // '=' hidden in a part, a repeated or smuggled field.
+            "AKIDa/2026-11-26/faceid/tc3_request,SignedHeaders=host",
+            "AKIDa/2026-11-26/faceid/tc3_request,  SignedHeaders=host ",
+            "AKIDa, Signature=x, SignedHeaders=y/2026-11-26/faceid/tc3_request, SignedHeaders=host",
+            "AKIDa/2026-11-26/faceid/tc3_request, SignedHeaders=host, Signature=x, SignedHeaders=host",
+            "AKIDa/2026-11-26/face,id/tc3_request, SignedHeaders=host",
+            "AKID=a/2026-11-26/faceid/tc3_request, SignedHeaders=host",
+            "AKIDa/2026-11-26/faceid/tc3_request, SignedHeaders=host;Host",
+            "AKIDa/2026-11-26/faceid/tc3_request, SignedHeaders=",
+            "/2026-11-26/faceid/tc3_request, SignedHeaders=host",
+        ]
+        .iter()
+        .map(|front| format!("Credential={front}, Signature={sig}"))
+        .collect();
+        values.push(format!(
+            "SignedHeaders=host, Credential=AKIDa/2026-11-26/faceid/tc3_request, Signature={sig}"
+        ));
+        values.push(format!(
+            "Credential=AKIDa/2026-11-26/faceid/tc3_request, SignedHeaders=host, Signature={sig}, Signature={sig}"
+        ));
+        values.push(format!(
+            "Credential=AKIDa/2026-11-26/faceid/tc3_request, SignedHeaders=host, Signature={sig} "
+        ));
+        values.push(format!(
+            "Credential=AKIDa/2026-11-26/faceid/tc3_request, SignedHeaders=host, Signature=é{}",
+            &sig[2..]
+        ));
+        for vector in VALID {
+            let vector = load_vector(vector);
+            let value = vector.headers["authorization"].to_str().unwrap();
+            values.push(value.strip_prefix("TC3-HMAC-SHA256 ").unwrap().to_string());
+        }
+        let mut fast = 0;
+        for rest in &values {
+            let general = parse_fields(rest);
+            if let Some(parsed) = parse_as_the_sdks_write_it(rest) {
+                fast += 1;
+                assert_eq!(Ok(parsed), general, "{rest}");
+            }
+            assert_eq!(
+                parse_authorization(&format!("TC3-HMAC-SHA256 {rest}")),
+                general,
+                "{rest}"
+            );
+        }
+        // The two layouts above and every SDK's.
+        assert_eq!(fast, 2 + VALID.len());
+    }
+
+    #[test]
     fn utc_date_agrees_with_the_time_crate() {
         let mut t = -86_400 * 365 * 2;
         while t < 4_102_444_800 {
@@ -1176,6 +1308,34 @@ mod tests {
                 sha256(engine, &pieces.concat()),
                 "{engine:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_string_to_sign_is_the_documented_text_on_the_stack_or_not() {
+        let canonical = sha256(Engine::Sha2, b"canonical request");
+        let long_service = "s".repeat(STRING_TO_SIGN_ON_STACK);
+        // Short and long services (the long one past the stack buffer), a timestamp of
+        // one digit, the usual ten, and a negative one (refused elsewhere, still written).
+        for (timestamp, service) in [
+            (1_764_201_600, "faceid"),
+            (7, "faceid"),
+            (-1_764_201_600, "faceid"),
+            (1_764_201_600, long_service.as_str()),
+        ] {
+            for engine in [Engine::Ring, Engine::Sha2] {
+                let key = SigningKey::derive_for(engine, "secret", "2025-11-27", service);
+                let text = format!(
+                    "TC3-HMAC-SHA256\n{timestamp}\n2025-11-27/{service}/tc3_request\n{}",
+                    HexDigest::from_digest(&canonical).as_str()
+                );
+                assert_eq!(
+                    string_to_sign_mac(&key, timestamp, "2025-11-27", service, &canonical),
+                    key.sign(text.as_bytes()),
+                    "{engine:?} {timestamp} {}",
+                    service.len()
+                );
+            }
         }
     }
 

@@ -120,9 +120,10 @@ pub async fn handle<B: RequestBody>(
         );
         return response;
     }
-    let mut action = fields
-        .get_str(Known::XTcAction)
-        .and_then(|name| app.catalog.lookup(name));
+    // Set by the pipeline once it has looked the action up (step 4); a call refused
+    // before that is looked up below, for its metrics, so a forwarded call takes one
+    // lookup.
+    let mut action = None;
     let result = pipeline(app, &parts, fields, callers, body, &mut action).await;
     let seconds = started.elapsed().as_secs_f64();
     match result {
@@ -131,6 +132,11 @@ pub async fn handle<B: RequestBody>(
             response
         }
         Err(error) => {
+            let action = action.or_else(|| {
+                fields
+                    .get_str(Known::XTcAction)
+                    .and_then(|name| app.catalog.lookup(name))
+            });
             let code = error.code();
             if let GatewayError::Forward(e) = &error {
                 app.metrics.record_upstream_error(match e {
