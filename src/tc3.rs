@@ -231,24 +231,44 @@ fn is_iso_date(s: &str) -> bool {
             .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
 }
 
+/// Which bytes may appear in a signed header's name: lower-case letters, digits, '-'
+/// and '_'.
+static SIGNED_NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        table[c] = matches!(c as u8, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_');
+        c += 1;
+    }
+    table
+};
+
+/// One pass over the list with a table, names counted by their separators: split into
+/// names first and each checked with four comparisons a byte, it cost about 330
+/// instructions on the SDKs' `content-type;host`.
 fn validate_signed_headers(list: &str) -> Result<(), Tc3Error> {
     use Tc3Error::InvalidAuthorization as Bad;
     if list.is_empty() {
         return Err(Bad("SignedHeaders is empty"));
     }
-    let mut count = 0;
-    for name in split_ascii(list, b';') {
-        count += 1;
-        if count > MAX_SIGNED_HEADERS {
-            return Err(Bad("SignedHeaders lists too many headers"));
-        }
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
-        if !valid {
+    let mut separators = 0;
+    let mut previous = b';';
+    for &byte in list.as_bytes() {
+        if byte == b';' {
+            if previous == b';' {
+                return Err(Bad("SignedHeaders must be lower-case header names"));
+            }
+            separators += 1;
+            if separators >= MAX_SIGNED_HEADERS {
+                return Err(Bad("SignedHeaders lists too many headers"));
+            }
+        } else if !SIGNED_NAME_BYTES[byte as usize] {
             return Err(Bad("SignedHeaders must be lower-case header names"));
         }
+        previous = byte;
+    }
+    if previous == b';' {
+        return Err(Bad("SignedHeaders must be lower-case header names"));
     }
     Ok(())
 }
@@ -1264,6 +1284,46 @@ mod tests {
         }
         // The two layouts above and every SDK's.
         assert_eq!(fast, 2 + VALID.len());
+    }
+
+    #[test]
+    fn signed_header_lists_are_judged_as_split_names_are() {
+        // The rule, stated plainly: 1 to 32 names of [a-z0-9_-]+, joined by ';'.
+        fn by_names(list: &str) -> bool {
+            let names: Vec<&str> = list.split(';').collect();
+            !list.is_empty()
+                && names.len() <= MAX_SIGNED_HEADERS
+                && names.iter().all(|name| {
+                    !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+                })
+        }
+        let thirty_two = vec!["x"; 32].join(";");
+        let thirty_three = vec!["x"; 33].join(";");
+        let lists = [
+            "",
+            ";",
+            "host",
+            "content-type;host",
+            "content-type;host;x-tc-action",
+            "a_b;c-d;e0",
+            ";host",
+            "host;",
+            "host;;x",
+            "Host",
+            "ho st",
+            "host\t",
+            "hösт",
+            "x-tc-action;HOST",
+            "-;_",
+            &thirty_two,
+            &thirty_three,
+        ];
+        for list in lists {
+            assert_eq!(validate_signed_headers(list).is_ok(), by_names(list), "{list:?}");
+        }
     }
 
     #[test]
