@@ -11,9 +11,10 @@ pub struct ActionId(pub u16);
 #[derive(Debug)]
 pub struct Catalog {
     names: Vec<Box<str>>,
-    /// aHash, not SipHash: the map is built once from the config and never takes a
-    /// name from a request, so collisions cannot be forced into it; a lookup per call
-    /// hashed with SipHash cost about 200 instructions.
+    /// aHash, not SipHash: every key comes from the config and the map never changes
+    /// after it is built, so a request's name can only be looked up, never inserted,
+    /// and no collisions can be forced into it; a lookup per call hashed with SipHash
+    /// cost about 200 instructions.
     ids: HashMap<Box<str>, ActionId, ahash::RandomState>,
 }
 

@@ -106,8 +106,8 @@ fn parse_fields(rest: &str) -> Result<Authorization<'_>, Tc3Error> {
 /// The fields as every official SDK writes them (`Credential=.., SignedHeaders=..,
 /// Signature=<64 hex>`, this order, ", " between), found from both ends without
 /// searching the whole value: three searches for ',' cost about 700 instructions a
-/// call. Stricter than `parse_authorization` (the SecretId and service must be ASCII
-/// letters and digits), never looser: `None` sends the value to the general parser,
+/// call. Stricter than the general parser, `parse_fields` (the SecretId and service
+/// must be ASCII letters and digits), never looser: `None` sends the value to it,
 /// which also gives the error.
 fn parse_as_the_sdks_write_it(rest: &str) -> Option<Authorization<'_>> {
     const SIGNATURE: &str = ", Signature=";

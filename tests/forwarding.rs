@@ -257,6 +257,23 @@ async fn unknown_or_missing_action_is_refused_and_never_forwarded() {
     request.headers_mut().remove("x-tc-action");
     let answer = send(&client, request).await;
     assert_eq!(error_code(&answer), Some("MissingParameter"), "{answer}");
+    // Refused before the pipeline reaches its action (here, at the signature): counted
+    // under the action the call names.
+    let mut request = call(&gateway, "IdCardVerification", "{}");
+    request
+        .headers_mut()
+        .insert("x-tc-timestamp", http::HeaderValue::from_static("1"));
+    let answer = send(&client, request).await;
+    assert_eq!(error_code(&answer), Some("AuthFailure.SignatureExpire"), "{answer}");
+    let metrics = gateway.metrics().await;
+    for line in [
+        r#"ekyc_gateway_requests_total{action="unknown",outcome="InvalidAction"} 1"#,
+        r#"ekyc_gateway_requests_total{action="unknown",outcome="MissingParameter"} 1"#,
+        r#"ekyc_gateway_requests_total{action="IdCardVerification",outcome="AuthFailure.SignatureExpire"} 1"#,
+        r#"ekyc_gateway_requests_total{action="unknown",outcome="AuthFailure.SignatureExpire"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
     let stats = sim.stats().await;
     assert_eq!(stats["invalid_action"], 0);
     assert_eq!(stats["auth_failures"], 0);

@@ -120,19 +120,20 @@ pub async fn handle<B: RequestBody>(
         );
         return response;
     }
-    // Set by the pipeline once it has looked the action up (step 4); a call refused
-    // before that is looked up below, for its metrics, so a forwarded call takes one
-    // lookup.
-    let mut action = None;
-    let result = pipeline(app, &parts, fields, callers, body, &mut action).await;
+    // Set by the pipeline when it looks the action up (step 4), to what it found; a
+    // call refused before that is looked up below, for its metrics, so a forwarded
+    // call takes one lookup.
+    let mut looked_up = None;
+    let result = pipeline(app, &parts, fields, callers, body, &mut looked_up).await;
     let seconds = started.elapsed().as_secs_f64();
     match result {
         Ok(response) => {
-            app.metrics.record_request(action, Outcome::Forwarded, seconds);
+            app.metrics
+                .record_request(looked_up.flatten(), Outcome::Forwarded, seconds);
             response
         }
         Err(error) => {
-            let action = action.or_else(|| {
+            let action = looked_up.unwrap_or_else(|| {
                 fields
                     .get_str(Known::XTcAction)
                     .and_then(|name| app.catalog.lookup(name))
@@ -161,7 +162,7 @@ async fn pipeline<B: RequestBody>(
     fields: &RequestFields,
     callers: &mut auth::CallerCache,
     body: B,
-    action: &mut Option<ActionId>,
+    looked_up: &mut Option<Option<ActionId>>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     let limits = &app.config.limits;
     let now = app.clock.now_unix();
@@ -201,16 +202,16 @@ async fn pipeline<B: RequestBody>(
         return Err(GatewayError::Account(standing));
     }
     // 4. action
-    *action = name.and_then(|n| app.catalog.lookup(n));
-    if action.is_none() {
+    let action = name.and_then(|n| app.catalog.lookup(n));
+    *looked_up = Some(action);
+    let Some(action_id) = action else {
         return Err(if name.is_some() {
             GatewayError::UnknownAction
         } else {
             GatewayError::MissingAction
         });
-    }
+    };
     // 5. rate limit
-    let action_id = action.expect("checked above");
     app.rate_limits.check(caller.credential.account(), action_id)?;
     // 6. forward
     let api_key_hash;
