@@ -83,12 +83,8 @@ fn parse_fields(rest: &str) -> Result<Authorization<'_>, Tc3Error> {
     let signed_headers = signed_headers.ok_or(Bad("SignedHeaders is missing"))?;
     let signature = signature.ok_or(Bad("Signature is missing"))?;
 
-    let mut parts = split_ascii(credential, b'/');
-    let (Some(secret_id), Some(date), Some(service), Some("tc3_request"), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Bad("Credential must be SecretId/date/service/tc3_request"));
-    };
+    let (secret_id, date, service) =
+        credential_scope(credential).ok_or(Bad("Credential must be SecretId/date/service/tc3_request"))?;
     if secret_id.is_empty() || service.is_empty() || !is_iso_date(date) {
         return Err(Bad("Credential has an empty or invalid part"));
     }
@@ -121,12 +117,7 @@ fn parse_as_the_sdks_write_it(rest: &str) -> Option<Authorization<'_>> {
     let comma = front.bytes().rposition(|b| b == b',')?;
     let (credential, signed_headers) = front.split_at(comma);
     let signed_headers = signed_headers.strip_prefix(SIGNED_HEADERS)?;
-    let mut parts = split_ascii(credential, b'/');
-    let (Some(secret_id), Some(date), Some(service), Some("tc3_request"), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
+    let (secret_id, date, service) = credential_scope(credential)?;
     let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
     if !plain(secret_id) || !plain(service) || !is_iso_date(date) {
         return None;
@@ -139,6 +130,15 @@ fn parse_as_the_sdks_write_it(rest: &str) -> Option<Authorization<'_>> {
         signed_headers,
         signature,
     })
+}
+
+/// `SecretId/date/service/tc3_request` into its first three parts, unchecked.
+fn credential_scope(credential: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = split_ascii(credential, b'/');
+    match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(secret_id), Some(date), Some(service), Some("tc3_request"), None) => Some((secret_id, date, service)),
+        _ => None,
+    }
 }
 
 /// Splits `s` at every `separator` (an ASCII byte, so every piece is valid UTF-8) with
@@ -613,29 +613,12 @@ fn canonical_request_hash(
     Ok(hash.finish_canonical())
 }
 
-/// Something SHA-256 based that takes its message in pieces.
-trait Absorb {
-    fn absorb(&mut self, data: &[u8]);
-}
-
-impl Absorb for Sha256 {
-    fn absorb(&mut self, data: &[u8]) {
-        self.update(data);
-    }
-}
-
-impl Absorb for HmacSha256 {
-    fn absorb(&mut self, data: &[u8]) {
-        self.update(data);
-    }
-}
-
-/// A message gathered on the stack and handed to the hash in one piece: the canonical
-/// request and the StringToSign come in 10 to 20 pieces of a few bytes, and a hash's
-/// own buffering costs more per piece (about 50 calls a request) than this copy. The
-/// buffer is left uninitialised: it is only read up to what was written.
-struct Gathered<H: Absorb> {
-    inner: H,
+/// A message gathered on the stack and handed to SHA-256 in one piece: a canonical
+/// request comes in 10 to 20 pieces of a few bytes, and the hash's own buffering costs
+/// more per piece than this copy. The buffer is left uninitialised: it is only read up
+/// to what was written.
+struct Gathered {
+    inner: Sha256,
     buffer: [MaybeUninit<u8>; GATHERED_BYTES],
     length: usize,
     /// Part of the message went to `inner` already.
@@ -644,8 +627,8 @@ struct Gathered<H: Absorb> {
 
 const GATHERED_BYTES: usize = 512;
 
-impl<H: Absorb> Gathered<H> {
-    fn new(inner: H) -> Self {
+impl Gathered {
+    fn new(inner: Sha256) -> Self {
         Gathered {
             inner,
             buffer: [const { MaybeUninit::uninit() }; GATHERED_BYTES],
@@ -669,7 +652,7 @@ impl<H: Absorb> Gathered<H> {
     fn spill(&mut self, data: &[u8]) {
         self.flush();
         if data.len() > GATHERED_BYTES {
-            self.inner.absorb(data);
+            self.inner.update(data);
         } else {
             self.buffer[..data.len()].write_copy_of_slice(data);
             self.length = data.len();
@@ -679,7 +662,7 @@ impl<H: Absorb> Gathered<H> {
     fn flush(&mut self) {
         // SAFETY: `push` and `spill` wrote the first `length` bytes.
         let gathered = unsafe { self.buffer[..self.length].assume_init_ref() };
-        self.inner.absorb(gathered);
+        self.inner.update(gathered);
         self.spilled = true;
         self.length = 0;
     }
@@ -689,7 +672,7 @@ impl<H: Absorb> Gathered<H> {
         unsafe { self.buffer[..self.length].assume_init_ref() }
     }
 
-    fn into_inner(mut self) -> H {
+    fn into_inner(mut self) -> Sha256 {
         self.flush();
         self.inner
     }
@@ -717,7 +700,7 @@ thread_local! {
     };
 }
 
-impl Gathered<Sha256> {
+impl Gathered {
     /// The digest of a canonical request gathered whole, its first block's state taken
     /// from `FIRST_BLOCKS` when that block was seen before.
     fn finish_canonical(self) -> [u8; 32] {
