@@ -292,9 +292,14 @@ async fn shutdown_closes_idle_keep_alive_connections_and_finishes() {
     let sim = SimHandle::start(|_| {}).await;
     let mut gateway = GatewayHandle::start(&sim, "").await;
     let mut stream = TcpStream::connect(gateway.data).await.unwrap();
-    stream.write_all(&raw_call(&gateway, "1.1", "", "{}")).await.unwrap();
-    let answer = read_answer(&mut stream, &mut Vec::new()).await.expect("an answer");
-    assert_eq!(answer.status, 200);
+    let mut pending = Vec::new();
+    // Several calls, so that the connection waits idle more than once: the server
+    // registers for shutdown at the first wait and must still be woken at a later one.
+    for _ in 0..3 {
+        stream.write_all(&raw_call(&gateway, "1.1", "", "{}")).await.unwrap();
+        let answer = read_answer(&mut stream, &mut pending).await.expect("an answer");
+        assert_eq!(answer.status, 200);
+    }
     gateway.begin_shutdown();
     assert!(closes(&mut stream).await, "an idle keep-alive connection is closed");
     tokio::time::timeout(Duration::from_secs(10), gateway.join())

@@ -105,8 +105,11 @@ where
     let deadline_timer = std::pin::pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut waits = Waits {
         deadline_timer,
-        shutdown,
-        stop: &stop,
+        shutdown: ShutdownWait {
+            begins: shutdown,
+            registered: false,
+            stop: &stop,
+        },
     };
     let mut first = true;
     // One list for every request of the connection: its allocation is kept.
@@ -196,9 +199,39 @@ fn discard_budget(limits: &crate::config::Limits) -> u64 {
 struct Waits<'a> {
     /// Fires at or before the current head's deadline; reset only when it fires early.
     deadline_timer: Pin<&'a mut tokio::time::Sleep>,
-    /// Completes when shutdown begins; polled only while the connection is idle.
-    shutdown: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
+    /// Waited for only while the connection is idle.
+    shutdown: ShutdownWait<'a>,
+}
+
+/// Shutdown, as an idle connection waits for it.
+struct ShutdownWait<'a> {
+    /// Completes when shutdown begins.
+    begins: Pin<&'a mut (dyn Future<Output = ()> + Send)>,
+    /// `begins` was polled and is pending: it holds the connection task's waker, which
+    /// it wakes when shutdown begins.
+    registered: bool,
     stop: &'a watch::Receiver<bool>,
+}
+
+impl ShutdownWait<'_> {
+    /// Ready once shutdown has begun. `begins` is polled until it has registered the
+    /// task's waker, then no more: the waker stays registered while it is pending, and
+    /// a connection's task (hence its waker) never changes. Polled again, it would
+    /// lock the stop channel's list of waiters, a lock that every connection of every
+    /// worker took on each idle wait, one cache line passed between the cores per call.
+    /// After the wake-up, `shutting_down` reads the channel's version without a lock.
+    fn poll_begun(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.registered {
+            return if shutting_down(self.stop) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            };
+        }
+        let begun = self.begins.as_mut().poll(cx);
+        self.registered = begun.is_pending();
+        begun
+    }
 }
 
 async fn shutdown_begins(mut stop: watch::Receiver<bool>) {
@@ -299,7 +332,7 @@ impl<S: ClientStream> Connection<S> {
                 }
             }
             let idle = self.read_buffer.is_empty();
-            if idle && shutting_down(waits.stop) {
+            if idle && shutting_down(waits.shutdown.stop) {
                 return HeadRead::Closed;
             }
             if idle {
@@ -311,7 +344,7 @@ impl<S: ClientStream> Connection<S> {
                     biased;
                     ready = std::future::poll_fn(move |cx| stream.poll_read_ready(cx)) => Some(ready),
                     () = waits.deadline_timer.as_mut() => None,
-                    () = waits.shutdown.as_mut() => return HeadRead::Closed,
+                    () = std::future::poll_fn(|cx| waits.shutdown.poll_begun(cx)) => return HeadRead::Closed,
                 };
                 match ready {
                     Some(Ok(())) => self.read_buffer = take_spare_buffer(),
@@ -334,7 +367,7 @@ impl<S: ClientStream> Connection<S> {
                 () = waits.deadline_timer.as_mut() => None,
                 // Shutting down: an idle connection just ends. (Never polled again once
                 // it has completed: the connection ends here.)
-                () = waits.shutdown.as_mut(), if idle => return HeadRead::Closed,
+                () = std::future::poll_fn(|cx| waits.shutdown.poll_begun(cx)), if idle => return HeadRead::Closed,
             };
             match read {
                 Some(Ok(0)) | Some(Err(_)) => return HeadRead::Closed,
