@@ -11,6 +11,7 @@ use ekyc_gateway::config::{ActionConfig, DEFAULT_ACTIONS};
 use ekyc_gateway::crypto::MasterKey;
 use ekyc_gateway::metrics::{Metrics, Outcome};
 use ekyc_gateway::proxy::auth::{self, CallerCache};
+use ekyc_gateway::proxy::body::ReceivedBody;
 use ekyc_gateway::proxy::fields::RequestFields;
 use ekyc_gateway::proxy::ratelimit::RateLimits;
 use ekyc_gateway::state::mirror::{AccountStanding, StateMirror};
@@ -48,7 +49,7 @@ fn signed_headers_by(signer: &Signer, body: &[u8]) -> HeaderMap {
 fn authenticate<'c>(
     parts: &http::request::Parts,
     fields: &RequestFields,
-    body: &[u8],
+    body: &ReceivedBody,
     mirror: &StateMirror,
     callers: &'c mut CallerCache,
 ) -> &'c ekyc_gateway::state::mirror::AccountEntry {
@@ -193,6 +194,11 @@ fn auth_with_a_million_credentials(c: &mut Criterion) {
     for size in [1024usize, 1024 * 1024] {
         let body = vec![b'a'; size];
         let headers = signed_headers_by(&signer, &body);
+        // As the HTTP/1.1 server hands over a body that came with its head: not hashed yet.
+        let received = ReceivedBody {
+            bytes: body.clone().into(),
+            sha256: None,
+        };
         let mut request = http::Request::post("/").body(()).unwrap();
         *request.headers_mut() = headers;
         let (parts, ()) = request.into_parts();
@@ -204,13 +210,13 @@ fn auth_with_a_million_credentials(c: &mut Criterion) {
         group.bench_function(format!("tc3_identify_verify_{size}B"), |b| {
             b.iter(|| {
                 let mut callers = CallerCache::default();
-                black_box(authenticate(&parts, &fields, black_box(&body), &mirror, &mut callers).standing())
+                black_box(authenticate(&parts, &fields, black_box(&received), &mirror, &mut callers).standing())
             })
         });
         if size == 1024 {
             // Phases 2, 3 and 5 as the pipeline runs them.
             let admit = |callers: &mut CallerCache| {
-                let account = authenticate(&parts, &fields, black_box(&body), &mirror, callers);
+                let account = authenticate(&parts, &fields, black_box(&received), &mirror, callers);
                 assert_eq!(account.standing(), AccountStanding::Enabled);
                 limited.check(account, ActionId(0)).unwrap();
                 account.index()

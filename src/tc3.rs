@@ -515,10 +515,42 @@ impl HmacSha256 {
 /// The payload hash a request is signed with: sha256 of the body, or of the literal
 /// `UNSIGNED-PAYLOAD` when the client sent `X-TC-Content-SHA256: UNSIGNED-PAYLOAD`.
 pub fn payload_hash(headers: &(impl SignedHeaders + ?Sized), body: &[u8]) -> HexDigest {
+    payload_hash_of(headers, body, None)
+}
+
+/// As `payload_hash`, with the body's SHA-256 when it was taken as the body arrived
+/// (`BodyHasher`), so it is not hashed a second time.
+pub fn payload_hash_of(
+    headers: &(impl SignedHeaders + ?Sized),
+    body: &[u8],
+    body_sha256: Option<&[u8; 32]>,
+) -> HexDigest {
     if is_unsigned_payload(headers) {
         HexDigest::of(UNSIGNED_PAYLOAD.as_bytes())
+    } else if let Some(digest) = body_sha256 {
+        HexDigest::from_digest(digest)
     } else {
         HexDigest::of(body)
+    }
+}
+
+/// The SHA-256 of a request body fed as its bytes arrive. A large upload is then
+/// hashed piece by piece while each piece is still in the CPU's cache, and while the
+/// rest is still on its way, instead of being read again from memory once whole.
+pub struct BodyHasher(Sha256);
+
+impl BodyHasher {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Self(Sha256::new(Engine::current()))
+    }
+
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        self.0.finish()
     }
 }
 
@@ -1471,6 +1503,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_body_hashed_in_pieces_has_the_hash_of_the_whole() {
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let whole = HexDigest::of(&body);
+        for piece in [1, 63, 64, 65, 4096, 100_000, body.len()] {
+            let mut hasher = BodyHasher::new();
+            for chunk in body.chunks(piece) {
+                hasher.update(chunk);
+            }
+            let digest = hasher.finish();
+            assert_eq!(HexDigest::from_digest(&digest), whole, "pieces of {piece}");
+            let headers = HeaderMap::new();
+            assert_eq!(payload_hash_of(&headers, &body, Some(&digest)), whole);
+        }
+        // The client's UNSIGNED-PAYLOAD wins over a hash taken as the body arrived.
+        let mut headers = HeaderMap::new();
+        headers.insert("x-tc-content-sha256", UNSIGNED_PAYLOAD.parse().unwrap());
+        assert_eq!(
+            payload_hash_of(&headers, &body, Some(&[0; 32])),
+            HexDigest::of(UNSIGNED_PAYLOAD.as_bytes())
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! the connection's `CallerCache`. Must not decide anything about the account's state
 //! or the action.
 
+use crate::proxy::body::ReceivedBody;
 use crate::proxy::fields::{Known, RequestFields, visible_ascii};
 use crate::sigv1::{self, Params};
 use crate::state::mirror::{CredentialEntry, StateMirror};
@@ -132,6 +133,14 @@ pub enum Identified<'h> {
     V1,
 }
 
+impl Identified<'_> {
+    /// Whether the call's body will be hashed: to check a TC3 signature, or to sign
+    /// an API-key call for the upstream; not when the client signed `UNSIGNED-PAYLOAD`.
+    pub fn signs_with_body_hash(&self, fields: &RequestFields) -> bool {
+        matches!(self, Identified::Tc3 { .. } | Identified::ApiKey) && !tc3::is_unsigned_payload(fields)
+    }
+}
+
 /// A caller whose signature (or key) has been checked.
 pub struct Authenticated<'c> {
     pub credential: &'c CredentialEntry,
@@ -206,7 +215,7 @@ pub fn verify<'c>(
     identified: Identified<'_>,
     parts: &http::request::Parts,
     fields: &RequestFields,
-    body: &[u8],
+    body: &ReceivedBody,
     mirror: &StateMirror,
     callers: &'c mut CallerCache,
     now: i64,
@@ -217,7 +226,7 @@ pub fn verify<'c>(
             method: AuthMethod::ApiKey,
         }),
         Identified::Tc3 { auth, timestamp } => {
-            let payload_hash = tc3::payload_hash(fields, body);
+            let payload_hash = tc3::payload_hash_of(fields, &body.bytes, body.sha256.as_ref());
             let request = SignedRequest {
                 method: parts.method.as_str(),
                 query: parts.uri.query().unwrap_or(""),
@@ -235,7 +244,7 @@ pub fn verify<'c>(
             let source = if parts.method == http::Method::GET {
                 parts.uri.query().unwrap_or("").as_bytes()
             } else {
-                body
+                &body.bytes
             };
             let params = Params::parse(source)?;
             if !sigv1::looks_like_v1(&params) {

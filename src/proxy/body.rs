@@ -9,7 +9,7 @@ use crate::meter::CounterKey;
 use crate::meter::billable::BillableScanner;
 use crate::proxy::fields::{Known, RequestFields};
 use crate::proxy::headers::PassedHeaders;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -30,23 +30,45 @@ pub enum BodyError {
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request's body as read, with its SHA-256 when it was hashed as it arrived.
+pub struct ReceivedBody {
+    pub bytes: Bytes,
+    /// Taken only when asked for and only where it saves reading the body twice: a
+    /// body that came with its head is hashed whole by the signature check.
+    pub sha256: Option<[u8; 32]>,
+}
+
+impl ReceivedBody {
+    pub(crate) fn whole(bytes: Bytes) -> Self {
+        Self { bytes, sha256: None }
+    }
+}
+
 /// A request's body as the server hands it to the pipeline: hyper's for HTTP/2, the
 /// connection itself for HTTP/1.1 (`server::http1`).
 pub trait RequestBody: Send {
     /// Reads the whole body, refusing more than `limit` bytes and giving up after
     /// `deadline`. The declared length is checked first, so an oversized upload is
-    /// refused before it is read.
+    /// refused before it is read. With `hash`, a body that arrives in pieces is
+    /// hashed piece by piece as it comes (`tc3::BodyHasher`).
     fn read_bounded(
         self,
         fields: &RequestFields,
         limit: usize,
         deadline: Duration,
-    ) -> impl Future<Output = Result<Bytes, BodyError>> + Send;
+        hash: bool,
+    ) -> impl Future<Output = Result<ReceivedBody, BodyError>> + Send;
 }
 
 impl RequestBody for Incoming {
-    async fn read_bounded(self, fields: &RequestFields, limit: usize, deadline: Duration) -> Result<Bytes, BodyError> {
-        read_incoming(fields, self, limit, deadline).await
+    async fn read_bounded(
+        self,
+        fields: &RequestFields,
+        limit: usize,
+        deadline: Duration,
+        hash: bool,
+    ) -> Result<ReceivedBody, BodyError> {
+        read_incoming(fields, self, limit, deadline, hash).await
     }
 }
 
@@ -55,7 +77,8 @@ async fn read_incoming(
     body: Incoming,
     limit: usize,
     deadline: Duration,
-) -> Result<Bytes, BodyError> {
+    hash: bool,
+) -> Result<ReceivedBody, BodyError> {
     let declared = fields.get_str(Known::ContentLength).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         // Boxed, as the other rare paths: every request's future is as large as its
@@ -63,9 +86,37 @@ async fn read_incoming(
         Box::pin(drain_for_lingering_close(fields, body, limit, deadline)).await;
         return Err(BodyError::TooLarge { limit });
     }
-    match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+    let mut hasher = hash.then(crate::tc3::BodyHasher::new);
+    let collect = async {
+        let mut body = Limited::new(body, limit);
+        // A body of one DATA frame is kept as it came; more are joined.
+        let mut first: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue; // trailers: not part of what is signed or forwarded
+            };
+            if let Some(hasher) = &mut hasher {
+                hasher.update(&data);
+            }
+            match first.take() {
+                None if joined.is_empty() => first = Some(data),
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        joined.extend_from_slice(&earlier);
+                    }
+                    joined.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok::<_, BoxError>(first.unwrap_or_else(|| joined.freeze()))
+    };
+    match tokio::time::timeout(deadline, collect).await {
         Err(_) => Err(BodyError::Timeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Ok(bytes)) => Ok(ReceivedBody {
+            bytes,
+            sha256: hasher.map(crate::tc3::BodyHasher::finish),
+        }),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
         Ok(Err(e)) => Err(BodyError::Read(e.to_string())),
     }

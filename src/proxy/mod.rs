@@ -169,11 +169,16 @@ async fn pipeline<B: RequestBody>(
     // 2a. authenticate: who claims to call, from the headers alone
     let identified = auth::identify(fields, &app.mirror, callers, now)?;
     // 1. bound: the body
-    let body = body
-        .read_bounded(fields, limits.max_body_bytes, limits.body_read_timeout)
+    let hash_as_read = identified.signs_with_body_hash(fields);
+    let received = body
+        .read_bounded(fields, limits.max_body_bytes, limits.body_read_timeout, hash_as_read)
         .await?;
     // 2b. authenticate: the signature over the whole request
-    let caller = auth::verify(identified, parts, fields, &body, &app.mirror, callers, now)?;
+    let caller = auth::verify(identified, parts, fields, &received, &app.mirror, callers, now)?;
+    let body::ReceivedBody {
+        bytes: body,
+        sha256: body_sha256,
+    } = received;
     let name = match &caller.method {
         AuthMethod::V1 { params } => params.get("Action").ok().flatten(),
         _ => fields.get_str(Known::XTcAction),
@@ -220,7 +225,7 @@ async fn pipeline<B: RequestBody>(
             payload_hash: payload_hash.as_str(),
         },
         AuthMethod::ApiKey => {
-            api_key_hash = crate::tc3::payload_hash(fields, &body);
+            api_key_hash = crate::tc3::payload_hash_of(fields, &body, body_sha256.as_ref());
             Resign::Tc3 {
                 payload_hash: api_key_hash.as_str(),
             }
