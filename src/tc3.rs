@@ -539,12 +539,13 @@ pub fn payload_hash_of(
 /// rest is still on its way, instead of being read again from memory once whole.
 pub struct BodyHasher(Sha256);
 
-impl BodyHasher {
-    #[allow(clippy::new_without_default)]
-    pub fn new() -> Self {
+impl Default for BodyHasher {
+    fn default() -> Self {
         Self(Sha256::new(Engine::current()))
     }
+}
 
+impl BodyHasher {
     pub fn update(&mut self, piece: &[u8]) {
         self.0.update(piece);
     }
@@ -1510,7 +1511,7 @@ mod tests {
         let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let whole = HexDigest::of(&body);
         for piece in [1, 63, 64, 65, 4096, 100_000, body.len()] {
-            let mut hasher = BodyHasher::new();
+            let mut hasher = BodyHasher::default();
             for chunk in body.chunks(piece) {
                 hasher.update(chunk);
             }

@@ -136,6 +136,34 @@ async fn a_5_mib_image_passes_both_ways() {
     assert_eq!(last["body_sha256"], ekyc_gateway::tc3::sha256_hex(body.as_bytes()));
 }
 
+/// Over HTTP/2 a large body comes in DATA frames of 16 KiB, each hashed as it comes:
+/// the upstream gets the frames joined in order, and a body changed after signing is
+/// refused.
+#[tokio::test]
+async fn a_large_body_in_many_http2_frames_is_verified_and_forwarded_whole() {
+    let sim = SimHandle::start(|c| c.record_last_request = true).await;
+    let gateway = GatewayHandle::start(&sim, "").await;
+    let body = large_body(3 << 20);
+    let client = h2c_client();
+    let answer = send(&client, call(&gateway, "IdCardVerification", &body)).await;
+    assert_eq!(answer["Result"], "0", "{answer}");
+    let last = sim.last_request().await;
+    assert_eq!(last["body_len"], body.len());
+    assert_eq!(last["body_sha256"], ekyc_gateway::tc3::sha256_hex(body.as_bytes()));
+
+    let (parts, _) = call(&gateway, "IdCardVerification", &body).into_parts();
+    let mut changed = body.into_bytes();
+    let end = changed.len() - 3;
+    changed[end] ^= 1;
+    let answer = send(
+        &client,
+        http::Request::from_parts(parts, Full::new(Bytes::from(changed))),
+    )
+    .await;
+    assert_eq!(answer["Error"]["Code"], "AuthFailure.SignatureFailure", "{answer}");
+    assert_eq!(sim.successes("IdCardVerification").await, 1);
+}
+
 #[tokio::test]
 async fn re_signs_and_drops_hop_by_hop_and_client_credentials() {
     let sim = SimHandle::start(|_| {}).await;

@@ -136,7 +136,7 @@ pub enum Identified<'h> {
 impl Identified<'_> {
     /// Whether the call's body will be hashed: to check a TC3 signature, or to sign
     /// an API-key call for the upstream; not when the client signed `UNSIGNED-PAYLOAD`.
-    pub fn signs_with_body_hash(&self, fields: &RequestFields) -> bool {
+    pub fn hashes_body(&self, fields: &RequestFields) -> bool {
         matches!(self, Identified::Tc3 { .. } | Identified::ApiKey) && !tc3::is_unsigned_payload(fields)
     }
 }
@@ -334,6 +334,25 @@ mod tests {
             Some(AuthError::SecretIdNotFound)
         );
         assert_eq!(callers.find_by_secret_id(&m, "AKIDa").unwrap().account().id(), "other");
+    }
+
+    #[test]
+    fn the_body_is_hashed_for_tc3_and_api_keys_unless_the_payload_is_unsigned() {
+        let value = format!(
+            "TC3-HMAC-SHA256 Credential=AKIDa/2026-11-27/faceid/tc3_request, SignedHeaders=content-type;host, Signature={}",
+            "0".repeat(64)
+        );
+        let auth = tc3::parse_authorization(&value).unwrap();
+        let signed = RequestFields::default();
+        let mut unsigned_headers = http::HeaderMap::new();
+        unsigned_headers.insert("x-tc-content-sha256", "UNSIGNED-PAYLOAD".parse().unwrap());
+        let unsigned = RequestFields::from_header_map(&unsigned_headers);
+        let tc3 = Identified::Tc3 { auth, timestamp: 1 };
+        assert!(tc3.hashes_body(&signed));
+        assert!(!tc3.hashes_body(&unsigned));
+        assert!(Identified::ApiKey.hashes_body(&signed));
+        assert!(!Identified::ApiKey.hashes_body(&unsigned));
+        assert!(!Identified::V1.hashes_body(&signed));
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub struct ReceivedBody {
 }
 
 impl ReceivedBody {
-    pub(crate) fn whole(bytes: Bytes) -> Self {
+    pub fn unhashed(bytes: Bytes) -> Self {
         Self { bytes, sha256: None }
     }
 }
@@ -86,10 +86,13 @@ async fn read_incoming(
         Box::pin(drain_for_lingering_close(fields, body, limit, deadline)).await;
         return Err(BodyError::TooLarge { limit });
     }
-    let mut hasher = hash.then(crate::tc3::BodyHasher::new);
+    let mut hasher = hash.then(crate::tc3::BodyHasher::default);
     let collect = async {
         let mut body = Limited::new(body, limit);
-        // A body of one DATA frame is kept as it came; more are joined.
+        // The usual body, one DATA frame, is kept as it came: no copy. More are joined
+        // into one buffer sized once for the rest (hyper tells the rest of the
+        // declared length, which h2 enforces), so a large body is neither copied
+        // again as the buffer grows nor held in one twice its size.
         let mut first: Option<Bytes> = None;
         let mut joined = BytesMut::new();
         while let Some(frame) = body.frame().await {
@@ -99,15 +102,16 @@ async fn read_incoming(
             if let Some(hasher) = &mut hasher {
                 hasher.update(&data);
             }
-            match first.take() {
-                None if joined.is_empty() => first = Some(data),
-                earlier => {
-                    if let Some(earlier) = earlier {
-                        joined.extend_from_slice(&earlier);
-                    }
-                    joined.extend_from_slice(&data);
-                }
+            if first.is_none() && joined.is_empty() {
+                first = Some(data);
+                continue;
             }
+            if let Some(earlier) = first.take() {
+                let rest = (body.size_hint().lower() as usize).min(limit);
+                joined.reserve(earlier.len() + data.len() + rest);
+                joined.extend_from_slice(&earlier);
+            }
+            joined.extend_from_slice(&data);
         }
         Ok::<_, BoxError>(first.unwrap_or_else(|| joined.freeze()))
     };

@@ -505,6 +505,7 @@ impl<S: ClientStream> Connection<S> {
                         .stream
                         .read_buf(&mut (&mut self.read_buffer).limit(missing.min(HASHED_READ)))
                         .await?;
+                    // The read stops at the body's end; `min` keeps it so if that changes.
                     let end = self.read_buffer.len().min(length);
                     hasher.update(&self.read_buffer[hashed..end]);
                     hashed = end;
@@ -638,16 +639,16 @@ impl<S: ClientStream> RequestBody for ConnectionBody<'_, S> {
             return Err(BodyError::TooLarge { limit });
         }
         if declared == 0 {
-            return Ok(ReceivedBody::whole(Bytes::new()));
+            return Ok(ReceivedBody::unhashed(Bytes::new()));
         }
         let length = declared as usize;
         if connection.read_buffer.len() >= length {
             // Sent with its head, as the SDKs do: no wait, so no timer. Hashed whole
             // by the signature check, as it is already in the cache.
             connection.unread_body = 0;
-            return Ok(ReceivedBody::whole(connection.read_buffer.split_to(length).freeze()));
+            return Ok(ReceivedBody::unhashed(connection.read_buffer.split_to(length).freeze()));
         }
-        let mut hasher = hash.then(BodyHasher::new);
+        let mut hasher = hash.then(BodyHasher::default);
         let read = async {
             if connection.awaits_continue && connection.read_buffer.len() < length {
                 connection.send_continue().await?;
@@ -840,5 +841,69 @@ mod tests {
     fn connection_tokens_are_matched_whole_and_without_case() {
         assert!(has_token(b"keep-alive, Close", b"close"));
         assert!(!has_token(b"closed", b"close"));
+    }
+
+    /// A connection whose head has been read, with `buffered` bytes of a body of
+    /// `length` in its buffer, and the client's end of the socket.
+    async fn connection_in_a_body(
+        buffered: &[u8],
+        length: usize,
+    ) -> (Connection<tokio::net::TcpStream>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut connection = Connection::new(server);
+        connection.read_buffer.extend_from_slice(buffered);
+        connection.unread_body = length as u64;
+        (connection, client)
+    }
+
+    async fn read_body(connection: &mut Connection<tokio::net::TcpStream>, hash: bool) -> ReceivedBody {
+        let body = ConnectionBody { connection };
+        let fields = RequestFields::default();
+        let read = body.read_bounded(&fields, 16 << 20, Duration::from_secs(10), hash);
+        read.await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn a_body_that_comes_after_its_head_is_hashed_as_read_and_only_up_to_its_end() {
+        let body: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+        let next_request = b"POST / HTTP/1.1\r\n";
+        let (mut connection, mut client) = connection_in_a_body(&body[..1000], body.len()).await;
+        let sender = tokio::spawn(async move {
+            for piece in body[1000..].chunks(100_003) {
+                client.write_all(piece).await.unwrap();
+            }
+            client.write_all(next_request).await.unwrap();
+            (client, body)
+        });
+        let received = read_body(&mut connection, true).await;
+        let (_client, body) = sender.await.unwrap();
+        assert_eq!(received.bytes, body);
+        let digest = received.sha256.expect("hashed as it was read");
+        assert_eq!(
+            crate::tc3::HexDigest::from_digest(&digest),
+            crate::tc3::HexDigest::of(&body)
+        );
+        // What follows the body stays for the next request, unhashed.
+        assert!(next_request.starts_with(&connection.read_buffer));
+        assert_eq!(connection.unread_body, 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_is_not_hashed_as_read_unless_asked_or_when_it_came_with_its_head() {
+        let body = vec![b'x'; 300_000];
+        let (mut connection, mut client) = connection_in_a_body(&body[..10], body.len()).await;
+        client.write_all(&body[10..]).await.unwrap();
+        let received = read_body(&mut connection, false).await;
+        assert_eq!(received.bytes, body);
+        assert_eq!(received.sha256, None);
+
+        let (mut connection, _client) = connection_in_a_body(&body, body.len()).await;
+        let received = read_body(&mut connection, true).await;
+        assert_eq!(received.bytes, body);
+        assert_eq!(received.sha256, None, "hashed whole by the signature check instead");
     }
 }

@@ -331,6 +331,15 @@ pub fn call(gateway: &GatewayHandle, action: &str, body: &str) -> Request<Full<B
     )
 }
 
+/// A JSON body of about `size` bytes, its pad varied so that a byte hashed twice,
+/// skipped or moved changes the hash.
+pub fn large_body(size: usize) -> String {
+    let pad: String = (0..size)
+        .map(|i| char::from(b'a' + ((i * 7 + i / 977) % 26) as u8))
+        .collect();
+    format!("{{\"IdCard\":\"11204416541220243X\",\"Name\":\"Zhang San\",\"Pad\":\"{pad}\"}}")
+}
+
 /// Sends `request` and returns the parsed `Response` object of the answer.
 pub async fn send(client: &HttpClient, request: Request<Full<Bytes>>) -> serde_json::Value {
     let response = client.request(request).await.unwrap();
