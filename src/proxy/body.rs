@@ -49,14 +49,15 @@ impl ReceivedBody {
 pub trait RequestBody: Send {
     /// Reads the whole body, refusing more than `limit` bytes and giving up after
     /// `deadline`. The declared length is checked first, so an oversized upload is
-    /// refused before it is read. With `hash`, a body that arrives in pieces is
-    /// hashed piece by piece as it comes (`tc3::BodyHasher`).
+    /// refused before it is read. When `hash` says so, a body that arrives in pieces
+    /// is hashed piece by piece as it comes (`tc3::BodyHasher`); it is asked only
+    /// then, as a body that came with its head (the usual call) is hashed whole.
     fn read_bounded(
         self,
         fields: &RequestFields,
         limit: usize,
         deadline: Duration,
-        hash: bool,
+        hash: impl FnOnce() -> bool + Send,
     ) -> impl Future<Output = Result<ReceivedBody, BodyError>> + Send;
 }
 
@@ -66,9 +67,9 @@ impl RequestBody for Incoming {
         fields: &RequestFields,
         limit: usize,
         deadline: Duration,
-        hash: bool,
+        hash: impl FnOnce() -> bool + Send,
     ) -> Result<ReceivedBody, BodyError> {
-        read_incoming(fields, self, limit, deadline, hash).await
+        read_incoming(fields, self, limit, deadline, hash()).await
     }
 }
 

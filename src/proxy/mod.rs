@@ -169,7 +169,7 @@ async fn pipeline<B: RequestBody>(
     // 2a. authenticate: who claims to call, from the headers alone
     let identified = auth::identify(fields, &app.mirror, callers, now)?;
     // 1. bound: the body
-    let hash_as_read = identified.hashes_body(fields);
+    let hash_as_read = || identified.hashes_body(fields);
     let received = body
         .read_bounded(fields, limits.max_body_bytes, limits.body_read_timeout, hash_as_read)
         .await?;

@@ -629,7 +629,7 @@ impl<S: ClientStream> RequestBody for ConnectionBody<'_, S> {
         _fields: &RequestFields,
         limit: usize,
         deadline: Duration,
-        hash: bool,
+        hash: impl FnOnce() -> bool + Send,
     ) -> Result<ReceivedBody, BodyError> {
         let connection = self.connection;
         let declared = connection.unread_body;
@@ -648,7 +648,7 @@ impl<S: ClientStream> RequestBody for ConnectionBody<'_, S> {
             connection.unread_body = 0;
             return Ok(ReceivedBody::unhashed(connection.read_buffer.split_to(length).freeze()));
         }
-        let mut hasher = hash.then(BodyHasher::default);
+        let mut hasher = hash().then(BodyHasher::default);
         let read = async {
             if connection.awaits_continue && connection.read_buffer.len() < length {
                 connection.send_continue().await?;
@@ -863,7 +863,7 @@ mod tests {
     async fn read_body(connection: &mut Connection<tokio::net::TcpStream>, hash: bool) -> ReceivedBody {
         let body = ConnectionBody { connection };
         let fields = RequestFields::default();
-        let read = body.read_bounded(&fields, 16 << 20, Duration::from_secs(10), hash);
+        let read = body.read_bounded(&fields, 16 << 20, Duration::from_secs(10), || hash);
         read.await.unwrap_or_else(|e| panic!("{e}"))
     }
 
