@@ -403,11 +403,17 @@ fn cpu_has_sha_extensions() -> bool {
     }
 }
 
-/// A SHA-256 computation fed piece by piece.
+/// A SHA-256 computation fed piece by piece, with this process's engine by default.
 #[derive(Clone)]
-enum Sha256 {
+pub(crate) enum Sha256 {
     Ring(digest::Context),
     Sha2(sha2::Sha256),
+}
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new(Engine::current())
+    }
 }
 
 impl Sha256 {
@@ -418,14 +424,14 @@ impl Sha256 {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Sha256::Ring(context) => context.update(data),
             Sha256::Sha2(context) => context.update(data),
         }
     }
 
-    fn finish(self) -> [u8; 32] {
+    pub(crate) fn finish(self) -> [u8; 32] {
         match self {
             Sha256::Ring(context) => digest_bytes(context.finish().as_ref()),
             Sha256::Sha2(context) => context.finalize().into(),
@@ -519,7 +525,7 @@ pub fn payload_hash(headers: &(impl SignedHeaders + ?Sized), body: &[u8]) -> Hex
 }
 
 /// As `payload_hash`, with the body's SHA-256 when it was taken as the body arrived
-/// (`BodyHasher`), so it is not hashed a second time.
+/// (`Sha256`, fed by the server as the pieces come), so it is not hashed a second time.
 pub fn payload_hash_of(
     headers: &(impl SignedHeaders + ?Sized),
     body: &[u8],
@@ -531,27 +537,6 @@ pub fn payload_hash_of(
         HexDigest::from_digest(digest)
     } else {
         HexDigest::of(body)
-    }
-}
-
-/// The SHA-256 of a request body fed as its bytes arrive. A large upload is then
-/// hashed piece by piece while each piece is still in the CPU's cache, and while the
-/// rest is still on its way, instead of being read again from memory once whole.
-pub struct BodyHasher(Sha256);
-
-impl Default for BodyHasher {
-    fn default() -> Self {
-        Self(Sha256::new(Engine::current()))
-    }
-}
-
-impl BodyHasher {
-    pub fn update(&mut self, piece: &[u8]) {
-        self.0.update(piece);
-    }
-
-    pub fn finish(self) -> [u8; 32] {
-        self.0.finish()
     }
 }
 
@@ -1511,7 +1496,7 @@ mod tests {
         let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let whole = HexDigest::of(&body);
         for piece in [1, 63, 64, 65, 4096, 100_000, body.len()] {
-            let mut hasher = BodyHasher::default();
+            let mut hasher = Sha256::default();
             for chunk in body.chunks(piece) {
                 hasher.update(chunk);
             }

@@ -50,7 +50,8 @@ pub trait RequestBody: Send {
     /// Reads the whole body, refusing more than `limit` bytes and giving up after
     /// `deadline`. The declared length is checked first, so an oversized upload is
     /// refused before it is read. When `hash` says so, a body that arrives in pieces
-    /// is hashed piece by piece as it comes (`tc3::BodyHasher`); it is asked only
+    /// is hashed piece by piece as it comes, while each piece is still in the CPU's
+    /// cache and the rest still on its way (`tc3::Sha256`); it is asked only
     /// then, as a body that came with its head (the usual call) is hashed whole.
     fn read_bounded(
         self,
@@ -87,7 +88,7 @@ async fn read_incoming(
         Box::pin(drain_for_lingering_close(fields, body, limit, deadline)).await;
         return Err(BodyError::TooLarge { limit });
     }
-    let mut hasher = hash.then(crate::tc3::BodyHasher::default);
+    let mut hasher = hash.then(crate::tc3::Sha256::default);
     let collect = async {
         let mut body = Limited::new(body, limit);
         // The usual body, one DATA frame, is kept as it came: no copy. More are joined
@@ -120,7 +121,7 @@ async fn read_incoming(
         Err(_) => Err(BodyError::Timeout),
         Ok(Ok(bytes)) => Ok(ReceivedBody {
             bytes,
-            sha256: hasher.map(crate::tc3::BodyHasher::finish),
+            sha256: hasher.map(crate::tc3::Sha256::finish),
         }),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
         Ok(Err(e)) => Err(BodyError::Read(e.to_string())),

@@ -21,7 +21,7 @@ use crate::proxy::body::{BodyError, ReceivedBody, RequestBody};
 use crate::proxy::fields::{Known, RequestFields};
 use crate::proxy::h1::parse_content_length;
 use crate::proxy::headers::{PassedHeaders, list_items};
-use crate::tc3::BodyHasher;
+use crate::tc3::Sha256;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header;
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
@@ -490,7 +490,7 @@ impl<S: ClientStream> Connection<S> {
 
     /// Reads until `length` bytes are buffered, feeding `hasher` the first `length`
     /// bytes as they come: at most `HASHED_READ` bytes a read, hashed right after it.
-    async fn fill_to(&mut self, length: usize, mut hasher: Option<&mut BodyHasher>) -> io::Result<()> {
+    async fn fill_to(&mut self, length: usize, mut hasher: Option<&mut Sha256>) -> io::Result<()> {
         let mut hashed = self.read_buffer.len().min(length);
         if let Some(hasher) = hasher.as_deref_mut() {
             hasher.update(&self.read_buffer[..hashed]);
@@ -648,7 +648,7 @@ impl<S: ClientStream> RequestBody for ConnectionBody<'_, S> {
             connection.unread_body = 0;
             return Ok(ReceivedBody::unhashed(connection.read_buffer.split_to(length).freeze()));
         }
-        let mut hasher = hash().then(BodyHasher::default);
+        let mut hasher = hash().then(Sha256::default);
         let read = async {
             if connection.awaits_continue && connection.read_buffer.len() < length {
                 connection.send_continue().await?;
@@ -660,7 +660,7 @@ impl<S: ClientStream> RequestBody for ConnectionBody<'_, S> {
                 connection.unread_body = 0;
                 Ok(ReceivedBody {
                     bytes: connection.read_buffer.split_to(length).freeze(),
-                    sha256: hasher.map(BodyHasher::finish),
+                    sha256: hasher.map(Sha256::finish),
                 })
             }
             Ok(Err(e)) => {
