@@ -168,6 +168,7 @@ struct RawUpstream {
     extra_ca_file: Option<PathBuf>,
     pool_idle_timeout_ms: u64,
     pool_max_idle_per_host: u64,
+    max_requests_per_connection: u64,
 }
 
 impl Default for RawUpstream {
@@ -180,6 +181,7 @@ impl Default for RawUpstream {
             extra_ca_file: None,
             pool_idle_timeout_ms: 90_000,
             pool_max_idle_per_host: 1024,
+            max_requests_per_connection: 1000,
         }
     }
 }
@@ -417,6 +419,9 @@ pub struct Upstream {
     pub extra_ca_file: Option<PathBuf>,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Requests a connection to the upstream carries before it is retired (the last
+    /// one says `Connection: close`); 0 keeps it for as long as it stays open.
+    pub max_requests_per_connection: u32,
     pub credentials: UpstreamCredentials,
 }
 
@@ -672,6 +677,12 @@ impl Config {
                 1,
                 100_000,
             )?,
+            max_requests_per_connection: within(
+                "upstream.max_requests_per_connection",
+                raw.upstream.max_requests_per_connection,
+                0,
+                u32::MAX as u64,
+            )? as u32,
             credentials,
         };
 
@@ -882,6 +893,11 @@ mod tests {
         assert_eq!((c.worker_threads, c.pin_worker_threads), (0, true));
         let unpinned = Config::from_toml("[runtime]\npin_threads = false\n", &ENV).unwrap();
         assert!(!unpinned.pin_worker_threads);
+        assert_eq!(c.upstream.max_requests_per_connection, 1000);
+        let unlimited = Config::from_toml("[upstream]\nmax_requests_per_connection = 0\n", &ENV).unwrap();
+        assert_eq!(unlimited.upstream.max_requests_per_connection, 0);
+        let too_many = Config::from_toml("[upstream]\nmax_requests_per_connection = 4294967296\n", &ENV);
+        assert!(too_many.is_err());
         let c = Config::from_toml(
             "[actions.GetFaceIdTokenIntl]\nrate_limit_qps = 20\n[actions.LivenessCompare]\n",
             &ENV,
