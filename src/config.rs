@@ -181,7 +181,7 @@ impl Default for RawUpstream {
             extra_ca_file: None,
             pool_idle_timeout_ms: 90_000,
             pool_max_idle_per_host: 1024,
-            max_requests_per_connection: 1000,
+            max_requests_per_connection: 0,
         }
     }
 }
@@ -893,9 +893,9 @@ mod tests {
         assert_eq!((c.worker_threads, c.pin_worker_threads), (0, true));
         let unpinned = Config::from_toml("[runtime]\npin_threads = false\n", &ENV).unwrap();
         assert!(!unpinned.pin_worker_threads);
-        assert_eq!(c.upstream.max_requests_per_connection, 1000);
-        let unlimited = Config::from_toml("[upstream]\nmax_requests_per_connection = 0\n", &ENV).unwrap();
-        assert_eq!(unlimited.upstream.max_requests_per_connection, 0);
+        assert_eq!(c.upstream.max_requests_per_connection, 0);
+        let limited = Config::from_toml("[upstream]\nmax_requests_per_connection = 1000\n", &ENV).unwrap();
+        assert_eq!(limited.upstream.max_requests_per_connection, 1000);
         let too_many = Config::from_toml("[upstream]\nmax_requests_per_connection = 4294967296\n", &ENV);
         assert!(too_many.is_err());
         let c = Config::from_toml(

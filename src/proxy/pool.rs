@@ -137,10 +137,10 @@ impl UpstreamPool {
         // unknown state and is closed, never reused.
         connection.write_buffer.clear();
         write_head(&mut connection.write_buffer);
-        // A connection is retired after its request limit, as nginx's upstream
-        // `keepalive_requests` does: kept forever, a pool stays on whichever upstream
-        // servers (or, behind one address, worker processes) took its connections when
-        // it filled, however unevenly they were spread and whatever servers came since.
+        // A connection is retired after its request limit when one is set, as nginx's
+        // upstream `keepalive_requests` does: kept forever, a pool stays on whichever
+        // upstream servers (or, behind one address, worker processes) took its
+        // connections when it filled, however unevenly, and never follows the DNS.
         connection.requests += 1;
         let last = self.max_requests_per_connection != 0 && connection.requests >= self.max_requests_per_connection;
         h1::end_request_head(&mut connection.write_buffer, body.len(), last);
