@@ -168,7 +168,6 @@ struct RawUpstream {
     extra_ca_file: Option<PathBuf>,
     pool_idle_timeout_ms: u64,
     pool_max_idle_per_host: u64,
-    max_requests_per_connection: u64,
 }
 
 impl Default for RawUpstream {
@@ -181,7 +180,6 @@ impl Default for RawUpstream {
             extra_ca_file: None,
             pool_idle_timeout_ms: 90_000,
             pool_max_idle_per_host: 1024,
-            max_requests_per_connection: 0,
         }
     }
 }
@@ -419,9 +417,6 @@ pub struct Upstream {
     pub extra_ca_file: Option<PathBuf>,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
-    /// Requests a connection to the upstream carries before it is retired (the last
-    /// one says `Connection: close`); 0 keeps it for as long as it stays open.
-    pub max_requests_per_connection: u32,
     pub credentials: UpstreamCredentials,
 }
 
@@ -677,12 +672,6 @@ impl Config {
                 1,
                 100_000,
             )?,
-            max_requests_per_connection: within(
-                "upstream.max_requests_per_connection",
-                raw.upstream.max_requests_per_connection,
-                0,
-                u32::MAX as u64,
-            )? as u32,
             credentials,
         };
 
@@ -893,11 +882,6 @@ mod tests {
         assert_eq!((c.worker_threads, c.pin_worker_threads), (0, true));
         let unpinned = Config::from_toml("[runtime]\npin_threads = false\n", &ENV).unwrap();
         assert!(!unpinned.pin_worker_threads);
-        assert_eq!(c.upstream.max_requests_per_connection, 0);
-        let limited = Config::from_toml("[upstream]\nmax_requests_per_connection = 1000\n", &ENV).unwrap();
-        assert_eq!(limited.upstream.max_requests_per_connection, 1000);
-        let too_many = Config::from_toml("[upstream]\nmax_requests_per_connection = 4294967296\n", &ENV);
-        assert!(too_many.is_err());
         let c = Config::from_toml(
             "[actions.GetFaceIdTokenIntl]\nrate_limit_qps = 20\n[actions.LivenessCompare]\n",
             &ENV,

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,8 +37,6 @@ struct ScriptedUpstream {
     requests: Arc<AtomicUsize>,
     /// One message per connection the upstream closed.
     closed: mpsc::UnboundedReceiver<()>,
-    /// Each request's head, lower-cased, with the number of the connection it came on.
-    heads: Arc<Mutex<Vec<(usize, String)>>>,
 }
 
 impl ScriptedUpstream {
@@ -48,17 +46,15 @@ impl ScriptedUpstream {
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let (closed_tx, closed) = mpsc::unbounded_channel();
-        let heads = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(script);
-        let (c, r, h) = (connections.clone(), requests.clone(), heads.clone());
+        let (c, r) = (connections.clone(), requests.clone());
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
-                let connection = c.fetch_add(1, Ordering::SeqCst);
-                let (script, r, h, closed_tx) = (script.clone(), r.clone(), h.clone(), closed_tx.clone());
+                c.fetch_add(1, Ordering::SeqCst);
+                let (script, r, closed_tx) = (script.clone(), r.clone(), closed_tx.clone());
                 tokio::spawn(async move {
-                    while let Some(head) = read_request(&mut stream).await {
-                        h.lock().unwrap().push((connection, head));
+                    while read_request(&mut stream).await {
                         let n = r.fetch_add(1, Ordering::SeqCst);
                         match script(n) {
                             Reply::Keep(bytes) => {
@@ -83,12 +79,7 @@ impl ScriptedUpstream {
             connections,
             requests,
             closed,
-            heads,
         }
-    }
-
-    fn heads(&self) -> Vec<(usize, String)> {
-        self.heads.lock().unwrap().clone()
     }
 
     fn connections(&self) -> usize {
@@ -100,9 +91,8 @@ impl ScriptedUpstream {
     }
 }
 
-/// Reads one request (head and Content-Length body) and gives its head, lower-cased;
-/// `None` at end of stream.
-async fn read_request(stream: &mut TcpStream) -> Option<String> {
+/// Reads one request (head and Content-Length body); false at end of stream.
+async fn read_request(stream: &mut TcpStream) -> bool {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -110,7 +100,7 @@ async fn read_request(stream: &mut TcpStream) -> Option<String> {
             break end + 4;
         }
         match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => return false,
             Ok(n) => buffer.extend_from_slice(&chunk[..n]),
         }
     };
@@ -122,11 +112,11 @@ async fn read_request(stream: &mut TcpStream) -> Option<String> {
         .unwrap_or(0);
     while buffer.len() < head_end + length {
         match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
+            Ok(0) | Err(_) => return false,
             Ok(n) => buffer.extend_from_slice(&chunk[..n]),
         }
     }
-    Some(head)
+    true
 }
 
 fn answer(extra_headers: &str, body: &str) -> Vec<u8> {
@@ -200,44 +190,6 @@ async fn keep_alive_answers_reuse_one_upstream_connection() {
     assert_eq!(upstream.requests(), 5);
     assert_eq!(upstream.connections(), 1, "one keep-alive connection for five calls");
     assert_eq!(billed(&gateway).await, 5);
-}
-
-#[tokio::test]
-async fn an_upstream_connection_is_retired_after_its_request_limit_saying_close_on_its_last() {
-    // The upstream would keep every connection: the gateway itself must stop using and
-    // close each one after its third request, and say so in that request.
-    let mut upstream = ScriptedUpstream::start(|_| Reply::Keep(answer("", BILLABLE))).await;
-    let gateway = gateway_before(&upstream, "max_requests_per_connection = 3\n").await;
-    let mut sender = client(&gateway).await;
-    for _ in 0..7 {
-        let (_, answer) = call_on(&mut sender, &gateway).await;
-        assert_eq!(answer["RequestId"], "wire-1", "{answer}");
-    }
-    assert_eq!(upstream.requests(), 7);
-    assert_eq!(upstream.connections(), 3, "3 + 3 + 1 requests");
-    let closes: Vec<(usize, bool)> = upstream
-        .heads()
-        .iter()
-        .map(|(connection, head)| (*connection, head.contains("\r\nconnection: close\r\n")))
-        .collect();
-    assert_eq!(
-        closes,
-        [
-            (0, false),
-            (0, false),
-            (0, true),
-            (1, false),
-            (1, false),
-            (1, true),
-            (2, false)
-        ]
-    );
-    for _ in 0..2 {
-        tokio::time::timeout(Duration::from_secs(10), upstream.closed.recv())
-            .await
-            .expect("the gateway closes a retired connection");
-    }
-    assert_eq!(billed(&gateway).await, 7);
 }
 
 #[tokio::test]

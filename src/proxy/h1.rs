@@ -43,12 +43,8 @@ pub fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Ends a request head with the body's length, and `Connection: close` when this is the
-/// last request the connection will carry (RFC 9112 §9.6).
-pub fn end_request_head(out: &mut Vec<u8>, body_len: usize, close: bool) {
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
+/// Ends a request head with the body's length.
+pub fn end_request_head(out: &mut Vec<u8>, body_len: usize) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
@@ -295,22 +291,15 @@ mod tests {
     }
 
     #[test]
-    fn writes_a_request_head_with_its_length_and_close_on_a_connections_last() {
+    fn writes_a_request_head_with_its_length() {
         let mut out = Vec::new();
         write_request_line(&mut out, &Method::POST, "/?a=1");
         write_header(&mut out, b"host", b"faceid.tencentcloudapi.com");
         write_header(&mut out, b"x-tc-action", b"IdCardVerification");
-        end_request_head(&mut out, 42, false);
+        end_request_head(&mut out, 42);
         assert_eq!(
             out,
             b"POST /?a=1 HTTP/1.1\r\nhost: faceid.tencentcloudapi.com\r\nx-tc-action: IdCardVerification\r\ncontent-length: 42\r\n\r\n"
-        );
-        out.clear();
-        write_request_line(&mut out, &Method::POST, "/");
-        end_request_head(&mut out, 0, true);
-        assert_eq!(
-            out,
-            b"POST / HTTP/1.1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
         );
     }
 

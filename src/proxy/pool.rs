@@ -75,8 +75,6 @@ pub struct UpstreamPool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    /// 0: no limit.
-    max_requests_per_connection: u32,
 }
 
 impl UpstreamPool {
@@ -105,7 +103,6 @@ impl UpstreamPool {
             connect_timeout: upstream.connect_timeout,
             idle_timeout: upstream.pool_idle_timeout,
             max_idle: upstream.pool_max_idle_per_host,
-            max_requests_per_connection: upstream.max_requests_per_connection,
         })
     }
 
@@ -137,13 +134,7 @@ impl UpstreamPool {
         // unknown state and is closed, never reused.
         connection.write_buffer.clear();
         write_head(&mut connection.write_buffer);
-        // A connection is retired after its request limit when one is set, as nginx's
-        // upstream `keepalive_requests` does: kept forever, a pool stays on whichever
-        // upstream servers (or, behind one address, worker processes) took its
-        // connections when it filled, however unevenly, and never follows the DNS.
-        connection.requests += 1;
-        let last = self.max_requests_per_connection != 0 && connection.requests >= self.max_requests_per_connection;
-        h1::end_request_head(&mut connection.write_buffer, body.len(), last);
+        h1::end_request_head(&mut connection.write_buffer, body.len());
         // The connection's own timer: it stays registered from call to call and is
         // reset only when it fires before this call's deadline, instead of a timer
         // inserted into and removed from the wheel for every call.
@@ -170,7 +161,7 @@ impl UpstreamPool {
                 }
             }
         };
-        if reusable && !last {
+        if reusable {
             connection.deadline_timer = Some(timer);
             self.check_in(connection, started);
         }
@@ -245,7 +236,6 @@ impl UpstreamPool {
             write_buffer: Vec::with_capacity(1024),
             idle_since: Instant::now(),
             deadline_timer: None,
-            requests: 0,
         })
     }
 }
@@ -258,8 +248,6 @@ struct Connection {
     idle_since: Instant,
     /// Set at or before the current call's deadline (see `UpstreamPool::exchange`).
     deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Requests written on it, the current one included.
-    requests: u32,
 }
 
 impl Connection {
