@@ -35,6 +35,9 @@ static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Read buffer per connection; an answer head may grow it to `h1::MAX_RESPONSE_HEAD_BYTES`.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Request bodies up to this size are copied behind their head and sent with one call
+/// (a connection's write buffer keeps the largest such request's capacity).
+const COPY_BODY_UP_TO: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -254,9 +257,16 @@ impl Connection {
     /// Sends the head in `write_buffer` and `body`, and reads the whole answer. `true` with the answer: the connection may
     /// carry another request.
     async fn exchange(&mut self, method: &Method, body: &[u8], limit: usize) -> Result<(Answer, bool), PoolError> {
-        // One writev for head and body when the stream takes vectored writes.
-        let mut outgoing = Buf::chain(&self.write_buffer[..], body);
-        self.stream.write_all_buf(&mut outgoing).await?;
+        if body.len() <= COPY_BODY_UP_TO {
+            // One send of one buffer: a writev costs the kernel an iovec import and
+            // checks per segment, more than copying a small body behind the head.
+            self.write_buffer.extend_from_slice(body);
+            self.stream.write_all(&self.write_buffer).await?;
+        } else {
+            // One writev for head and body when the stream takes vectored writes.
+            let mut outgoing = Buf::chain(&self.write_buffer[..], body);
+            self.stream.write_all_buf(&mut outgoing).await?;
+        }
         self.stream.flush().await?;
 
         let head = loop {
