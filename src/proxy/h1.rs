@@ -8,6 +8,12 @@ use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
 use std::mem::MaybeUninit;
 
+/// Bodies up to this size are copied behind their head and written with one `send`,
+/// larger ones go with their head in one `writev`: both ways, the upstream request
+/// (`pool`) and the answer to the client (`server::http1`). The kernel's `writev` path
+/// costs more per call than copying a small body does (docs/PERFORMANCE.md, session 11).
+pub const COPY_BODY_UP_TO: usize = 16 * 1024;
+
 /// More headers than this in an answer: malformed (hyper's client default is 100).
 pub const MAX_RESPONSE_HEADERS: usize = 100;
 /// An answer whose head does not end within this many bytes is malformed.

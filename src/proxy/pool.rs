@@ -35,9 +35,10 @@ static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Read buffer per connection; an answer head may grow it to `h1::MAX_RESPONSE_HEAD_BYTES`.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
-/// Request bodies up to this size are copied behind their head and sent with one call
-/// (a connection's write buffer keeps the largest such request's capacity).
-const COPY_BODY_UP_TO: usize = 16 * 1024;
+/// A connection's write buffer: what it starts with, and the most it keeps between
+/// calls (a pooled idle connection holds it).
+const WRITE_BUFFER_BYTES: usize = 1024;
+const KEEP_WRITE_BUFFER_UP_TO: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -236,7 +237,7 @@ impl UpstreamPool {
         Ok(Connection {
             stream,
             read_buffer: BytesMut::with_capacity(READ_BUFFER_BYTES),
-            write_buffer: Vec::with_capacity(1024),
+            write_buffer: Vec::with_capacity(WRITE_BUFFER_BYTES),
             idle_since: Instant::now(),
             deadline_timer: None,
         })
@@ -246,7 +247,8 @@ impl UpstreamPool {
 struct Connection {
     stream: Stream,
     read_buffer: BytesMut,
-    /// The request head, kept to reuse its allocation.
+    /// The request head, and behind it a body up to `h1::COPY_BODY_UP_TO`; kept to
+    /// reuse its allocation, up to `KEEP_WRITE_BUFFER_UP_TO`.
     write_buffer: Vec<u8>,
     idle_since: Instant,
     /// Set at or before the current call's deadline (see `UpstreamPool::exchange`).
@@ -257,11 +259,16 @@ impl Connection {
     /// Sends the head in `write_buffer` and `body`, and reads the whole answer. `true` with the answer: the connection may
     /// carry another request.
     async fn exchange(&mut self, method: &Method, body: &[u8], limit: usize) -> Result<(Answer, bool), PoolError> {
-        if body.len() <= COPY_BODY_UP_TO {
+        if body.len() <= h1::COPY_BODY_UP_TO {
             // One send of one buffer: a writev costs the kernel an iovec import and
             // checks per segment, more than copying a small body behind the head.
             self.write_buffer.extend_from_slice(body);
             self.stream.write_all(&self.write_buffer).await?;
+            if self.write_buffer.capacity() > KEEP_WRITE_BUFFER_UP_TO {
+                // A mid-sized body: not kept by an idle connection (up to
+                // `pool_max_idle_per_host` of them per thread).
+                self.write_buffer = Vec::with_capacity(WRITE_BUFFER_BYTES);
+            }
         } else {
             // One writev for head and body when the stream takes vectored writes.
             let mut outgoing = Buf::chain(&self.write_buffer[..], body);

@@ -19,7 +19,7 @@
 use crate::app::App;
 use crate::proxy::body::{BodyError, ReceivedBody, RequestBody};
 use crate::proxy::fields::{Known, RequestFields};
-use crate::proxy::h1::parse_content_length;
+use crate::proxy::h1::{COPY_BODY_UP_TO, parse_content_length};
 use crate::proxy::headers::{PassedHeaders, list_items};
 use crate::tc3::Sha256;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -93,8 +93,6 @@ const MAX_HEADER_SLOTS: usize = 1000;
 /// A body hashed as it arrives is read this much at a time at most: the kernel's copy
 /// and the hash then meet in the L2 cache (512 KiB on the machines measured).
 const HASHED_READ: usize = 256 * 1024;
-/// Answers up to this size are copied behind their head and written with one call.
-const COPY_BODY_UP_TO: usize = 16 * 1024;
 
 /// Serves HTTP/1.1 requests on `stream` until the client or the server ends the
 /// connection. Returns the stream, with what was read of it, when the client opened
