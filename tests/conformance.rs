@@ -551,3 +551,15 @@ async fn the_bearer_scheme_is_matched_without_case() {
         assert!(answer.get("Error").is_none(), "data plane with {scheme}: {answer}");
     }
 }
+
+#[tokio::test]
+async fn an_api_key_call_needs_a_content_type() {
+    let sim = SimHandle::start(|_| {}).await;
+    let gateway = GatewayHandle::start(&sim, "").await;
+    let mut request = api_key_call(&gateway, CLIENT_API_KEY, "IdCardVerification", "{}");
+    request.headers_mut().remove("content-type");
+    let answer = send(&http1_client(), request).await;
+    assert_eq!(error_code(&answer), Some("InvalidParameter"), "{answer}");
+    assert_eq!(sim.stats().await["auth_failures"], 0, "refused before the upstream");
+    assert_eq!(sim.successes("IdCardVerification").await, 0);
+}
