@@ -864,8 +864,13 @@ pub fn check_service(auth: &Authorization<'_>, service: &str, host: Option<&str>
     }
     let host = host.map(str::trim).unwrap_or_default();
     let bare = host_without_port(host).unwrap_or(host);
-    let first_label = bare.split('.').next().unwrap_or_default();
-    if !first_label.is_empty() && auth.service == first_label {
+    // The Node SDKs cut the endpoint at its first dot, port and all: a dotless host
+    // with a port (`localhost:8080`, a container's name) keeps the port in the scope.
+    fn first_label(name: &str) -> &str {
+        name.split('.').next().unwrap_or_default()
+    }
+    let labels = [first_label(bare), first_label(host)];
+    if labels.iter().any(|label| !label.is_empty() && auth.service == *label) {
         Ok(())
     } else {
         Err(Tc3Error::InvalidAuthorization(
@@ -1285,6 +1290,128 @@ mod tests {
             timestamp: now,
         });
         assert_eq!(authorization, v.headers.get("authorization").unwrap().to_str().unwrap());
+    }
+
+    /// Vector 03 re-signed as a Node SDK signs it: `host` without the port, and the
+    /// scope's service `service`; the request still carries `Host: 127.0.0.1:45957`.
+    fn signed_like_node(service: &str) -> Vector {
+        let mut v = load_vector("03-intl-post-json.http");
+        let now = timestamp_of(&v);
+        let hash = payload_hash(&v.headers, &v.body);
+        let mut as_signed = v.headers.clone();
+        as_signed.insert("host", "127.0.0.1".parse().unwrap());
+        let authorization = Signer::new("AKIDtestSecretId", "testSecretKey", service).authorization(&SignedRequest {
+            method: "POST",
+            query: "",
+            headers: &as_signed,
+            payload_hash_hex: hash.as_str(),
+            timestamp: now,
+        });
+        v.headers.insert("authorization", authorization.parse().unwrap());
+        v
+    }
+
+    fn verify_with_service(v: &Vector, service: &str) -> Result<(), Tc3Error> {
+        let value = v.headers.get("authorization").unwrap().to_str().unwrap();
+        let auth = parse_authorization(value)?;
+        let hash = payload_hash(&v.headers, &v.body);
+        let request = SignedRequest {
+            method: "POST",
+            query: "",
+            headers: &v.headers,
+            payload_hash_hex: hash.as_str(),
+            timestamp: timestamp_of(v),
+        };
+        verify_signature(
+            &auth,
+            &request,
+            &SigningKey::derive("testSecretKey", auth.date, service),
+        )
+    }
+
+    #[test]
+    fn a_host_signed_without_its_port_verifies() {
+        let v = signed_like_node("faceid");
+        assert_eq!(verify_with_service(&v, "faceid"), Ok(()));
+        // Only the port may be left out: another host name still fails.
+        let mut other = v.clone();
+        other.headers.insert("host", "127.0.0.2:45957".parse().unwrap());
+        assert_eq!(verify_with_service(&other, "faceid"), Err(Tc3Error::SignatureFailure));
+        // Sent without a port, the host is the signed one: verified as sent.
+        let mut bare = v.clone();
+        bare.headers.insert("host", "127.0.0.1".parse().unwrap());
+        assert_eq!(verify_with_service(&bare, "faceid"), Ok(()));
+        // And the exact form still verifies (the Python SDKs sign host:port).
+        let exact = load_vector("03-intl-post-json.http");
+        assert_eq!(verify_with_service(&exact, "faceid"), Ok(()));
+    }
+
+    #[test]
+    fn a_scope_named_after_the_hosts_first_label_verifies() {
+        // Node takes the service from the endpoint's first label: `127` here.
+        let v = signed_like_node("127");
+        assert_eq!(verify_with_service(&v, "127"), Ok(()));
+        let value = v.headers.get("authorization").unwrap().to_str().unwrap().to_string();
+        let auth = parse_authorization(&value).unwrap();
+        assert_eq!(check_service(&auth, "faceid", Some("127.0.0.1:45957")), Ok(()));
+        assert_eq!(check_service(&auth, "faceid", Some("127.0.0.1")), Ok(()));
+        assert!(check_service(&auth, "faceid", Some("localhost:45957")).is_err());
+        assert!(check_service(&auth, "faceid", None).is_err());
+    }
+
+    #[test]
+    fn the_scope_must_name_this_endpoints_service() {
+        let judge = |service: &str, host: Option<&str>| {
+            let value = format!(
+                "TC3-HMAC-SHA256 Credential=AKIDa/2026-11-26/{service}/tc3_request, SignedHeaders=content-type;host, Signature={}",
+                "0".repeat(64)
+            );
+            let auth = parse_authorization(&value).unwrap();
+            check_service(&auth, "faceid", host).is_ok()
+        };
+        assert!(judge("faceid", None));
+        assert!(judge("faceid", Some("anything.example:1")));
+        assert!(judge("localhost", Some("localhost:8080")));
+        // Cut at the first dot as the Node SDKs cut the endpoint: a dotless host keeps
+        // its port.
+        assert!(judge("localhost:8080", Some("localhost:8080")));
+        assert!(judge("ekyc-gateway:8080", Some("ekyc-gateway:8080")));
+        assert!(!judge("localhost:8081", Some("localhost:8080")));
+        assert!(judge("ekyc", Some("ekyc.example.com")));
+        assert!(judge("ekyc", Some("ekyc.example.com:443")));
+        assert!(!judge("cvm", Some("127.0.0.1:8080")));
+        assert!(!judge("cvm", None));
+        assert!(!judge("example", Some("ekyc.example.com")));
+    }
+
+    #[test]
+    fn signed_headers_must_hold_content_type_and_host() {
+        let with = |list: &str| {
+            let value = format!(
+                "TC3-HMAC-SHA256 Credential=AKIDa/2026-11-26/faceid/tc3_request, SignedHeaders={list}, Signature={}",
+                "0".repeat(64)
+            );
+            check_signed_headers(&parse_authorization(&value).unwrap()).is_ok()
+        };
+        assert!(with("content-type;host"));
+        assert!(with("content-type;host;x-tc-action"));
+        assert!(with("host;x-tc-action;content-type"));
+        assert!(!with("host"));
+        assert!(!with("content-type"));
+        assert!(!with("host;x-tc-action"));
+        assert!(!with("content-typex;host"));
+    }
+
+    #[test]
+    fn a_port_is_split_off_hosts_only() {
+        assert_eq!(host_without_port("127.0.0.1:8080"), Some("127.0.0.1"));
+        assert_eq!(host_without_port("localhost:1"), Some("localhost"));
+        assert_eq!(host_without_port("[::1]:8080"), Some("[::1]"));
+        assert_eq!(host_without_port("faceid.tencentcloudapi.com"), None);
+        assert_eq!(host_without_port("[::1]"), None);
+        assert_eq!(host_without_port("::1"), None);
+        assert_eq!(host_without_port("host:port"), None);
+        assert_eq!(host_without_port("host:"), None);
     }
 
     #[test]

@@ -172,13 +172,14 @@ impl UpstreamClient {
         h1::write_request_line(out, &parts.method, target);
         let named = connection_named(fields);
         let is_named = |name: &[u8]| named.iter().any(|token| token.eq_ignore_ascii_case(name));
+        // A v1 call's action, version and region are its signed parameters: routing
+        // headers beside them could name another action than the one authorized.
         let v1 = matches!(resign, Resign::V1 { .. });
+        let leave_out = |known: Known| {
+            left_out(known) || v1 && matches!(known, Known::XTcAction | Known::XTcVersion | Known::XTcRegion)
+        };
         for (name, value, known) in fields.iter() {
-            // A v1 call's action, version and region are its signed parameters: routing
-            // headers beside them could name another action than the one authorized.
-            let v1_routing =
-                v1 && known.is_some_and(|k| matches!(k, Known::XTcAction | Known::XTcVersion | Known::XTcRegion));
-            if !known.is_some_and(left_out) && !is_named(name) && !v1_routing {
+            if !known.is_some_and(leave_out) && !is_named(name) {
                 h1::write_header(out, name, value);
             }
         }

@@ -68,6 +68,9 @@ fn repeats_a_routing_header(fields: &RequestFields) -> bool {
 /// `X-TC-*`, `Authorization`, ...), any `X-TC-*`, or one the TC3 signature covers.
 /// Only requests that name anything besides `keep-alive`/`close` pay for the check.
 fn connection_names_an_end_to_end_header(fields: &RequestFields) -> bool {
+    if !fields.contains(Known::Connection) {
+        return false;
+    }
     let named = headers::connection_named(fields);
     if named.is_empty() {
         return false;
