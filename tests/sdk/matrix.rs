@@ -1,0 +1,554 @@
+//! The client matrix's machinery for tests/sdk.rs: builds the grid of cells for one
+//! SDK, runs them all in one script process (tests/sdk/call.py or call.js), judges each
+//! answer, writes the table to `target/sdk-matrix/`, and fails with a table of the
+//! failing cells. It must not retry, skip or excuse a cell: the table is what users of
+//! that SDK get.
+
+use crate::common::*;
+use ekyc_gateway::admin::api::{change_account, current_month, previous_month};
+use ekyc_gateway::clock::{Clock, ManualClock, SystemClock};
+use ekyc_gateway::store::records::Suspension;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// One official SDK and how to run the script that drives it.
+pub struct Sdk {
+    /// The package name, as in the table's title and the file name.
+    pub package: &'static str,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// The `sign` the SDK uses when none is set, shown in the table.
+    pub default_sign: &'static str,
+    /// Whether the typed faceid client has `IdCardVerification` (the intl Node SDK's
+    /// does not: it goes through `CommonClient` there, as an application would).
+    pub typed_id_card: bool,
+    pub is_node: bool,
+    /// How the installed version is read, for the table.
+    pub version: String,
+}
+
+/// The Python interpreter of an SDK venv (see `sdk_python`) running tests/sdk/call.py.
+pub fn python_sdk(package: &'static str, var: &str, venv: &str) -> Sdk {
+    let python = sdk_python(var, venv);
+    let version = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(' + '.join(sorted(d.metadata['Name'] + ' ' + d.version \
+             for d in m.distributions() if d.metadata['Name'].startswith('tencentcloud-sdk-python'))))",
+        ])
+        .output()
+        .expect("run the SDK venv's python");
+    Sdk {
+        package,
+        program: python,
+        args: vec![script("call.py"), "--cells".into()],
+        default_sign: "TC3-HMAC-SHA256",
+        typed_id_card: true,
+        is_node: false,
+        version: String::from_utf8_lossy(&version.stdout).trim().to_string(),
+    }
+}
+
+/// Node running tests/sdk/call.js against the packages `scripts/test` installs under
+/// `target/node-sdk` (EKYC_TEST_NODE_SDK_DIR); `node` from PATH unless EKYC_TEST_NODE.
+pub fn node_sdk(package: &'static str, flavour: &str, default_sign: &'static str, typed_id_card: bool) -> Sdk {
+    let dir = match std::env::var("EKYC_TEST_NODE_SDK_DIR") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => target_dir().join("node-sdk"),
+    };
+    let manifest = dir.join("node_modules").join(package).join("package.json");
+    let manifest = std::fs::read_to_string(&manifest).unwrap_or_else(|e| {
+        panic!(
+            "EKYC_TEST_NODE_SDK_DIR is not set and {} cannot be read ({e}): run scripts/test once",
+            manifest.display()
+        )
+    });
+    let manifest: Value = serde_json::from_str(&manifest).unwrap();
+    Sdk {
+        package,
+        program: std::env::var("EKYC_TEST_NODE").map_or_else(|_| PathBuf::from("node"), PathBuf::from),
+        args: vec![script("call.js"), dir.display().to_string(), flavour.into()],
+        default_sign,
+        typed_id_card,
+        is_node: true,
+        version: format!("{package} {}", manifest["version"].as_str().unwrap()),
+    }
+}
+
+fn script(name: &str) -> String {
+    format!("{}/tests/sdk/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR").map_or_else(
+        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"),
+        PathBuf::from,
+    )
+}
+
+const SIGNS: [Option<&str>; 4] = [None, Some("TC3-HMAC-SHA256"), Some("HmacSHA256"), Some("HmacSHA1")];
+const METHODS: [&str; 2] = ["POST", "GET"];
+const ENDPOINTS: [Endpoint; 3] = [Endpoint::Ip, Endpoint::Localhost, Endpoint::Tls];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Ip,
+    Localhost,
+    Tls,
+}
+
+impl Endpoint {
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::Ip => "http 127.0.0.1:PORT",
+            Endpoint::Localhost => "http localhost:PORT",
+            Endpoint::Tls => "https localhost:PORT",
+        }
+    }
+}
+
+/// The calls of every row, as the table's columns.
+const COLUMNS: [&str; 11] = [
+    "IdCardVerification",
+    "ActivateService",
+    "DescribeServiceStatus",
+    "DescribeCallUsage",
+    "DescribeBills",
+    "wrong key",
+    "unknown SecretId",
+    "suspended",
+    "not activated",
+    "arrears",
+    "unknown action",
+];
+
+const ID_CARD: &str = r#"{"IdCard":"11204416541220243X","Name":"Zhang San"}"#;
+
+/// Credentials of accounts in each refused state, made through the admin API (the
+/// arrears flag through the same write path the billing job uses).
+struct Accounts {
+    suspended: (String, String),
+    not_activated: (String, String),
+    arrears: (String, String),
+}
+
+async fn account(gateway: &GatewayHandle, id: &str, activate: bool) -> (String, String) {
+    let (status, _) = admin(gateway, "POST", "/v1/accounts", Some(json!({"id": id, "name": id}))).await;
+    assert_eq!(status, 201, "create {id}");
+    if activate {
+        let (status, _) = admin(gateway, "POST", &format!("/v1/accounts/{id}/activate"), None).await;
+        assert_eq!(status, 200, "activate {id}");
+    }
+    let (status, c) = admin(gateway, "POST", &format!("/v1/accounts/{id}/credentials"), None).await;
+    assert_eq!(status, 201, "credential for {id}: {c}");
+    (
+        c["secret_id"].as_str().unwrap().to_string(),
+        c["secret_key"].as_str().unwrap().to_string(),
+    )
+}
+
+impl Accounts {
+    async fn prepare(gateway: &GatewayHandle) -> Self {
+        let suspended = account(gateway, "suspended", true).await;
+        let (status, body) = admin(
+            gateway,
+            "POST",
+            "/v1/accounts/suspended/suspend",
+            Some(json!({"reason": "client matrix"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let not_activated = account(gateway, "not-activated", false).await;
+        let arrears = account(gateway, "arrears", true).await;
+        let since = gateway.app.clock.now_unix();
+        change_account(&gateway.app, "arrears", "test", "billing.arrears_set", |a| {
+            a.arrears = Some(Suspension {
+                reason: "client matrix".into(),
+                since,
+            });
+            Ok(())
+        })
+        .await
+        .unwrap();
+        Accounts {
+            suspended,
+            not_activated,
+            arrears,
+        }
+    }
+}
+
+/// What a cell must answer.
+enum Expect {
+    /// Success, with a check of the `Response` (`Err` says what is wrong).
+    Ok(Box<dyn Fn(&Value) -> Result<(), String> + Send>),
+    /// The SDK's own exception carrying this Tencent code and a RequestId.
+    Error(&'static str),
+}
+
+struct Cell {
+    row: usize,
+    column: usize,
+    spec: Value,
+    expect: Expect,
+}
+
+/// A gateway (and its refused accounts) behind one endpoint form.
+struct Target<'a> {
+    endpoint: Endpoint,
+    address: String,
+    accounts: &'a Accounts,
+}
+
+/// The DescribeCallUsage month: the one before the gateway's, so an SDK that drops
+/// `Month` gets the gateway's default (this month) back and the cell fails.
+fn asked_month(gateway: &GatewayHandle) -> String {
+    previous_month(current_month(&gateway.app)).to_string()
+}
+
+fn cells(sdk: &Sdk, targets: &[Target<'_>], month: &str, ca: &Path) -> (Vec<(Endpoint, Option<&'static str>, &'static str)>, Vec<Cell>) {
+    let mut rows = Vec::new();
+    let mut cells = Vec::new();
+    for target in targets {
+        for sign in SIGNS {
+            for method in METHODS {
+                let row = rows.len();
+                rows.push((target.endpoint, sign, method));
+                let (protocol, host) = match target.endpoint {
+                    Endpoint::Ip => ("http", target.address.clone()),
+                    Endpoint::Localhost => ("http", target.address.replace("127.0.0.1", "localhost")),
+                    Endpoint::Tls => ("https", target.address.replace("127.0.0.1", "localhost")),
+                };
+                let id_card_client = if sdk.typed_id_card { "typed" } else { "common" };
+                let base = |column: usize, credential: (&str, &str), client: &str, action: &str, params: &str| {
+                    json!({
+                        "id": format!("{row}/{column}"),
+                        "endpoint": host,
+                        "protocol": protocol,
+                        "sign": sign,
+                        "method": method,
+                        "secret_id": credential.0,
+                        "secret_key": credential.1,
+                        "client": client,
+                        "action": action,
+                        "params": serde_json::from_str::<Value>(params).unwrap(),
+                        "ca": (target.endpoint == Endpoint::Tls).then(|| ca.display().to_string()),
+                    })
+                };
+                let tenant = (CLIENT_SECRET_ID, CLIENT_SECRET_KEY);
+                let own = |pair: &(String, String)| (pair.0.clone(), pair.1.clone());
+                let month_owned = month.to_string();
+                let calls: Vec<(Value, Expect)> = vec![
+                    (
+                        base(0, tenant, id_card_client, "IdCardVerification", ID_CARD),
+                        Expect::Ok(Box::new(|r| field_is(r, "Result", &json!("0")))),
+                    ),
+                    (
+                        base(1, tenant, "common", "ActivateService", "{}"),
+                        Expect::Ok(Box::new(|r| field_is(r, "Activated", &json!(true)))),
+                    ),
+                    (
+                        base(2, tenant, "common", "DescribeServiceStatus", "{}"),
+                        Expect::Ok(Box::new(|r| field_is(r, "Enabled", &json!(true)))),
+                    ),
+                    (
+                        base(
+                            3,
+                            tenant,
+                            "common",
+                            "DescribeCallUsage",
+                            &json!({"Month": month}).to_string(),
+                        ),
+                        Expect::Ok(Box::new(move |r| {
+                            field_is(r, "Month", &json!(month_owned))?;
+                            r["TotalCalls"].as_u64().map(|_| ()).ok_or(format!("no TotalCalls in {r}"))
+                        })),
+                    ),
+                    (
+                        base(4, tenant, "common", "DescribeBills", "{}"),
+                        Expect::Ok(Box::new(|r| {
+                            r["Bills"].as_array().map(|_| ()).ok_or(format!("no Bills in {r}"))
+                        })),
+                    ),
+                    (
+                        base(5, (CLIENT_SECRET_ID, "wrong-secret-key"), id_card_client, "IdCardVerification", ID_CARD),
+                        Expect::Error("AuthFailure.SignatureFailure"),
+                    ),
+                    (
+                        base(6, ("AKIDnobodyHere", CLIENT_SECRET_KEY), id_card_client, "IdCardVerification", ID_CARD),
+                        Expect::Error("AuthFailure.SecretIdNotFound"),
+                    ),
+                    (
+                        {
+                            let (id, key) = own(&target.accounts.suspended);
+                            base(7, (&id, &key), id_card_client, "IdCardVerification", ID_CARD)
+                        },
+                        Expect::Error("OperationDenied"),
+                    ),
+                    (
+                        {
+                            let (id, key) = own(&target.accounts.not_activated);
+                            base(8, (&id, &key), id_card_client, "IdCardVerification", ID_CARD)
+                        },
+                        Expect::Error("UnauthorizedOperation.Nonactivated"),
+                    ),
+                    (
+                        {
+                            let (id, key) = own(&target.accounts.arrears);
+                            base(9, (&id, &key), id_card_client, "IdCardVerification", ID_CARD)
+                        },
+                        Expect::Error("UnauthorizedOperation.Arrears"),
+                    ),
+                    (
+                        base(10, tenant, "common", "NoSuchAction", "{}"),
+                        Expect::Error("InvalidAction"),
+                    ),
+                ];
+                for (column, (spec, expect)) in calls.into_iter().enumerate() {
+                    cells.push(Cell {
+                        row,
+                        column,
+                        spec,
+                        expect,
+                    });
+                }
+            }
+        }
+    }
+    (rows, cells)
+}
+
+fn field_is(response: &Value, field: &str, want: &Value) -> Result<(), String> {
+    if &response[field] == want {
+        Ok(())
+    } else {
+        Err(format!("{field} is {} (want {want}) in {response}", response[field]))
+    }
+}
+
+/// Judges one script line against its cell: `Ok` or what went wrong, short enough
+/// for a table (the Tencent code when there is one).
+fn judge(cell: &Cell, out: &Value, exception: &str) -> Result<(), String> {
+    let code = out["code"].as_str().unwrap_or("");
+    match (&cell.expect, out["ok"].as_bool()) {
+        (Expect::Ok(check), Some(true)) => check(&out["response"]),
+        (Expect::Ok(_), Some(false)) if !code.is_empty() => Err(code.to_string()),
+        (Expect::Ok(_), _) => Err(format!("{}: {}", out["exception"], out["message"])),
+        (Expect::Error(want), Some(false)) => {
+            if code != *want {
+                return Err(if code.is_empty() {
+                    format!("{}: {}", out["exception"], out["message"])
+                } else {
+                    code.to_string()
+                });
+            }
+            if out["exception"] != exception {
+                return Err(format!("{code} as {} (want {exception})", out["exception"]));
+            }
+            match out["request_id"].as_str() {
+                Some(id) if !id.is_empty() => Ok(()),
+                _ => Err(format!("{code} without a RequestId")),
+            }
+        }
+        (Expect::Error(_), _) => Err(format!("success: {}", out["response"])),
+    }
+}
+
+/// A private CA and a certificate for `localhost` it signed, as PEM files: the CA is
+/// what the clients trust; the gateway serves the leaf.
+pub struct PrivateCa {
+    _dir: tempfile::TempDir,
+    pub ca_path: PathBuf,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+pub fn private_ca() -> PrivateCa {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ekyc-gateway client matrix CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf_params.distinguished_name.push(DnType::CommonName, "localhost");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&cert_path, leaf.pem()).unwrap();
+    std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+    PrivateCa {
+        _dir: dir,
+        ca_path,
+        cert_path,
+        key_path,
+    }
+}
+
+/// Enough for a few hundred calls in a row from one client without RequestLimitExceeded.
+const RATE: &str = "[rate_limit]\ndefault_qps = 100000\n";
+
+/// Runs the whole matrix for `sdk` and fails with a table of the failing cells.
+pub async fn run(sdk: Sdk) {
+    let sim = SimHandle::start(|_| {}).await;
+    // Frozen near now: SDKs sign with the real time (±300 s), and the month the
+    // gateway reports cannot change under the test.
+    let clock = ManualClock::new(SystemClock.now_unix());
+    let plain = GatewayHandle::start_with_clock(&sim, RATE, clock.clone()).await;
+    let ca = private_ca();
+    let tls_toml = format!(
+        "{RATE}[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        ca.cert_path.display(),
+        ca.key_path.display()
+    );
+    let tls = GatewayHandle::start_with_clock(&sim, &tls_toml, clock.clone()).await;
+    let plain_accounts = Accounts::prepare(&plain).await;
+    let tls_accounts = Accounts::prepare(&tls).await;
+    let month = asked_month(&plain);
+    assert_eq!(month, asked_month(&tls));
+
+    let targets: Vec<Target<'_>> = ENDPOINTS
+        .iter()
+        .map(|&endpoint| {
+            let (gateway, accounts) = if endpoint == Endpoint::Tls {
+                (&tls, &tls_accounts)
+            } else {
+                (&plain, &plain_accounts)
+            };
+            Target {
+                endpoint,
+                address: gateway.data.to_string(),
+                accounts,
+            }
+        })
+        .collect();
+    let (rows, cells) = cells(&sdk, &targets, &month, &ca.ca_path);
+
+    let input = serde_json::to_vec(&cells.iter().map(|c| &c.spec).collect::<Vec<_>>()).unwrap();
+    let mut command = std::process::Command::new(&sdk.program);
+    command.args(&sdk.args);
+    if sdk.is_node {
+        // How a Node application trusts a private CA without code changes.
+        command.env("NODE_EXTRA_CA_CERTS", &ca.ca_path);
+    }
+    let started = std::time::Instant::now();
+    let output = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", command.get_program()));
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{} failed: {stderr}\n{stdout}", sdk.package);
+    let mut answers: HashMap<String, Value> = HashMap::new();
+    for line in stdout.lines() {
+        let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}\n{stderr}"));
+        answers.insert(value["id"].as_str().unwrap().to_string(), value);
+    }
+
+    let exception = if sdk.is_node {
+        "TencentCloudSDKHttpException"
+    } else {
+        "TencentCloudSDKException"
+    };
+    let mut grid = vec![vec![String::new(); COLUMNS.len()]; rows.len()];
+    let mut failures = Vec::new();
+    let mut id_cards_passed = 0;
+    for cell in &cells {
+        let id = cell.spec["id"].as_str().unwrap();
+        let verdict = match answers.get(id) {
+            Some(out) => judge(cell, out, exception),
+            None => Err("no answer from the script".into()),
+        };
+        grid[cell.row][cell.column] = match &verdict {
+            Ok(()) => "✓".into(),
+            Err(what) => format!("✗ {}", short(what)),
+        };
+        match verdict {
+            Ok(()) if cell.column == 0 => id_cards_passed += 1,
+            Ok(()) => {}
+            Err(what) => failures.push((cell, what)),
+        }
+    }
+
+    let table = markdown(&sdk, &rows, &grid);
+    let dir = target_dir().join("sdk-matrix");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{}.md", sdk.package)), &table).unwrap();
+
+    let mut report = String::new();
+    for (cell, what) in &failures {
+        let (endpoint, sign, method) = rows[cell.row];
+        let _ = writeln!(
+            report,
+            "| {} | {} | {method} | {} | {} | {what} |",
+            endpoint.label(),
+            sign.unwrap_or(sdk.default_sign),
+            COLUMNS[cell.column],
+            match cell.expect {
+                Expect::Ok(_) => "success",
+                Expect::Error(code) => code,
+            }
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{}: {} of {} cells failed ({elapsed:.1?} in the script):\n\
+         | endpoint | signature | method | call | want | got |\n|---|---|---|---|---|---|\n{report}\n\
+         whole table: {}",
+        sdk.version,
+        failures.len(),
+        cells.len(),
+        dir.join(format!("{}.md", sdk.package)).display()
+    );
+    // Every data call the SDK saw succeed reached the simulator once, through the gateway.
+    assert_eq!(sim.successes("IdCardVerification").await, id_cards_passed);
+}
+
+/// A failure as a table cell: the first line, cut at 60 characters.
+fn short(what: &str) -> String {
+    let line = what.lines().next().unwrap_or("").replace('|', "/");
+    if line.chars().count() > 60 {
+        format!("{}…", line.chars().take(60).collect::<String>())
+    } else {
+        line
+    }
+}
+
+fn markdown(sdk: &Sdk, rows: &[(Endpoint, Option<&'static str>, &'static str)], grid: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "### {}\n", sdk.version);
+    let _ = writeln!(out, "| endpoint | signature | method | {} |", COLUMNS.join(" | "));
+    let _ = writeln!(out, "|---|---|---|{}", "---|".repeat(COLUMNS.len()));
+    for ((endpoint, sign, method), cells) in rows.iter().zip(grid) {
+        let sign = match sign {
+            None => format!("default ({})", sdk.default_sign),
+            Some(s) => s.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {sign} | {method} | {} |",
+            endpoint.label(),
+            cells.join(" | ")
+        );
+    }
+    out
+}
