@@ -45,7 +45,7 @@ function intlClient(cell) {
 
 function cnClient(cell) {
   const common = sdkRequire("tencentcloud-sdk-nodejs/tencentcloud/common");
-  const faceid = sdkRequire("tencentcloud-sdk-nodejs/tencentcloud/services/faceid/v20180301");
+  const faceid = sdkRequire("tencentcloud-sdk-nodejs/tencentcloud/services/faceid").faceid.v20180301;
   const profile = {
     httpProfile: { endpoint: cell.endpoint, protocol: cell.protocol + "://", reqMethod: cell.method },
   };
