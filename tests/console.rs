@@ -360,9 +360,11 @@ async fn a_top_up_clears_an_overdue_bill_and_lifts_the_suspension() {
         // The chart has a bar per day with calls.
         let bars = operator_page.find_all(Locator::Css("#chart rect.bar")).await?;
         ensure!(bars.len() == 30, "30 days in the chart, got {}", bars.len());
-        type_into(&operator_page, "#topup-amount", "50.00").await?;
+        // Exactly what is due: the bill's amount depends on the days the previous month
+        // had, so it is read from the bill, never assumed.
+        type_into(&operator_page, "#topup-amount", &total).await?;
         click(&operator_page, "#topup").await?;
-        wait_text(&operator_page, "#topup-result", "Recorded 50.00").await?;
+        wait_text(&operator_page, "#topup-result", &format!("Recorded {total}")).await?;
         wait_text(&operator_page, "#account-state", "active").await?;
         wait_text(&operator_page, "#bills-table", "paid").await?;
         wait_text(&operator_page, "#audit-table", "account.").await?;

@@ -22,6 +22,7 @@ const ACTIONS: [&str; 4] = [
 ];
 
 async fn reconcile(store_url: String) {
+    let started = ekyc_gateway::clock::Clock::now_unix(&ekyc_gateway::clock::SystemClock);
     let sim = SimHandle::start(|c| c.error_rate = 0.25).await;
     let mut config = gateway_config(
         &format!("http://{}", sim.addr),
@@ -66,18 +67,15 @@ async fn reconcile(store_url: String) {
     }
 
     let store = gateway.app.store.clone();
-    let month = ekyc_gateway::meter::Month::of(
-        ekyc_gateway::clock::Clock::now_unix(&ekyc_gateway::clock::SystemClock),
-        8 * 3600,
-    )
-    .unwrap()
-    .to_string();
+    let months = common::faults::billing_months_since(started);
     gateway.shutdown().await; // the final flush runs after in-flight requests
 
     let mut billed: BTreeMap<(String, String), u64> = BTreeMap::new();
     for (account, _) in &signers {
-        for (action, calls) in store.usage(account, &month).await.unwrap() {
-            billed.insert((account.clone(), action), calls);
+        for month in &months {
+            for (action, calls) in store.usage(account, month).await.unwrap() {
+                *billed.entry((account.clone(), action)).or_default() += calls;
+            }
         }
     }
     assert_eq!(
@@ -286,7 +284,10 @@ async fn calls_count_in_the_month_of_their_arrival_in_the_billing_time_zone() {
 #[tokio::test]
 async fn usage_reaches_the_store_within_a_flush_interval_and_the_metrics_show_it() {
     let sim = SimHandle::start(|_| {}).await;
-    let gateway = GatewayHandle::start(&sim, "[meter]\nflush_interval_ms = 100\n").await;
+    // A clock stopped at the start keeps every call and the usage query in one month,
+    // whenever the test runs.
+    let clock = ManualClock::new(ekyc_gateway::clock::Clock::now_unix(&ekyc_gateway::clock::SystemClock));
+    let gateway = GatewayHandle::start_with_clock(&sim, "[meter]\nflush_interval_ms = 100\n", clock).await;
     let client = http1_client();
     for _ in 0..3 {
         assert!(
@@ -320,7 +321,9 @@ async fn with_the_store_down_the_gateway_serves_keeps_counts_and_bounds_memory()
         "[meter]\nflush_interval_ms = 100\nmax_pending_keys = 2\n",
     );
     config.store_url = db.url();
-    let gateway = GatewayHandle::start_with(config, Arc::new(ekyc_gateway::clock::SystemClock)).await;
+    // Stopped at the start: the three keys below stay in one month whenever it runs.
+    let clock = ManualClock::new(ekyc_gateway::clock::Clock::now_unix(&ekyc_gateway::clock::SystemClock));
+    let gateway = GatewayHandle::start_with(config, Arc::new(clock)).await;
     let client = http1_client();
     db.cut().await;
     for _ in 0..10 {

@@ -7,7 +7,7 @@ mod common;
 
 use common::faults::*;
 use common::*;
-use ekyc_gateway::clock::SystemClock;
+use ekyc_gateway::clock::{Clock, SystemClock};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -47,6 +47,7 @@ async fn wait_for_progress(progress: &AtomicU64, at_least: u64, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_bill_exactly_what_was_served() {
+    let first_call_at = SystemClock.now_unix();
     let sim = SimHandle::start(|c| c.error_rate = 0.2).await;
     let db = PgDatabase::create().await;
     let redis = RedisServer::start().await;
@@ -84,7 +85,7 @@ async fn three_gateways_bill_exactly_what_was_served() {
         assert!(gateway.terminate().await.success(), "final flush on SIGTERM");
     }
 
-    let billed = billed(&db.url(), &tenants, &current_month()).await;
+    let billed = billed(&db.url(), &tenants, &billing_months_since(first_call_at)).await;
     assert_eq!(billed.len(), 20 * ACTIONS.len());
     assert_eq!(
         billed, tally.ok,
@@ -108,6 +109,7 @@ async fn three_gateways_bill_exactly_what_was_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_load_loses_no_counted_call_and_counts_none_twice() {
+    let first_call_at = SystemClock.now_unix();
     let sim = SimHandle::start(|c| c.error_rate = 0.2).await;
     let db = PgDatabase::create().await;
     // A short flush interval, so kills land in every phase of a flush.
@@ -146,7 +148,7 @@ async fn sigkill_during_load_loses_no_counted_call_and_counts_none_twice() {
     }
     assert!(gateway.terminate().await.success());
 
-    let billed = billed(&db.url(), &tenants, &current_month()).await;
+    let billed = billed(&db.url(), &tenants, &billing_months_since(first_call_at)).await;
     let (clients, billed_total) = (tally.total_ok(), billed.values().sum::<u64>());
     let served = sim_successes(&sim, &ACTIONS).await;
     for (key, ok) in &tally.ok {
@@ -184,6 +186,7 @@ async fn gateway_behind_relay(sim: &SimHandle, db: &PgDatabase, relay: &TcpRelay
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_cut_off_for_30_seconds_loses_nothing() {
+    let first_call_at = SystemClock.now_unix();
     let sim = SimHandle::start(|c| c.error_rate = 0.2).await;
     let db = PgDatabase::create().await;
     let relay = TcpRelay::start(pg_target(&db)).await;
@@ -229,7 +232,7 @@ async fn a_store_cut_off_for_30_seconds_loses_nothing() {
     assert_eq!(tally.failed, 0);
     gateway.shutdown().await;
 
-    let billed = billed(&db.url(), &tenants, &current_month()).await;
+    let billed = billed(&db.url(), &tenants, &billing_months_since(first_call_at)).await;
     assert_eq!(billed, tally.ok, "nothing lost, nothing doubled");
     assert_eq!(billed.values().sum::<u64>(), sim_successes(&sim, &ACTIONS).await);
     eprintln!(
@@ -240,6 +243,7 @@ async fn a_store_cut_off_for_30_seconds_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_answer_is_lost_is_not_applied_twice() {
+    let first_call_at = SystemClock.now_unix();
     let sim = SimHandle::start(|c| c.error_rate = 0.2).await;
     let db = PgDatabase::create().await;
     let relay = TcpRelay::start(pg_target(&db)).await;
@@ -264,13 +268,14 @@ async fn a_commit_whose_answer_is_lost_is_not_applied_twice() {
     .await;
     gateway.shutdown().await;
 
-    let billed = billed(&db.url(), &tenants, &current_month()).await;
+    let billed = billed(&db.url(), &tenants, &billing_months_since(first_call_at)).await;
     assert_eq!(billed, tally.ok, "the retried batch must not count twice");
     assert_eq!(billed.values().sum::<u64>(), sim_successes(&sim, &ACTIONS).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_frozen_at_a_kill_is_resent_under_its_id_at_the_next_start() {
+    let first_call_at = SystemClock.now_unix();
     let sim = SimHandle::start(|c| c.error_rate = 0.2).await;
     let db = PgDatabase::create().await;
     let relay = TcpRelay::start(pg_target(&db)).await;
@@ -304,7 +309,7 @@ async fn a_batch_frozen_at_a_kill_is_resent_under_its_id_at_the_next_start() {
         .await;
     assert!(gateway.terminate().await.success());
 
-    let billed = billed(&db.url(), &tenants, &current_month()).await;
+    let billed = billed(&db.url(), &tenants, &billing_months_since(first_call_at)).await;
     assert_eq!(billed, tally.ok, "every counted call, once");
     assert_eq!(billed.values().sum::<u64>(), sim_successes(&sim, &ACTIONS).await);
 }

@@ -286,13 +286,16 @@ async fn complete_answer(client: &HttpClient, request: Request<Full<Bytes>>) -> 
     serde_json::from_slice(&body).ok()
 }
 
-/// Billed calls per (account, action) in `month`, read from the store at `store_url`.
-pub async fn billed(store_url: &str, tenants: &[LoadTenant], month: &str) -> BTreeMap<(String, String), u64> {
+/// Billed calls per (account, action) over `months`, read from the store at
+/// `store_url`: a run that crosses a month's end is billed in both months.
+pub async fn billed(store_url: &str, tenants: &[LoadTenant], months: &[String]) -> BTreeMap<(String, String), u64> {
     let store = ekyc_gateway::store::Store::connect(store_url).await.unwrap();
     let mut billed = BTreeMap::new();
     for tenant in tenants {
-        for (action, calls) in store.usage(&tenant.account, month).await.unwrap() {
-            billed.insert((tenant.account.clone(), action), calls);
+        for month in months {
+            for (action, calls) in store.usage(&tenant.account, month).await.unwrap() {
+                *billed.entry((tenant.account.clone(), action)).or_default() += calls;
+            }
         }
     }
     billed
@@ -307,9 +310,15 @@ pub async fn sim_successes(sim: &SimHandle, actions: &[&str]) -> u64 {
     total
 }
 
-/// The current billing month (UTC+8).
-pub fn current_month() -> String {
-    ekyc_gateway::meter::Month::of(ekyc_gateway::clock::Clock::now_unix(&SystemClock), 8 * 3600)
-        .unwrap()
-        .to_string()
+/// The billing months (UTC+8) from `since` (unix seconds, taken before the first call)
+/// to now, oldest first: the calls of a test that runs across a month's end are
+/// counted in two months, and reconciliation must read both.
+pub fn billing_months_since(since: i64) -> Vec<String> {
+    let month_of = |at: i64| ekyc_gateway::meter::Month::of(at, 8 * 3600).unwrap().to_string();
+    let mut months = vec![month_of(since)];
+    let now = month_of(ekyc_gateway::clock::Clock::now_unix(&SystemClock));
+    if months[0] != now {
+        months.push(now);
+    }
+    months
 }
