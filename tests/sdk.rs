@@ -51,7 +51,13 @@ async fn matrix_node_intl() {
 
 #[tokio::test]
 async fn matrix_node_mainland() {
-    matrix::run(matrix::node_sdk("tencentcloud-sdk-nodejs", "cn", "TC3-HMAC-SHA256", true)).await;
+    matrix::run(matrix::node_sdk(
+        "tencentcloud-sdk-nodejs",
+        "cn",
+        "TC3-HMAC-SHA256",
+        true,
+    ))
+    .await;
 }
 
 /// Runs tests/sdk/call.py and returns its JSON outcome.

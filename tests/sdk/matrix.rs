@@ -180,10 +180,15 @@ impl Accounts {
     }
 }
 
+/// Checks a successful `Response`; `Err` says what is wrong.
+type Check = Box<dyn Fn(&Value) -> Result<(), String> + Send>;
+
+/// A row of the table: endpoint form, signature (`None`: the SDK's default), method.
+type Row = (Endpoint, Option<&'static str>, &'static str);
+
 /// What a cell must answer.
 enum Expect {
-    /// Success, with a check of the `Response` (`Err` says what is wrong).
-    Ok(Box<dyn Fn(&Value) -> Result<(), String> + Send>),
+    Ok(Check),
     /// The SDK's own exception carrying this Tencent code and a RequestId.
     Error(&'static str),
 }
@@ -208,7 +213,7 @@ fn asked_month(gateway: &GatewayHandle) -> String {
     previous_month(current_month(&gateway.app)).to_string()
 }
 
-fn cells(sdk: &Sdk, targets: &[Target<'_>], month: &str, ca: &Path) -> (Vec<(Endpoint, Option<&'static str>, &'static str)>, Vec<Cell>) {
+fn cells(sdk: &Sdk, targets: &[Target<'_>], month: &str, ca: &Path) -> (Vec<Row>, Vec<Cell>) {
     let mut rows = Vec::new();
     let mut cells = Vec::new();
     for target in targets {
@@ -268,16 +273,26 @@ fn cells(sdk: &Sdk, targets: &[Target<'_>], month: &str, ca: &Path) -> (Vec<(End
                     ),
                     (
                         base(4, tenant, "common", "DescribeBills", "{}"),
-                        Expect::Ok(Box::new(|r| {
-                            r["Bills"].as_array().map(|_| ()).ok_or("no Bills".into())
-                        })),
+                        Expect::Ok(Box::new(|r| r["Bills"].as_array().map(|_| ()).ok_or("no Bills".into()))),
                     ),
                     (
-                        base(5, (CLIENT_SECRET_ID, "wrong-secret-key"), id_card_client, "IdCardVerification", ID_CARD),
+                        base(
+                            5,
+                            (CLIENT_SECRET_ID, "wrong-secret-key"),
+                            id_card_client,
+                            "IdCardVerification",
+                            ID_CARD,
+                        ),
                         Expect::Error("AuthFailure.SignatureFailure"),
                     ),
                     (
-                        base(6, ("AKIDnobodyHere", CLIENT_SECRET_KEY), id_card_client, "IdCardVerification", ID_CARD),
+                        base(
+                            6,
+                            ("AKIDnobodyHere", CLIENT_SECRET_KEY),
+                            id_card_client,
+                            "IdCardVerification",
+                            ID_CARD,
+                        ),
                         Expect::Error("AuthFailure.SecretIdNotFound"),
                     ),
                     (
@@ -533,22 +548,74 @@ fn short(what: &str) -> String {
     }
 }
 
-fn markdown(sdk: &Sdk, rows: &[(Endpoint, Option<&'static str>, &'static str)], grid: &[Vec<String>]) -> String {
+fn sign_label(sdk: &Sdk, sign: Option<&str>) -> String {
+    match sign {
+        None => format!("default ({})", sdk.default_sign),
+        Some(s) => s.to_string(),
+    }
+}
+
+/// The SDK's tables: a summary (signature × method by endpoint form, the failing calls
+/// named) and every cell.
+fn markdown(sdk: &Sdk, rows: &[Row], grid: &[Vec<String>]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "### {}\n", sdk.version);
+    let _ = writeln!(
+        out,
+        "### {}
+",
+        sdk.version
+    );
+    let _ = writeln!(
+        out,
+        "| signature | method | {} |",
+        ENDPOINTS.map(Endpoint::label).join(" | ")
+    );
+    let _ = writeln!(out, "|---|---|{}", "---|".repeat(ENDPOINTS.len()));
+    for sign in SIGNS {
+        for method in METHODS {
+            let mut line = format!("| {} | {method} |", sign_label(sdk, sign));
+            for endpoint in ENDPOINTS {
+                let row = rows.iter().position(|r| *r == (endpoint, sign, method)).unwrap();
+                // Failures grouped by what went wrong, in column order.
+                let mut failed: Vec<(&str, Vec<&str>)> = Vec::new();
+                for (cell, column) in grid[row].iter().zip(COLUMNS) {
+                    if let Some(why) = cell.strip_prefix("✗ ") {
+                        match failed.iter_mut().find(|(w, _)| *w == why) {
+                            Some((_, columns)) => columns.push(column),
+                            None => failed.push((why, vec![column])),
+                        }
+                    }
+                }
+                let failures: usize = failed.iter().map(|(_, c)| c.len()).sum();
+                let passed = COLUMNS.len() - failures;
+                if failed.is_empty() {
+                    let _ = write!(line, " ✓ {passed}/{} |", COLUMNS.len());
+                } else {
+                    let what: Vec<String> = failed
+                        .iter()
+                        .map(|(why, columns)| match columns.len() {
+                            1..=2 => format!("{}: {why}", columns.join(", ")),
+                            n => format!("{n} calls: {why}"),
+                        })
+                        .collect();
+                    let _ = write!(line, " ✗ {passed}/{} ({}) |", COLUMNS.len(), what.join("; "));
+                }
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let _ = writeln!(out, "\n<details><summary>every cell</summary>\n");
     let _ = writeln!(out, "| endpoint | signature | method | {} |", COLUMNS.join(" | "));
     let _ = writeln!(out, "|---|---|---|{}", "---|".repeat(COLUMNS.len()));
     for ((endpoint, sign, method), cells) in rows.iter().zip(grid) {
-        let sign = match sign {
-            None => format!("default ({})", sdk.default_sign),
-            Some(s) => s.to_string(),
-        };
         let _ = writeln!(
             out,
-            "| {} | {sign} | {method} | {} |",
+            "| {} | {} | {method} | {} |",
             endpoint.label(),
+            sign_label(sdk, *sign),
             cells.join(" | ")
         );
     }
+    let _ = writeln!(out, "\n</details>");
     out
 }
