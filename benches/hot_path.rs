@@ -53,7 +53,7 @@ fn authenticate<'c>(
     mirror: &StateMirror,
     callers: &'c mut CallerCache,
 ) -> &'c ekyc_gateway::state::mirror::AccountEntry {
-    let identified = auth::identify(fields, mirror, callers, TIMESTAMP).unwrap();
+    let identified = auth::identify(fields, mirror, callers, TIMESTAMP, "faceid").unwrap();
     let caller = auth::verify(identified, parts, fields, body, mirror, callers, TIMESTAMP).unwrap();
     caller.credential.account()
 }
@@ -246,8 +246,14 @@ fn auth_with_a_million_credentials(c: &mut Criterion) {
     let fields = RequestFields::from_header_map(&headers);
     group.bench_function("api_key_identify", |b| {
         b.iter(|| {
-            let identified =
-                auth::identify(black_box(&fields), &mirror, &mut CallerCache::default(), TIMESTAMP).unwrap();
+            let identified = auth::identify(
+                black_box(&fields),
+                &mirror,
+                &mut CallerCache::default(),
+                TIMESTAMP,
+                "faceid",
+            )
+            .unwrap();
             black_box(matches!(identified, auth::Identified::ApiKey));
         })
     });

@@ -118,7 +118,9 @@ pub fn check_time(params: &Params, now: i64) -> Result<(), Tc3Error> {
         .require("Timestamp")?
         .parse()
         .map_err(|_| Tc3Error::InvalidAuthorization("Timestamp is not a number"))?;
-    if (now - timestamp).abs() > MAX_SKEW_SECONDS {
+    // `abs_diff`: `now - timestamp` overflows for a timestamp near i64::MIN, and the
+    // wrapped difference would pass.
+    if now.abs_diff(timestamp) > MAX_SKEW_SECONDS.unsigned_abs() {
         return Err(Tc3Error::SignatureExpire);
     }
     Ok(())
@@ -207,6 +209,15 @@ mod tests {
             );
         }
         assert_eq!(check_time(&params, 1795667473 + 301), Err(Tc3Error::SignatureExpire));
+        // Timestamps whose distance to now overflows an i64 are expired, not wrapped.
+        for timestamp in [i64::MIN, i64::MIN + 1_795_667_473, i64::MAX] {
+            let far = Params::parse(format!("Timestamp={timestamp}").as_bytes()).unwrap();
+            assert_eq!(
+                check_time(&far, 1_795_667_473),
+                Err(Tc3Error::SignatureExpire),
+                "{timestamp}"
+            );
+        }
     }
 
     #[test]

@@ -591,10 +591,12 @@ enum HeaderCase {
 }
 
 /// sha256 of the canonical request, hashed as it is produced: no buffer is built.
+/// `host`, when given, stands for the `Host` header's value (see `HostForm`).
 fn canonical_request_hash(
     request: &SignedRequest<'_>,
     signed_headers: &str,
     case: HeaderCase,
+    host: Option<&str>,
 ) -> Result<[u8; 32], Tc3Error> {
     let mut hash = Gathered::new(Sha256::new(Engine::current()));
     hash.push(request.method.as_bytes());
@@ -602,12 +604,15 @@ fn canonical_request_hash(
     hash.push(request.query.as_bytes());
     hash.push(b"\n");
     for name in split_ascii(signed_headers, b';') {
-        let value = request
-            .headers
-            .signed_value(name)
-            .and_then(signed_text)
-            .ok_or(Tc3Error::SignatureFailure)?
-            .trim();
+        let value = match host {
+            Some(host) if name == "host" => host,
+            _ => request
+                .headers
+                .signed_value(name)
+                .and_then(signed_text)
+                .ok_or(Tc3Error::SignatureFailure)?
+                .trim(),
+        };
         hash.push(name.as_bytes());
         hash.push(b":");
         match case {
@@ -809,7 +814,8 @@ fn string_to_sign_mac(key: &SigningKey, timestamp: i64, date: &str, service: &st
 
 /// Checks the skew window and the credential date against the request's timestamp.
 pub fn check_time(auth: &Authorization<'_>, timestamp: i64, now: i64) -> Result<(), Tc3Error> {
-    if (now - timestamp).abs() > MAX_SKEW_SECONDS {
+    // `abs_diff`: a difference of two i64s can overflow, and a wrapped one is small.
+    if now.abs_diff(timestamp) > MAX_SKEW_SECONDS.unsigned_abs() {
         return Err(Tc3Error::SignatureExpire);
     }
     match utc_date_bytes(timestamp) {
@@ -818,31 +824,111 @@ pub fn check_time(auth: &Authorization<'_>, timestamp: i64, now: i64) -> Result<
     }
 }
 
-/// Verifies the signature in constant time. Header values are tried as sent, then
-/// lower-cased (Tencent's spec lower-cases them, the SDKs do not).
+/// Tencent requires both in every signature: without `host` a signature made for one
+/// endpoint is good for any other, without `content-type` the body can be re-read as
+/// another format.
+const REQUIRED_SIGNED_HEADERS: [&str; 2] = ["content-type", "host"];
+
+/// Refuses a `SignedHeaders` list without `content-type` and `host`, as Tencent does.
+pub fn check_signed_headers(auth: &Authorization<'_>) -> Result<(), Tc3Error> {
+    // The SDKs' list, exactly: one comparison.
+    if auth.signed_headers == "content-type;host" {
+        return Ok(());
+    }
+    let signed = |wanted: &str| split_ascii(auth.signed_headers, b';').any(|name| name == wanted);
+    if REQUIRED_SIGNED_HEADERS.iter().all(|wanted| signed(wanted)) {
+        Ok(())
+    } else {
+        Err(Tc3Error::InvalidAuthorization(
+            "SignedHeaders must include content-type and host",
+        ))
+    }
+}
+
+/// `Host` without its port (`127.0.0.1:8080` → `127.0.0.1`, `[::1]:8080` → `[::1]`),
+/// or `None` when it has none.
+pub fn host_without_port(host: &str) -> Option<&str> {
+    let (bare, port) = host.rsplit_once(':')?;
+    let bracketed_or_plain = bare.ends_with(']') || !bare.contains(':');
+    (bracketed_or_plain && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())).then_some(bare)
+}
+
+/// The credential scope's service must be the one this endpoint serves (`service`,
+/// the upstream's: `faceid`) or, as the Node SDKs take it from the endpoint they are
+/// given, the first label of the `Host` the client called (`127` for `127.0.0.1:8080`,
+/// `ekyc` for `ekyc.example.com`). Anything else is a signature made for another
+/// product (a `cvm` scope), which Tencent refuses.
+pub fn check_service(auth: &Authorization<'_>, service: &str, host: Option<&str>) -> Result<(), Tc3Error> {
+    if auth.service == service {
+        return Ok(());
+    }
+    let host = host.map(str::trim).unwrap_or_default();
+    let bare = host_without_port(host).unwrap_or(host);
+    let first_label = bare.split('.').next().unwrap_or_default();
+    if !first_label.is_empty() && auth.service == first_label {
+        Ok(())
+    } else {
+        Err(Tc3Error::InvalidAuthorization(
+            "the credential scope's service is not this endpoint's",
+        ))
+    }
+}
+
+/// Verifies the signature in constant time. The canonical request is rebuilt as each
+/// official SDK can have built it, the exact form first so that the others cost only
+/// on the failure path:
+/// - header values as sent, then lower-cased (Tencent's spec lower-cases them, the
+///   SDKs do not);
+/// - `host` as sent, then without its port (the Node SDKs sign the endpoint's host
+///   name alone and still send `Host: name:port`).
 pub fn verify_signature(
     auth: &Authorization<'_>,
     request: &SignedRequest<'_>,
     signing_key: &SigningKey,
 ) -> Result<(), Tc3Error> {
+    if signature_matches(auth, request, signing_key, None)? {
+        return Ok(());
+    }
+    let bare_host = split_ascii(auth.signed_headers, b';')
+        .any(|name| name == "host")
+        .then(|| request.headers.signed_value("host").and_then(signed_text))
+        .flatten()
+        .and_then(|host| host_without_port(host.trim()));
+    if let Some(bare) = bare_host
+        && signature_matches(auth, request, signing_key, Some(bare))?
+    {
+        return Ok(());
+    }
+    Err(Tc3Error::SignatureFailure)
+}
+
+/// Whether the signature matches with `host` (when given) standing for the `Host`
+/// header, with header values as sent or lower-cased.
+fn signature_matches(
+    auth: &Authorization<'_>,
+    request: &SignedRequest<'_>,
+    signing_key: &SigningKey,
+    host: Option<&str>,
+) -> Result<bool, Tc3Error> {
     for case in [HeaderCase::AsSent, HeaderCase::Lower] {
         let lower = matches!(case, HeaderCase::Lower);
-        let canonical = canonical_request_hash(request, auth.signed_headers, case)?;
+        let canonical = canonical_request_hash(request, auth.signed_headers, case, host)?;
         let mac = string_to_sign_mac(signing_key, request.timestamp, auth.date, auth.service, &canonical);
         if bool::from(mac.as_slice().ct_eq(&auth.signature[..])) {
-            return Ok(());
+            return Ok(true);
         }
         let any_upper = split_ascii(auth.signed_headers, b';').any(|name| {
-            request
-                .headers
-                .signed_value(name)
-                .is_some_and(|v| v.iter().any(u8::is_ascii_uppercase))
+            let value = match host {
+                Some(host) if name == "host" => Some(host.as_bytes()),
+                _ => request.headers.signed_value(name),
+            };
+            value.is_some_and(|v| v.iter().any(u8::is_ascii_uppercase))
         });
         if lower || !any_upper {
             break;
         }
     }
-    Err(Tc3Error::SignatureFailure)
+    Ok(false)
 }
 
 /// Reads and parses `X-TC-Timestamp`.

@@ -113,8 +113,7 @@ fn authorize(app: &App, headers: &http::HeaderMap) -> Result<String, ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(crate::proxy::auth::strip_bearer)
         .unwrap_or("");
     let mut found = None;
     for token in &app.config.admin_tokens {

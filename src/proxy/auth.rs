@@ -179,25 +179,29 @@ fn usable(credential: Option<&CredentialEntry>) -> Result<&CredentialEntry, Auth
     Ok(credential)
 }
 
-/// Phase 2a: parse the credential out of the headers and find it.
+/// Phase 2a: parse the credential out of the headers and find it. `service` is the
+/// one this endpoint serves (the upstream's), which a TC3 credential scope must name
+/// (or the `Host`'s first label: see `tc3::check_service`).
 pub fn identify<'h>(
     fields: &'h RequestFields,
     mirror: &StateMirror,
     callers: &mut CallerCache,
     now: i64,
+    service: &str,
 ) -> Result<Identified<'h>, AuthError> {
     let Some(value) = single_authorization(fields)? else {
         return Ok(Identified::V1);
     };
     if value.starts_with(tc3::ALGORITHM) {
         let auth = tc3::parse_authorization(value)?;
+        tc3::check_signed_headers(&auth)?;
+        tc3::check_service(&auth, service, fields.get_str(Known::Host))?;
         callers.find_by_secret_id(mirror, auth.secret_id)?;
         let timestamp = tc3::request_timestamp(fields)?;
         tc3::check_time(&auth, timestamp, now)?;
         return Ok(Identified::Tc3 { auth, timestamp });
     }
-    if let Some(key) = value.strip_prefix("Bearer ") {
-        let key = key.trim();
+    if let Some(key) = strip_bearer(value) {
         if key.is_empty() || key.len() > MAX_API_KEY_LEN {
             return Err(AuthError::InvalidAuthorization("the API key is empty or too long"));
         }
@@ -207,6 +211,13 @@ pub fn identify<'h>(
     Err(AuthError::InvalidAuthorization(
         "Authorization must be TC3-HMAC-SHA256 or Bearer <API key>",
     ))
+}
+
+/// The credential of `Bearer <credential>`, trimmed; the scheme's name is matched
+/// without regard to case (RFC 9110 §11.1).
+pub fn strip_bearer(value: &str) -> Option<&str> {
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("Bearer").then(|| credential.trim())
 }
 
 /// Phase 2b: check the signature over the whole request. `callers` is the one

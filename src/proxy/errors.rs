@@ -30,10 +30,11 @@ pub enum ErrorCode {
     InvalidRequest,
     InternalError,
     ServiceUnavailable,
+    UnsupportedProtocol,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidAuthorization,
         ErrorCode::SecretIdNotFound,
         ErrorCode::InvalidSecretId,
@@ -51,6 +52,7 @@ impl ErrorCode {
         ErrorCode::InvalidRequest,
         ErrorCode::InternalError,
         ErrorCode::ServiceUnavailable,
+        ErrorCode::UnsupportedProtocol,
     ];
 
     /// The code exactly as Tencent spells it.
@@ -73,6 +75,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "InvalidRequest",
             ErrorCode::InternalError => "InternalError",
             ErrorCode::ServiceUnavailable => "ServiceUnavailable",
+            ErrorCode::UnsupportedProtocol => "UnsupportedProtocol",
         }
     }
 
@@ -137,10 +140,48 @@ impl GatewayError {
         }
     }
 
-    /// The HTTP 200 Tencent-format answer for this error, with a fresh RequestId.
+    /// What the client is told: the error itself, or for a failure inside the
+    /// platform (the store, the upstream, the connection) a plain sentence, since its
+    /// detail names internals. The detail goes to the log under the answer's RequestId.
+    pub fn public_message(&self) -> std::borrow::Cow<'static, str> {
+        let plain = match self {
+            GatewayError::Store(_) => "an internal error occurred; the operator can trace it by this RequestId",
+            GatewayError::Forward(ForwardError::Connect(_)) => "the eKYC service could not be reached; try again later",
+            GatewayError::Forward(ForwardError::Timeout(_)) => {
+                "the eKYC service did not answer in time; try again later"
+            }
+            GatewayError::Forward(ForwardError::Protocol(_)) => {
+                "the eKYC service's answer could not be read; try again later"
+            }
+            GatewayError::Body(BodyError::Read(_)) => "the request body could not be read",
+            other => return other.to_string().into(),
+        };
+        plain.into()
+    }
+
+    /// Whether the client's message hides a detail that the log must keep.
+    fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Store(_)
+                | GatewayError::Forward(
+                    ForwardError::Connect(_) | ForwardError::Timeout(_) | ForwardError::Protocol(_)
+                )
+                | GatewayError::Body(BodyError::Read(_))
+        )
+    }
+
+    /// The HTTP 200 Tencent-format answer for this error, with a fresh RequestId; the
+    /// detail of an internal failure is logged under that RequestId.
     pub fn to_response(&self) -> Response<ProxyBody> {
-        let body = tencent::error_body(self.code().as_str(), &self.to_string(), &tencent::new_request_id());
-        tencent::json_response(body)
+        let request_id = tencent::new_request_id();
+        let code = self.code().as_str();
+        if self.is_internal() {
+            tracing::warn!(request_id = %request_id, code, error = %self, "call failed inside the platform");
+        } else {
+            tracing::debug!(request_id = %request_id, code, error = %self, "request refused");
+        }
+        tencent::json_response(tencent::error_body(code, &self.public_message(), &request_id))
     }
 }
 
@@ -210,6 +251,34 @@ mod tests {
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(code.index(), i);
         }
+    }
+
+    #[tokio::test]
+    async fn internal_details_stay_out_of_the_answer() {
+        let cases: Vec<(GatewayError, &str)> = vec![
+            (GatewayError::Store("relation \"usage\" does not exist".into()), "usage"),
+            (
+                ForwardError::Protocol("malformed answer head: conflicting content-length".into()).into(),
+                "content-length",
+            ),
+            (
+                ForwardError::Connect("10.0.0.7:443: connection refused".into()).into(),
+                "10.0.0.7",
+            ),
+            (BodyError::Read("connection reset by peer".into()).into(), "reset"),
+        ];
+        for (error, detail) in cases {
+            assert!(error.to_string().contains(detail), "the log keeps the detail: {error}");
+            let body = error.to_response().into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let message = v["Response"]["Error"]["Message"].as_str().unwrap();
+            assert!(!message.contains(detail), "{message}");
+            assert_eq!(v["Response"]["Error"]["Code"], error.code().as_str());
+        }
+        // A refusal the client can act on keeps its own words.
+        let refused: GatewayError =
+            AuthError::InvalidAuthorization("SignedHeaders must include content-type and host").into();
+        assert!(refused.public_message().contains("SignedHeaders"));
     }
 
     #[tokio::test]

@@ -121,9 +121,13 @@ impl UpstreamClient {
                 rand::random(),
             )
             .to_form();
+            // The re-signed parameters are the call: the client's own query (on a POST)
+            // does not travel beside them, so the upstream cannot act on another
+            // `Action` than the one the gateway authorized and bills.
             if parts.method == http::Method::GET {
                 target = std::borrow::Cow::Owned(format!("{path}?{signed}"));
             } else {
+                target = std::borrow::Cow::Borrowed(path);
                 body = Bytes::from(signed);
             }
         }
@@ -168,8 +172,13 @@ impl UpstreamClient {
         h1::write_request_line(out, &parts.method, target);
         let named = connection_named(fields);
         let is_named = |name: &[u8]| named.iter().any(|token| token.eq_ignore_ascii_case(name));
+        let v1 = matches!(resign, Resign::V1 { .. });
         for (name, value, known) in fields.iter() {
-            if !known.is_some_and(left_out) && !is_named(name) {
+            // A v1 call's action, version and region are its signed parameters: routing
+            // headers beside them could name another action than the one authorized.
+            let v1_routing =
+                v1 && known.is_some_and(|k| matches!(k, Known::XTcAction | Known::XTcVersion | Known::XTcRegion));
+            if !known.is_some_and(left_out) && !is_named(name) && !v1_routing {
                 h1::write_header(out, name, value);
             }
         }

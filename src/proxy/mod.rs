@@ -64,6 +64,31 @@ fn repeats_a_routing_header(fields: &RequestFields) -> bool {
     .any(|known| fields.is_repeated(known))
 }
 
+/// Whether the request's `Connection` header names a header that must reach the
+/// upstream as the gateway saw it: a known end-to-end one (`Host`, `Content-Type`,
+/// `X-TC-*`, `Authorization`, ...), any `X-TC-*`, or one the TC3 signature covers.
+/// Only requests that name anything besides `keep-alive`/`close` pay for the check.
+fn connection_names_an_end_to_end_header(fields: &RequestFields) -> bool {
+    let named = headers::connection_named(fields);
+    if named.is_empty() {
+        return false;
+    }
+    let signed: Vec<&[u8]> = fields
+        .get(Known::Authorization)
+        .and_then(|value| {
+            let at = value.windows(14).position(|w| w == b"SignedHeaders=")?;
+            let list = &value[at + 14..];
+            Some(&list[..list.iter().position(|&b| b == b',').unwrap_or(list.len())])
+        })
+        .map(|list| list.split(|&b| b == b';').map(<[u8]>::trim_ascii).collect())
+        .unwrap_or_default();
+    named.iter().any(|token| {
+        Known::of(token).is_some_and(|known| !known.is_hop_by_hop())
+            || token.len() >= 5 && token[..5].eq_ignore_ascii_case(b"x-tc-")
+            || signed.iter().any(|name| name.eq_ignore_ascii_case(token))
+    })
+}
+
 /// Runs one request through the pipeline. Never fails: errors become Tencent answers.
 /// `parts` carries the method, target and version; the header fields are in `fields`.
 /// `callers` belongs to the connection (see `auth::CallerCache`).
@@ -86,12 +111,33 @@ pub async fn handle<B: RequestBody>(
     // stops a smuggling attempt (RFC 9112 §6.3: both headers).
     // CONNECT: this is not a forward proxy; nothing but the configured upstream is
     // ever contacted.
-    let refusal = if parts.method == http::Method::CONNECT {
-        Some((
-            http::StatusCode::METHOD_NOT_ALLOWED,
-            "CONNECT is not supported: this is not a forward proxy",
-        ))
-    } else if fields.contains(Known::TransferEncoding) {
+    // Only POST and GET are API calls (Tencent answers UnsupportedProtocol to the
+    // rest). Refused before anything is read or looked up: never forwarded, never
+    // billed, and a HEAD is not run by the upstream with its answer thrown away.
+    if parts.method != http::Method::POST && parts.method != http::Method::GET {
+        let message = if parts.method == http::Method::CONNECT {
+            "CONNECT is not supported: this is not a forward proxy"
+        } else {
+            "only POST and GET requests are supported"
+        };
+        let body = tencent::error_body(
+            ErrorCode::UnsupportedProtocol.as_str(),
+            message,
+            &tencent::new_request_id(),
+        );
+        let mut response: Response<ProxyBody> = tencent::json_response(body);
+        *response.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, POST"));
+        app.metrics.record_request(
+            None,
+            Outcome::Refused(ErrorCode::UnsupportedProtocol),
+            started.elapsed().as_secs_f64(),
+        );
+        return response;
+    }
+    let refusal = if fields.contains(Known::TransferEncoding) {
         Some((
             http::StatusCode::BAD_REQUEST,
             "chunked request bodies are refused: send Content-Length",
@@ -102,6 +148,13 @@ pub async fn handle<B: RequestBody>(
         Some((
             http::StatusCode::BAD_REQUEST,
             "X-TC-Action, X-TC-Version, X-TC-Region and Content-Type must each be sent once",
+        ))
+    } else if connection_names_an_end_to_end_header(fields) {
+        // Hop-by-hop by the client's say-so, a header would be dropped before the
+        // upstream after the gateway routed, authorized or billed by it.
+        Some((
+            http::StatusCode::BAD_REQUEST,
+            "Connection may name only hop-by-hop headers, never one that routes or is signed",
         ))
     } else {
         None
@@ -146,9 +199,6 @@ pub async fn handle<B: RequestBody>(
                     ForwardError::Protocol(_) => "protocol",
                     ForwardError::ResponseTooLarge { .. } => "too_large",
                 });
-                tracing::warn!(error = %error, "upstream call failed");
-            } else {
-                tracing::debug!(error = %error, code = code.as_str(), "request refused");
             }
             app.metrics.record_request(action, Outcome::Refused(code), seconds);
             error.to_response()
@@ -167,7 +217,7 @@ async fn pipeline<B: RequestBody>(
     let limits = &app.config.limits;
     let now = app.clock.now_unix();
     // 2a. authenticate: who claims to call, from the headers alone
-    let identified = auth::identify(fields, &app.mirror, callers, now)?;
+    let identified = auth::identify(fields, &app.mirror, callers, now, &app.config.upstream.service)?;
     // 1. bound: the body
     let hash_as_read = || identified.hashes_body(fields);
     let received = body
@@ -183,24 +233,31 @@ async fn pipeline<B: RequestBody>(
         AuthMethod::V1 { params } => params.get("Action").ok().flatten(),
         _ => fields.get_str(Known::XTcAction),
     };
-    // Tenant actions are answered here, before the state check: a tenant must be able
-    // to activate, and to see why it is refused, while it is refused.
-    if let Some(tenant_action) = name.and_then(TenantAction::from_name) {
-        // Boxed: a rare path kept out of every request's future (see `body::read_incoming`).
-        return Box::pin(tenant::handle(
-            app,
-            caller.credential.account().id(),
-            tenant_action,
-            &body,
-        ))
-        .await;
-    }
-    // 3. account state
+    // 3. account state: first, whether the mirror is fresh enough to trust at all
     if let Some(age) = app.freshness.age(now)
         && age > app.config.state.max_staleness.as_secs() as i64
         && app.config.state.stale_policy == StalePolicy::FailClosed
     {
         return Err(GatewayError::StateStale);
+    }
+    // Tenant actions are answered here, before the account's standing is checked: a
+    // tenant must be able to activate, and to see why it is refused, while it is
+    // refused. They are rate-limited like every call (each reads the store).
+    if let Some(tenant_action) = name.and_then(TenantAction::from_name) {
+        app.rate_limits.check_account(caller.credential.account())?;
+        let params = match &caller.method {
+            _ if parts.method == http::Method::GET => tenant::Params::Query(parts.uri.query().unwrap_or("")),
+            AuthMethod::V1 { params } => tenant::Params::Form(params),
+            _ => tenant::Params::Json(&body),
+        };
+        // Boxed: a rare path kept out of every request's future (see `body::read_incoming`).
+        return Box::pin(tenant::handle(
+            app,
+            caller.credential.account().id(),
+            tenant_action,
+            params,
+        ))
+        .await;
     }
     let standing = caller.credential.account().standing();
     if standing != AccountStanding::Enabled {

@@ -47,6 +47,12 @@ impl RateLimits {
         {
             return Err(RateLimited::Action);
         }
+        self.check_account(account)
+    }
+
+    /// The account's own limit alone: for the calls the gateway answers itself
+    /// (tenant actions), which have no per-action limit.
+    pub fn check_account(&self, account: &AccountEntry) -> Result<(), RateLimited> {
         let qps = account.rate_limit_qps().unwrap_or(self.default_qps);
         let Some(quota) = quota(qps) else {
             return Ok(());

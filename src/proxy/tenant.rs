@@ -16,6 +16,55 @@ use http::Response;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
+/// A tenant action's parameters, where the call's signature put them.
+#[derive(Debug, Clone, Copy)]
+pub enum Params<'a> {
+    /// A POST's JSON body (TC3, API key).
+    Json(&'a [u8]),
+    /// A v1 POST's form, already parsed (its signature fields among the parameters).
+    Form(&'a crate::sigv1::Params),
+    /// A GET's query string, form-encoded (TC3 and v1 alike).
+    Query(&'a str),
+}
+
+impl Params<'_> {
+    /// The text parameter `name`, if given; `Err` when it is given but not as text,
+    /// or more than once.
+    fn text(&self, name: &str) -> Result<Option<String>, GatewayError> {
+        let invalid = GatewayError::InvalidParameter;
+        match self {
+            Params::Json(body) => {
+                if body.iter().all(u8::is_ascii_whitespace) {
+                    return Ok(None);
+                }
+                let params: Value =
+                    serde_json::from_slice(body).map_err(|_| invalid("the body must be a JSON object"))?;
+                let Value::Object(params) = params else {
+                    return Err(invalid("the body must be a JSON object"));
+                };
+                match params.get(name) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(text)) => Ok(Some(text.clone())),
+                    Some(_) => Err(invalid("a parameter has the wrong type")),
+                }
+            }
+            Params::Form(params) => params
+                .get(name)
+                .map(|value| value.map(str::to_string))
+                .map_err(|_| invalid("a parameter is repeated")),
+            Params::Query(query) => {
+                let mut found = None;
+                for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+                    if key == name && found.replace(value.into_owned()).is_some() {
+                        return Err(invalid("a parameter is repeated"));
+                    }
+                }
+                Ok(found)
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TenantAction {
     ActivateService,
@@ -40,10 +89,10 @@ pub async fn handle(
     app: &Arc<App>,
     account_id: &str,
     action: TenantAction,
-    body: &[u8],
+    params: Params<'_>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
     match action {
-        TenantAction::DescribeCallUsage => return call_usage(app, account_id, body).await,
+        TenantAction::DescribeCallUsage => return call_usage(app, account_id, params).await,
         TenantAction::DescribeBills => return describe_bills(app, account_id).await,
         _ => {}
     }
@@ -109,18 +158,10 @@ pub async fn handle(
 /// `DescribeCallUsage {"Month":"YYYY-MM"}` (default: this billing month): the calls
 /// counted for the tenant, as flushed to the billing store (at most one flush
 /// interval behind).
-async fn call_usage(app: &Arc<App>, account_id: &str, body: &[u8]) -> Result<Response<ProxyBody>, GatewayError> {
-    let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Object(Map::new())
-    } else {
-        serde_json::from_slice(body).map_err(|_| GatewayError::InvalidParameter("the body must be a JSON object"))?
-    };
-    let month = match params.get("Month") {
-        None | Some(Value::Null) => current_month(app),
-        Some(Value::String(text)) => {
-            Month::parse(text).ok_or(GatewayError::InvalidParameter("Month must be YYYY-MM"))?
-        }
-        Some(_) => return Err(GatewayError::InvalidParameter("Month must be YYYY-MM")),
+async fn call_usage(app: &Arc<App>, account_id: &str, params: Params<'_>) -> Result<Response<ProxyBody>, GatewayError> {
+    let month = match params.text("Month")? {
+        None => current_month(app),
+        Some(text) => Month::parse(&text).ok_or(GatewayError::InvalidParameter("Month must be YYYY-MM"))?,
     };
     let usage = app
         .store

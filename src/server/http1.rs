@@ -450,6 +450,7 @@ impl<S: ClientStream> Connection<S> {
         let mut connection_close = false;
         let mut connection_keep_alive = false;
         let mut expects_continue = false;
+        let mut hosts = 0;
         for span in &self.spans {
             let Some(known) = fields.push(span.name.clone(), span.value.clone()) else {
                 continue;
@@ -469,8 +470,19 @@ impl<S: ClientStream> Connection<S> {
                     connection_keep_alive |= has_token(value, b"keep-alive");
                 }
                 Known::Expect => expects_continue = value.eq_ignore_ascii_case(b"100-continue"),
+                Known::Host => {
+                    hosts += 1;
+                    if hosts > 1 || !is_valid_host(value) {
+                        return Err(StatusCode::BAD_REQUEST);
+                    }
+                }
                 _ => {}
             }
+        }
+        // RFC 9112 §3.2: an HTTP/1.1 request without a Host is answered 400. (HTTP/1.0
+        // predates the header; one sent is still checked above.)
+        if hosts == 0 && parsed.version != Version::HTTP_10 {
+            return Err(StatusCode::BAD_REQUEST);
         }
         let keep_alive = match parsed.version {
             Version::HTTP_10 => connection_keep_alive && !connection_close,
@@ -684,6 +696,39 @@ async fn written_in_time(write: impl Future<Output = io::Result<()>>, deadline: 
     }
 }
 
+/// A `Host` value as RFC 9112 §3.2 has it: `uri-host [ ":" port ]`, with no user
+/// information, path or space. An IP literal is bracketed; a registered name is the
+/// unreserved, sub-delims and percent characters of RFC 3986.
+fn is_valid_host(value: &[u8]) -> bool {
+    let value = value.trim_ascii();
+    // An IP literal ends at its ']'; elsewhere a ':' can only start the port.
+    let host_end = match value.first() {
+        Some(b'[') => match value.iter().position(|&b| b == b']') {
+            Some(close) => close + 1,
+            None => return false,
+        },
+        _ => value.iter().position(|&b| b == b':').unwrap_or(value.len()),
+    };
+    let (host, port) = match &value[host_end..] {
+        [] => (&value[..host_end], None),
+        [b':', port @ ..] => (&value[..host_end], Some(port)),
+        _ => return false,
+    };
+    let port_ok = port.is_none_or(|port| port.len() <= 5 && port.iter().all(u8::is_ascii_digit));
+    let host_ok = match host {
+        [b'[', literal @ .., b']'] => {
+            !literal.is_empty() && literal.iter().all(|&b| b.is_ascii_hexdigit() || b":.".contains(&b))
+        }
+        _ => {
+            !host.is_empty()
+                && host
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b))
+        }
+    };
+    port_ok && host_ok
+}
+
 fn has_token(value: &[u8], token: &[u8]) -> bool {
     list_items(value).any(|item| item.eq_ignore_ascii_case(token))
 }
@@ -834,6 +879,41 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_values_are_judged_as_rfc_9112_has_them() {
+        for good in [
+            "127.0.0.1:8080",
+            "localhost",
+            "faceid.tencentcloudapi.com",
+            "faceid.tencentcloudapi.com:443",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "a-b_c~d.example",
+            " padded.example ",
+            // RFC 3986 allows an empty port.
+            "localhost:",
+        ] {
+            assert!(is_valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            " ",
+            "::1",
+            "user@host",
+            "host/path",
+            "host:port",
+            "host:123456",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "two words",
+            "host?q",
+            "host#f",
+        ] {
+            assert!(!is_valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
 
     #[test]
     fn connection_tokens_are_matched_whole_and_without_case() {
