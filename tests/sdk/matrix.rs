@@ -463,7 +463,12 @@ pub async fn run(sdk: Sdk) {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", command.get_program()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {:?}: {e} (scripts/test installs Python and Node.js)",
+                    command.get_program()
+                )
+            });
         child.stdin.take().unwrap().write_all(&input).unwrap();
         child.wait_with_output().unwrap()
     })
