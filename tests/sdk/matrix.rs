@@ -25,7 +25,7 @@ pub struct Sdk {
     /// does not: it goes through `CommonClient` there, as an application would).
     pub typed_id_card: bool,
     pub is_node: bool,
-    /// How the installed version is read, for the table.
+    /// The installed packages and versions, as the table's title.
     pub version: String,
 }
 
