@@ -124,7 +124,8 @@ const COLUMNS: [&str; 11] = [
     "unknown action",
 ];
 
-const ID_CARD: &str = r#"{"IdCard":"11204416541220243X","Name":"Zhang San"}"#;
+/// A Chinese name, as real calls carry: UTF-8 in GET query strings and v1 forms.
+const ID_CARD: &str = r#"{"IdCard":"11204416541220243X","Name":"张三"}"#;
 
 /// Credentials of accounts in each refused state, made through the admin API (the
 /// arrears flag through the same write path the billing job uses).
