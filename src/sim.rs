@@ -272,6 +272,9 @@ impl Simulator {
         };
         let value = value.to_str().map_err(|_| invalid)?;
         let auth = tc3::parse_authorization(value).map_err(|_| invalid)?;
+        // As Tencent: a signature must cover both, so the gateway's re-signing is held
+        // to what the real API accepts.
+        tc3::check_signed_headers(&auth).map_err(|_| invalid)?;
         if auth.secret_id != self.config.secret_id {
             return Err(("AuthFailure.SecretIdNotFound", "the SecretId is not known"));
         }

@@ -152,6 +152,7 @@ async fn serve_process_exits_0_on_sigterm_and_never_logs_a_secret() {
     let request = http::Request::post(gateway.url())
         .header("authorization", format!("Bearer {api_key}"))
         .header("x-tc-action", "DetectAuth")
+        .header("content-type", "application/json")
         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
         .unwrap();
     assert!(send(&http1_client(), request).await["BizToken"].is_string());

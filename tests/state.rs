@@ -247,6 +247,16 @@ async fn a_gateway_cut_off_too_long_applies_its_staleness_policy() {
         if expected == Some("ServiceUnavailable") {
             // The client signed on the real clock, 61 s behind the gateway's: still in the window.
             assert_eq!(error_code(&answer), expected, "{policy}: {answer}");
+            // Tenant actions too: they answer from the same stale state.
+            let request = signed_call(
+                &gateway.url(),
+                &gateway.data.to_string(),
+                "DescribeServiceStatus",
+                b"{}",
+                &tenant,
+            );
+            let answer = send(&http1_client(), request).await;
+            assert_eq!(error_code(&answer), expected, "{policy}, a tenant action: {answer}");
             let (status, ready) = get(&format!("http://{}/readyz", gateway.admin)).await;
             assert_eq!(status, 503, "{}", String::from_utf8_lossy(&ready));
             assert!(String::from_utf8_lossy(&ready).contains("stale"));

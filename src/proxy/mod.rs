@@ -282,6 +282,13 @@ async fn pipeline<B: RequestBody>(
             payload_hash: payload_hash.as_str(),
         },
         AuthMethod::ApiKey => {
+            // The platform's signature must cover a Content-Type, as Tencent requires:
+            // a call without one would only be refused upstream.
+            if !fields.contains(Known::ContentType) {
+                return Err(GatewayError::InvalidParameter(
+                    "Content-Type is required (application/json for API 3.0 calls)",
+                ));
+            }
             api_key_hash = crate::tc3::payload_hash_of(fields, &body, body_sha256.as_ref());
             Resign::Tc3 {
                 payload_hash: api_key_hash.as_str(),
