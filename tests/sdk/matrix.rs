@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One official SDK and how to run the script that drives it.
 pub struct Sdk {
@@ -204,7 +205,7 @@ struct Cell {
 /// A gateway (and its refused accounts) behind one endpoint form.
 struct Target<'a> {
     endpoint: Endpoint,
-    address: String,
+    port: u16,
     accounts: &'a Accounts,
 }
 
@@ -223,9 +224,9 @@ fn cells(sdk: &Sdk, targets: &[Target<'_>], month: &str, ca: &Path) -> (Vec<Row>
                 let row = rows.len();
                 rows.push((target.endpoint, sign, method));
                 let (protocol, host) = match target.endpoint {
-                    Endpoint::Ip => ("http", target.address.clone()),
-                    Endpoint::Localhost => ("http", target.address.replace("127.0.0.1", "localhost")),
-                    Endpoint::Tls => ("https", target.address.replace("127.0.0.1", "localhost")),
+                    Endpoint::Ip => ("http", format!("127.0.0.1:{}", target.port)),
+                    Endpoint::Localhost => ("http", format!("localhost:{}", target.port)),
+                    Endpoint::Tls => ("https", format!("localhost:{}", target.port)),
                 };
                 let id_card_client = if sdk.typed_id_card { "typed" } else { "common" };
                 let base = |column: usize, credential: (&str, &str), client: &str, action: &str, params: &str| {
@@ -412,38 +413,53 @@ pub fn private_ca() -> PrivateCa {
 /// Enough for a few hundred calls in a row from one client without RequestLimitExceeded.
 const RATE: &str = "[rate_limit]\ndefault_qps = 100000\n";
 
+/// The address `localhost` resolves to first: where clients that try only the first
+/// address (Node before 20, when `/etc/hosts` lists `::1` first) connect.
+async fn localhost_ip() -> std::net::IpAddr {
+    tokio::net::lookup_host("localhost:0")
+        .await
+        .expect("localhost resolves")
+        .next()
+        .expect("localhost has an address")
+        .ip()
+}
+
 /// Runs the whole matrix for `sdk` and fails with a table of the failing cells.
 pub async fn run(sdk: Sdk) {
     let sim = SimHandle::start(|_| {}).await;
     // Frozen near now: SDKs sign with the real time (±300 s), and the month the
     // gateway reports cannot change under the test.
     let clock = ManualClock::new(SystemClock.now_unix());
-    let plain = GatewayHandle::start_with_clock(&sim, RATE, clock.clone()).await;
+    let start = |toml: String, ip: std::net::IpAddr| {
+        let config = gateway_config(&format!("http://{}", sim.addr), &toml);
+        GatewayHandle::start_on(config, Arc::new(clock.clone()), ip)
+    };
+    let localhost = localhost_ip().await;
+    let ip = start(RATE.into(), std::net::Ipv4Addr::LOCALHOST.into()).await;
+    let plain = start(RATE.into(), localhost).await;
     let ca = private_ca();
     let tls_toml = format!(
         "{RATE}[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
         ca.cert_path.display(),
         ca.key_path.display()
     );
-    let tls = GatewayHandle::start_with_clock(&sim, &tls_toml, clock.clone()).await;
-    let plain_accounts = Accounts::prepare(&plain).await;
-    let tls_accounts = Accounts::prepare(&tls).await;
-    let month = asked_month(&plain);
-    assert_eq!(month, asked_month(&tls));
-
-    let targets: Vec<Target<'_>> = ENDPOINTS
+    let tls = start(tls_toml, localhost).await;
+    let month = asked_month(&ip);
+    let mut prepared = Vec::new();
+    for (endpoint, gateway) in [
+        (Endpoint::Ip, &ip),
+        (Endpoint::Localhost, &plain),
+        (Endpoint::Tls, &tls),
+    ] {
+        assert_eq!(asked_month(gateway), month);
+        prepared.push((endpoint, gateway.data.port(), Accounts::prepare(gateway).await));
+    }
+    let targets: Vec<Target<'_>> = prepared
         .iter()
-        .map(|&endpoint| {
-            let (gateway, accounts) = if endpoint == Endpoint::Tls {
-                (&tls, &tls_accounts)
-            } else {
-                (&plain, &plain_accounts)
-            };
-            Target {
-                endpoint,
-                address: gateway.data.to_string(),
-                accounts,
-            }
+        .map(|(endpoint, port, accounts)| Target {
+            endpoint: *endpoint,
+            port: *port,
+            accounts,
         })
         .collect();
     let (rows, cells) = cells(&sdk, &targets, &month, &ca.ca_path);
@@ -470,7 +486,8 @@ pub async fn run(sdk: Sdk) {
                     command.get_program()
                 )
             });
-        child.stdin.take().unwrap().write_all(&input).unwrap();
+        // A script that dies early closes its stdin: its stderr, below, says why.
+        let _ = child.stdin.take().unwrap().write_all(&input);
         child.wait_with_output().unwrap()
     })
     .await
