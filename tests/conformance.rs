@@ -169,18 +169,6 @@ fn form_post(gateway: &GatewayHandle, form: &str, extra: &[(&str, String)], targ
     raw("POST", target, &headers, form.as_bytes())
 }
 
-/// Everything the simulator has seen, over every action, plus auth failures.
-async fn sim_seen(sim: &SimHandle) -> u64 {
-    let stats = sim.stats().await;
-    let actions: u64 = stats["actions"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|a| a["success"].as_u64().unwrap() + a["api_error"].as_u64().unwrap())
-        .sum();
-    actions + stats["auth_failures"].as_u64().unwrap() + stats["invalid_action"].as_u64().unwrap()
-}
-
 async fn billable_calls(gateway: &GatewayHandle) -> String {
     let metrics = gateway.metrics().await;
     metrics
@@ -194,7 +182,7 @@ async fn billable_calls(gateway: &GatewayHandle) -> String {
 async fn only_post_and_get_are_api_calls() {
     let sim = SimHandle::start(|_| {}).await;
     let gateway = GatewayHandle::start(&sim, "").await;
-    let before = sim_seen(&sim).await;
+    let before = sim.seen().await;
     let billed_before = billable_calls(&gateway).await;
     for (method, target) in [
         ("PUT", "/"),
@@ -217,7 +205,7 @@ async fn only_post_and_get_are_api_calls() {
             assert!(answer.body.is_empty(), "a HEAD answer has no body");
         }
     }
-    assert_eq!(sim_seen(&sim).await, before, "nothing was forwarded");
+    assert_eq!(sim.seen().await, before, "nothing was forwarded");
     assert_eq!(billable_calls(&gateway).await, billed_before, "nothing was billed");
     // POST and GET still are.
     let answer = exchange(
@@ -266,7 +254,7 @@ async fn the_node_sdks_signatures_are_accepted() {
 async fn signatures_that_tencent_refuses_are_refused_before_the_upstream() {
     let sim = SimHandle::start(|_| {}).await;
     let gateway = GatewayHandle::start(&sim, "").await;
-    let before = sim_seen(&sim).await;
+    let before = sim.seen().await;
     let host = gateway.data.to_string();
     let cases: Vec<(&str, Tc3Call<'_>)> = vec![
         ("SignedHeaders without content-type", {
@@ -307,14 +295,14 @@ async fn signatures_that_tencent_refuses_are_refused_before_the_upstream() {
             answer.json()
         );
     }
-    assert_eq!(sim_seen(&sim).await, before, "nothing was forwarded");
+    assert_eq!(sim.seen().await, before, "nothing was forwarded");
 }
 
 #[tokio::test]
 async fn http_1_1_needs_exactly_one_valid_host() {
     let sim = SimHandle::start(|_| {}).await;
     let gateway = GatewayHandle::start(&sim, "").await;
-    let before = sim_seen(&sim).await;
+    let before = sim.seen().await;
     let signed = Tc3Call::post(&gateway, "IdCardVerification", b"{}").headers();
     let without_host: Vec<(&str, String)> = signed.iter().filter(|(n, _)| *n != "Host").cloned().collect();
     let with_hosts = |hosts: &[&str]| {
@@ -335,7 +323,7 @@ async fn http_1_1_needs_exactly_one_valid_host() {
         assert_eq!(answer.status, 400, "{what}: {}", answer.head);
         assert!(answer.head.contains("connection: close"), "{what}");
     }
-    assert_eq!(sim_seen(&sim).await, before, "nothing was forwarded");
+    assert_eq!(sim.seen().await, before, "nothing was forwarded");
     // HTTP/1.0 predates Host: without one, the call is judged by its signature.
     let mut request = String::from_utf8(with_hosts(&[])).unwrap();
     request = request.replacen("HTTP/1.1", "HTTP/1.0", 1);
@@ -348,7 +336,7 @@ async fn http_1_1_needs_exactly_one_valid_host() {
 async fn connection_cannot_drop_a_header_the_gateway_routed_or_verified_by() {
     let sim = SimHandle::start(|_| {}).await;
     let gateway = GatewayHandle::start(&sim, "").await;
-    let before = sim_seen(&sim).await;
+    let before = sim.seen().await;
     for named in [
         "x-tc-action",
         "X-TC-Version",
@@ -371,7 +359,7 @@ async fn connection_cannot_drop_a_header_the_gateway_routed_or_verified_by() {
     headers.push(("Connection", "X-Custom-Signed".into()));
     let answer = exchange(gateway.data, &raw("POST", "/", &headers, b"{}")).await;
     assert_eq!(answer.status, 400, "{}", answer.head);
-    assert_eq!(sim_seen(&sim).await, before, "nothing was forwarded");
+    assert_eq!(sim.seen().await, before, "nothing was forwarded");
     // Naming a header nobody routes or signs by is the client's business.
     let mut headers = Tc3Call::post(&gateway, "IdCardVerification", b"{}").headers();
     headers.push(("X-Trace", "1".into()));

@@ -13,18 +13,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Everything the simulator has seen, over every action, plus auth failures.
-async fn sim_seen(sim: &SimHandle) -> u64 {
-    let stats = sim.stats().await;
-    let actions: u64 = stats["actions"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|a| a["success"].as_u64().unwrap() + a["api_error"].as_u64().unwrap())
-        .sum();
-    actions + stats["auth_failures"].as_u64().unwrap() + stats["invalid_action"].as_u64().unwrap()
-}
-
 /// Writes `raw`, then reads until the server closes or `wait` passes.
 async fn exchange(addr: std::net::SocketAddr, raw: &[u8], wait: Duration) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -54,7 +42,7 @@ async fn smuggling_and_proxy_abuse_are_refused_and_never_forwarded() {
     let bait = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bait_addr = bait.local_addr().unwrap();
 
-    let baseline = sim_seen(&sim).await;
+    let baseline = sim.seen().await;
     let answer = exchange(
         gateway.data,
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -79,7 +67,7 @@ async fn smuggling_and_proxy_abuse_are_refused_and_never_forwarded() {
         answer.starts_with("HTTP/1.1 405"),
         "CONNECT must not open a tunnel: {answer}"
     );
-    assert_eq!(sim_seen(&sim).await, baseline, "nothing forwarded");
+    assert_eq!(sim.seen().await, baseline, "nothing forwarded");
 
     // An absolute-form target naming another host: the call goes to the configured
     // upstream (and only there), signed for the Host it carries.
@@ -90,7 +78,7 @@ async fn smuggling_and_proxy_abuse_are_refused_and_never_forwarded() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(sim_seen(&sim).await, baseline + 1, "the configured upstream served it");
+    assert_eq!(sim.seen().await, baseline + 1, "the configured upstream served it");
     let contacted = tokio::time::timeout(Duration::from_millis(200), bait.accept()).await;
     assert!(
         contacted.is_err(),
@@ -102,7 +90,7 @@ async fn smuggling_and_proxy_abuse_are_refused_and_never_forwarded() {
 async fn malformed_values_get_clear_errors_and_nothing_panics() {
     let sim = SimHandle::start(|_| {}).await;
     let gateway = GatewayHandle::start(&sim, "[limits]\nbody_read_timeout_ms = 300\n").await;
-    let baseline = sim_seen(&sim).await;
+    let baseline = sim.seen().await;
 
     // Invalid UTF-8 in the action and in the Authorization header.
     for header in [
@@ -142,7 +130,7 @@ async fn malformed_values_get_clear_errors_and_nothing_panics() {
             "{action}: {answer}"
         );
     }
-    assert_eq!(sim_seen(&sim).await, baseline, "none of it reached the upstream");
+    assert_eq!(sim.seen().await, baseline, "none of it reached the upstream");
 
     // The gateway is still healthy.
     let answer = send(&http1_client(), call(&gateway, "IdCardVerification", "{}")).await;
@@ -180,7 +168,7 @@ async fn slowloris_and_header_floods_do_not_starve_other_clients() {
     }
 
     // 100,000 headers: refused (431 or closed), never forwarded, nothing panics.
-    let baseline = sim_seen(&sim).await;
+    let baseline = sim.seen().await;
     let mut raw = b"POST / HTTP/1.1\r\nHost: x\r\n".to_vec();
     for i in 0..100_000 {
         raw.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
@@ -195,7 +183,7 @@ async fn slowloris_and_header_floods_do_not_starve_other_clients() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 431") || answer.starts_with("HTTP/1.1 400"),
         "{answer}"
     );
-    assert_eq!(sim_seen(&sim).await, baseline);
+    assert_eq!(sim.seen().await, baseline);
     // A new connection: the client's pooled one has been idle about as long as the
     // header deadline, which closes it; reusing it would race that close.
     let answer = send(&http1_client(), call(&gateway, "IdCardVerification", "{}")).await;

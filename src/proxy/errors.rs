@@ -185,6 +185,58 @@ impl GatewayError {
     }
 }
 
+/// An answer to a request refused for its form before the pipeline runs (a method
+/// other than POST and GET, framing or headers that could route it elsewhere than it
+/// was checked): a Tencent error body with its own HTTP status, and whether the
+/// connection is closed after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub status: http::StatusCode,
+    pub message: &'static str,
+    /// Nothing after this request on its connection can be trusted to be a request.
+    pub close: bool,
+}
+
+impl Refusal {
+    /// 405 with `Allow: GET, POST`, `UnsupportedProtocol`; the connection stays open.
+    pub fn method_not_allowed(message: &'static str) -> Self {
+        Refusal {
+            code: ErrorCode::UnsupportedProtocol,
+            status: http::StatusCode::METHOD_NOT_ALLOWED,
+            message,
+            close: false,
+        }
+    }
+
+    /// 400, `InvalidParameter`, and the connection closed.
+    pub fn invalid_parameter(message: &'static str) -> Self {
+        Refusal {
+            code: ErrorCode::InvalidParameter,
+            status: http::StatusCode::BAD_REQUEST,
+            message,
+            close: true,
+        }
+    }
+
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let body = tencent::error_body(self.code.as_str(), self.message, &tencent::new_request_id());
+        let mut response: Response<ProxyBody> = tencent::json_response(body);
+        *response.status_mut() = self.status;
+        if self.status == http::StatusCode::METHOD_NOT_ALLOWED {
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, POST"));
+        }
+        if self.close {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
 fn standing_message(standing: AccountStanding) -> &'static str {
     match standing {
         AccountStanding::NotActivated => "the service is not activated for this account: call ActivateService first",

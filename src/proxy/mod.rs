@@ -41,10 +41,9 @@ use crate::meter::{CounterKey, Month};
 use crate::metrics::Outcome;
 use crate::state::StalePolicy;
 use crate::state::mirror::AccountStanding;
-use crate::tencent;
 use auth::AuthMethod;
 use body::{MeterTicket, ProxyBody, RequestBody};
-use errors::{ErrorCode, GatewayError};
+use errors::{GatewayError, Refusal};
 use fields::{Known, RequestFields};
 use forward::{ForwardError, Resign};
 use http::Response;
@@ -89,6 +88,46 @@ fn connection_names_an_end_to_end_header(fields: &RequestFields) -> bool {
     })
 }
 
+/// A request refused for its form, before anything is read or looked up: never
+/// forwarded, never billed.
+fn early_refusal(parts: &http::request::Parts, fields: &RequestFields) -> Option<Refusal> {
+    // Only POST and GET are API calls (Tencent answers UnsupportedProtocol to the
+    // rest): a HEAD is not run by the upstream with its answer thrown away. CONNECT:
+    // this is not a forward proxy; nothing but the configured upstream is ever
+    // contacted.
+    if parts.method != http::Method::POST && parts.method != http::Method::GET {
+        return Some(Refusal::method_not_allowed(if parts.method == http::Method::CONNECT {
+            "CONNECT is not supported: this is not a forward proxy"
+        } else {
+            "only POST and GET requests are supported"
+        }));
+    }
+    // Transfer-Encoding on a request: the SDKs always send Content-Length (the TC3
+    // signature covers the body's hash anyway). The connection is closed (the HTTP/1.1
+    // server never reads such a body), which also stops a smuggling attempt (RFC 9112
+    // §6.3: both headers).
+    if fields.contains(Known::TransferEncoding) {
+        return Some(Refusal::invalid_parameter(
+            "chunked request bodies are refused: send Content-Length",
+        ));
+    }
+    // The gateway checks and bills the first X-TC-Action; the upstream might act on
+    // another copy, and the platform's signature does not cover it.
+    if repeats_a_routing_header(fields) {
+        return Some(Refusal::invalid_parameter(
+            "X-TC-Action, X-TC-Version, X-TC-Region and Content-Type must each be sent once",
+        ));
+    }
+    // Hop-by-hop by the client's say-so, a header would be dropped before the
+    // upstream after the gateway routed, authorized or billed by it.
+    if connection_names_an_end_to_end_header(fields) {
+        return Some(Refusal::invalid_parameter(
+            "Connection may name only hop-by-hop headers, never one that routes or is signed",
+        ));
+    }
+    None
+}
+
 /// Runs one request through the pipeline. Never fails: errors become Tencent answers.
 /// `parts` carries the method, target and version; the header fields are in `fields`.
 /// `callers` belongs to the connection (see `auth::CallerCache`).
@@ -105,73 +144,10 @@ pub async fn handle<B: RequestBody>(
     {
         return page;
     }
-    // Transfer-Encoding on a request: the SDKs always send Content-Length (the TC3
-    // signature covers the body's hash anyway). Refused, never forwarded, and the
-    // connection is closed (the HTTP/1.1 server never reads such a body), which also
-    // stops a smuggling attempt (RFC 9112 §6.3: both headers).
-    // CONNECT: this is not a forward proxy; nothing but the configured upstream is
-    // ever contacted.
-    // Only POST and GET are API calls (Tencent answers UnsupportedProtocol to the
-    // rest). Refused before anything is read or looked up: never forwarded, never
-    // billed, and a HEAD is not run by the upstream with its answer thrown away.
-    if parts.method != http::Method::POST && parts.method != http::Method::GET {
-        let message = if parts.method == http::Method::CONNECT {
-            "CONNECT is not supported: this is not a forward proxy"
-        } else {
-            "only POST and GET requests are supported"
-        };
-        let body = tencent::error_body(
-            ErrorCode::UnsupportedProtocol.as_str(),
-            message,
-            &tencent::new_request_id(),
-        );
-        let mut response: Response<ProxyBody> = tencent::json_response(body);
-        *response.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
-        response
-            .headers_mut()
-            .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, POST"));
-        app.metrics.record_request(
-            None,
-            Outcome::Refused(ErrorCode::UnsupportedProtocol),
-            started.elapsed().as_secs_f64(),
-        );
-        return response;
-    }
-    let refusal = if fields.contains(Known::TransferEncoding) {
-        Some((
-            http::StatusCode::BAD_REQUEST,
-            "chunked request bodies are refused: send Content-Length",
-        ))
-    } else if repeats_a_routing_header(fields) {
-        // The gateway checks and bills the first X-TC-Action; the upstream might act
-        // on another copy, and the platform's signature does not cover it.
-        Some((
-            http::StatusCode::BAD_REQUEST,
-            "X-TC-Action, X-TC-Version, X-TC-Region and Content-Type must each be sent once",
-        ))
-    } else if connection_names_an_end_to_end_header(fields) {
-        // Hop-by-hop by the client's say-so, a header would be dropped before the
-        // upstream after the gateway routed, authorized or billed by it.
-        Some((
-            http::StatusCode::BAD_REQUEST,
-            "Connection may name only hop-by-hop headers, never one that routes or is signed",
-        ))
-    } else {
-        None
-    };
-    if let Some((status, message)) = refusal {
-        let body = tencent::error_body("InvalidParameter", message, &tencent::new_request_id());
-        let mut response: Response<ProxyBody> = tencent::json_response(body);
-        *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-        app.metrics.record_request(
-            None,
-            Outcome::Refused(ErrorCode::InvalidParameter),
-            started.elapsed().as_secs_f64(),
-        );
-        return response;
+    if let Some(refusal) = early_refusal(&parts, fields) {
+        app.metrics
+            .record_request(None, Outcome::Refused(refusal.code), started.elapsed().as_secs_f64());
+        return refusal.to_response();
     }
     // Set by the pipeline when it looks the action up (step 4), to what it found; a
     // call refused before that is looked up below, for its metrics, so a forwarded

@@ -107,6 +107,19 @@ impl SimHandle {
         self.stats().await["actions"][action]["success"].as_u64().unwrap()
     }
 
+    /// Everything the simulator has seen, over every action, plus auth failures and
+    /// invalid actions: what must not move when a call is refused before it.
+    pub async fn seen(&self) -> u64 {
+        let stats = self.stats().await;
+        let actions: u64 = stats["actions"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|a| a["success"].as_u64().unwrap() + a["api_error"].as_u64().unwrap())
+            .sum();
+        actions + stats["auth_failures"].as_u64().unwrap() + stats["invalid_action"].as_u64().unwrap()
+    }
+
     pub async fn last_request(&self) -> serde_json::Value {
         get_json(&format!("http://{}/sim/last-request", self.addr)).await
     }
