@@ -1,12 +1,64 @@
-//! The official Tencent Cloud Python SDKs (international `tencentcloud-sdk-python-intl-en`
-//! and mainland `tencentcloud-sdk-python-faceid`) talking to the gateway with only the
-//! endpoint changed. `scripts/test` installs them into venvs and exports their
-//! interpreters as EKYC_TEST_PYTHON_INTL and EKYC_TEST_PYTHON_CN.
+//! The official Tencent Cloud SDKs talking to the gateway with only the endpoint
+//! changed. The client matrix: for each SDK (Python `tencentcloud-sdk-python-intl-en`
+//! and the mainland SDK's faceid + common modules, Node `tencentcloud-sdk-nodejs-intl-en`
+//! and `tencentcloud-sdk-nodejs`), every signature (the SDK's default, TC3-HMAC-SHA256,
+//! HmacSHA256, HmacSHA1) × method (POST, GET) × endpoint (`127.0.0.1:PORT`,
+//! `localhost:PORT`, `localhost:PORT` over TLS with a private CA) × call (a data action,
+//! the four tenant actions, six refusals), all in one script process per SDK
+//! (tests/sdk/call.py, tests/sdk/call.js). Each matrix writes its table to
+//! `target/sdk-matrix/` (docs/CLIENTS.md is copied from there). `scripts/test` installs
+//! the SDKs: venvs exported as EKYC_TEST_PYTHON_INTL and EKYC_TEST_PYTHON_CN, the Node
+//! packages (tests/sdk/node/) as EKYC_TEST_NODE_SDK_DIR. Never skips: a missing SDK
+//! fails with what to run.
 
 mod common;
+#[path = "sdk/matrix.rs"]
+mod matrix;
 
 use common::*;
 use std::path::PathBuf;
+
+#[tokio::test]
+async fn matrix_python_intl() {
+    matrix::run(matrix::python_sdk(
+        "tencentcloud-sdk-python-intl-en",
+        "EKYC_TEST_PYTHON_INTL",
+        "py-sdk-intl",
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn matrix_python_mainland() {
+    matrix::run(matrix::python_sdk(
+        "tencentcloud-sdk-python",
+        "EKYC_TEST_PYTHON_CN",
+        "py-sdk-cn",
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn matrix_node_intl() {
+    matrix::run(matrix::node_sdk(
+        "tencentcloud-sdk-nodejs-intl-en",
+        "intl",
+        "HmacSHA256",
+        false,
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn matrix_node_mainland() {
+    matrix::run(matrix::node_sdk(
+        "tencentcloud-sdk-nodejs",
+        "cn",
+        "TC3-HMAC-SHA256",
+        true,
+    ))
+    .await;
+}
 
 /// Runs tests/sdk/call.py and returns its JSON outcome.
 async fn sdk_call(python: PathBuf, endpoint: String, action: &str, params: &str, extra: &[&str]) -> serde_json::Value {

@@ -179,7 +179,13 @@ impl GatewayHandle {
 
     /// Starts a gateway on `config`; unless the config names a store other than the
     /// default, it gets a fresh SQLite file of its own. The test tenant is seeded.
-    pub async fn start_with(mut config: Config, clock: SharedClock) -> Self {
+    pub async fn start_with(config: Config, clock: SharedClock) -> Self {
+        Self::start_on(config, clock, std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// The same, its data listener on `ip` (the client matrix puts it where `localhost`
+    /// resolves first, as clients that try only that address need).
+    pub async fn start_on(mut config: Config, clock: SharedClock, ip: std::net::IpAddr) -> Self {
         let mut store_dir = None;
         if config.store_url == "sqlite://./data/billing.db" {
             let dir = tempfile::tempdir().unwrap();
@@ -191,7 +197,7 @@ impl GatewayHandle {
             config.meter.journal_path = dir.path().join("meter.journal");
         }
         seed_tenant(&config).await;
-        let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap())
+        let listeners = Listeners::bind(SocketAddr::new(ip, 0), "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let data = listeners.data.local_addr().unwrap();
