@@ -1,12 +1,8 @@
 //! Phase 1 of the pipeline (bound the request) and the body type the proxy answers with.
 //! Reads a request body under a size cap and a deadline, and carries answers (read
-//! whole, under the same cap, by `pool`) to the client with the ticket that counts a
-//! billable one. Must not change body bytes; it only reads an answer to decide
-//! whether it is billable.
+//! whole, under the same cap, by `pool`) to the client. Must not change body bytes,
+//! nor count anything: counting is the last phase (`proxy::respond`).
 
-use crate::app::App;
-use crate::meter::CounterKey;
-use crate::meter::billable::BillableScanner;
 use crate::proxy::fields::{Known, RequestFields};
 use crate::proxy::headers::PassedHeaders;
 use bytes::{Bytes, BytesMut};
@@ -14,7 +10,6 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -154,62 +149,14 @@ async fn drain_for_lingering_close(fields: &RequestFields, body: Incoming, limit
     let _ = tokio::time::timeout(deadline, drain).await;
 }
 
-/// Phase 7 (meter): counts a billable call when the server takes its answer (read
-/// whole from the upstream) to send it. An answer the upstream cut short, garbled or
-/// sent over the cap never gets this far. The HTTP/1.1 server takes every answer it
-/// gets: the upstream has made (and billed) the call, whether or not the client is
-/// still there to read it. hyper's HTTP/2 server drops the answer of a stream the
-/// client reset, and it is not counted.
-///
-/// The ticket holds no `Arc<App>`: cloning one on every call passed its reference
-/// count's cache line between the workers. The server that sends the answer counts it
-/// with its own `App` (`into_sent`); hyper's HTTP/2 server, which takes the body
-/// itself, is handed one (`counted_by`).
-pub struct MeterTicket {
-    pub key: CounterKey,
-    /// The call's arrival (Unix seconds).
-    pub at: i64,
-}
-
-impl MeterTicket {
-    fn count(self, app: &App) {
-        let key = self.key;
-        app.counters.add(key, self.at, || {
-            let account = app.mirror.account_by_index(key.account).map(|a| a.id().to_string());
-            (
-                account.unwrap_or_else(|| format!("unknown-account-{}", key.account)),
-                app.catalog.name(crate::catalog::ActionId(key.action)).to_string(),
-            )
-        });
-        app.metrics.billable_calls.inc();
-    }
-}
-
 /// What the data listener answers with: one buffer, built here or read whole from the
-/// upstream, and for a billable action the ticket that counts it. The count happens
-/// when the server takes the bytes to send, never for an answer that is not billable.
-/// A forwarded answer's header fields ride along as lines, not in the response's
-/// `HeaderMap`: the HTTP/1.1 server writes them as they are, the HTTP/2 one moves them
-/// into the map (`take_upstream_headers`).
+/// upstream. A forwarded answer's header fields ride along as lines, not in the
+/// response's `HeaderMap`: the HTTP/1.1 server writes them as they are, the HTTP/2 one
+/// moves them into the map (`take_upstream_headers`). Counting a billable answer is
+/// not the body's business: it happens in the last phase (`proxy::respond`).
 pub struct ProxyBody {
     data: Option<Bytes>,
-    ticket: Option<MeterTicket>,
-    /// Where `ticket` is counted when the body is taken through `Body` (HTTP/2).
-    counter: Option<Arc<App>>,
     upstream_headers: PassedHeaders,
-}
-
-impl ProxyBody {
-    /// The same answer, counted by `ticket` when it is sent if it is billable (HTTP 200
-    /// checked by the caller; here: a `Response` with no `Error`).
-    pub fn metered(mut self, ticket: MeterTicket) -> Self {
-        let mut scanner = BillableScanner::new();
-        scanner.feed(self.data.as_deref().unwrap_or_default());
-        if scanner.is_billable() {
-            self.ticket = Some(ticket);
-        }
-        self
-    }
 }
 
 impl ProxyBody {
@@ -218,27 +165,19 @@ impl ProxyBody {
         self
     }
 
+    /// The answer's bytes, as they will be sent.
+    pub fn bytes(&self) -> &[u8] {
+        self.data.as_deref().unwrap_or_default()
+    }
+
     /// The upstream's header fields, left empty here.
     pub fn take_upstream_headers(&mut self) -> PassedHeaders {
         std::mem::take(&mut self.upstream_headers)
     }
 
-    /// The answer's bytes, taken to be sent (which counts the call in `app` if it is
-    /// billable), and the upstream's header fields.
-    pub fn into_sent(mut self, app: &App) -> (Bytes, PassedHeaders) {
-        if let Some(ticket) = self.ticket.take() {
-            ticket.count(app);
-        }
+    /// The answer's bytes and the upstream's header fields, taken to be sent.
+    pub fn into_sent(mut self) -> (Bytes, PassedHeaders) {
         (self.data.take().unwrap_or_default(), self.upstream_headers)
-    }
-
-    /// The same body, counting its call in `app` when a server takes it through
-    /// `Body` (hyper's HTTP/2). Only a billable answer keeps the reference.
-    pub fn counted_by(mut self, app: &Arc<App>) -> Self {
-        if self.ticket.is_some() {
-            self.counter = Some(app.clone());
-        }
-        self
     }
 }
 
@@ -246,8 +185,6 @@ impl From<Bytes> for ProxyBody {
     fn from(bytes: Bytes) -> Self {
         ProxyBody {
             data: (!bytes.is_empty()).then_some(bytes),
-            ticket: None,
-            counter: None,
             upstream_headers: PassedHeaders::default(),
         }
     }
@@ -258,20 +195,7 @@ impl Body for ProxyBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let data = this.data.take();
-        if let Some(ticket) = this.ticket.take() {
-            match &this.counter {
-                Some(app) => ticket.count(app),
-                // A server that takes bodies through `Body` must call `counted_by`.
-                None => tracing::error!(
-                    account = ticket.key.account,
-                    action = ticket.key.action,
-                    "a billable answer was sent by a server that does not count: not counted"
-                ),
-            }
-        }
-        Poll::Ready(data.map(|data| Ok(Frame::data(data))))
+        Poll::Ready(self.get_mut().data.take().map(|data| Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -14,10 +14,12 @@
 //! 5. **rate limit** (`ratelimit`): per account and per action. Last of the checks, so refused
 //!    calls do not consume the caller's quota.
 //! 6. **forward**: re-signed with the platform's credentials (`forward`).
-//! 7. **meter**: count the call when the upstream answered HTTP 200 with no `Error`,
-//!    decided as the answer streams through (`body::ProxyBody::Metered`, `meter`).
-//!    Only after the answer: Tencent bills no failed call.
-//! 8. **respond**: the upstream's answer passes through unchanged.
+//! 7. **meter**: a call whose upstream answer is HTTP 200 with no `Error` gets a
+//!    `respond::MeterTicket`. Only after the answer: Tencent bills no failed call.
+//! 8. **respond** (`respond`): the last phase, run by every transport on the `Answer`
+//!    `handle` returns, whatever the outcome: the ticket is counted (`meter`), the
+//!    call's metrics recorded, and the answer handed over to be sent unchanged. A
+//!    billable call is counted there and nowhere else.
 //!
 //! Before phase 1, a `GET /console/...` is answered with the tenants' console pages
 //! (`crate::console`): static files, no state read.
@@ -33,6 +35,7 @@ pub mod h1;
 pub mod headers;
 pub mod pool;
 pub mod ratelimit;
+pub mod respond;
 pub mod tenant;
 
 use crate::app::App;
@@ -42,11 +45,12 @@ use crate::metrics::Outcome;
 use crate::state::StalePolicy;
 use crate::state::mirror::AccountStanding;
 use auth::AuthMethod;
-use body::{MeterTicket, ProxyBody, RequestBody};
+use body::{ProxyBody, RequestBody};
 use errors::{GatewayError, Refusal};
 use fields::{Known, RequestFields};
 use forward::{ForwardError, Resign};
 use http::Response;
+use respond::{Answer, MeterTicket};
 use std::sync::Arc;
 use std::time::Instant;
 use tenant::TenantAction;
@@ -140,37 +144,34 @@ pub async fn handle<B: RequestBody>(
     fields: &RequestFields,
     callers: &mut auth::CallerCache,
     body: B,
-) -> Response<ProxyBody> {
+) -> Answer {
     let started = Instant::now();
     if parts.method == http::Method::GET
         && let Some(page) = crate::console::serve(crate::console::Console::Tenant, parts.uri.path())
     {
-        return page;
+        return Answer::new(page, None, None, Outcome::Forwarded, started);
     }
     if let Some(refusal) = early_refusal(&parts, fields) {
-        app.metrics
-            .record_request(None, Outcome::Refused(refusal.code), started.elapsed().as_secs_f64());
-        return refusal.to_response();
+        return Answer::new(
+            refusal.to_response(),
+            None,
+            None,
+            Outcome::Refused(refusal.code),
+            started,
+        );
     }
     // Set by the pipeline when it looks the action up (step 4), to what it found; a
     // call refused before that is looked up below, for its metrics, so a forwarded
     // call takes one lookup.
     let mut looked_up = None;
-    let result = pipeline(app, &parts, fields, callers, body, &mut looked_up).await;
-    let seconds = started.elapsed().as_secs_f64();
-    match result {
-        Ok(response) => {
-            app.metrics
-                .record_request(looked_up.flatten(), Outcome::Forwarded, seconds);
-            response
-        }
+    match pipeline(app, &parts, fields, callers, body, &mut looked_up).await {
+        Ok((response, ticket)) => Answer::new(response, ticket, looked_up.flatten(), Outcome::Forwarded, started),
         Err(error) => {
             let action = looked_up.unwrap_or_else(|| {
                 fields
                     .get_str(Known::XTcAction)
                     .and_then(|name| app.catalog.lookup(name))
             });
-            let code = error.code();
             if let GatewayError::Forward(e) = &error {
                 app.metrics.record_upstream_error(match e {
                     ForwardError::Connect(_) => "connect",
@@ -179,8 +180,13 @@ pub async fn handle<B: RequestBody>(
                     ForwardError::ResponseTooLarge { .. } => "too_large",
                 });
             }
-            app.metrics.record_request(action, Outcome::Refused(code), seconds);
-            error.to_response()
+            Answer::new(
+                error.to_response(),
+                None,
+                action,
+                Outcome::Refused(error.code()),
+                started,
+            )
         }
     }
 }
@@ -192,7 +198,7 @@ async fn pipeline<B: RequestBody>(
     callers: &mut auth::CallerCache,
     body: B,
     looked_up: &mut Option<Option<ActionId>>,
-) -> Result<Response<ProxyBody>, GatewayError> {
+) -> Result<(Response<ProxyBody>, Option<MeterTicket>), GatewayError> {
     let limits = &app.config.limits;
     let now = app.clock.now_unix();
     // 2a. authenticate: who claims to call, from the headers alone
@@ -230,13 +236,14 @@ async fn pipeline<B: RequestBody>(
             _ => tenant::Params::Json(&body),
         };
         // Boxed: a rare path kept out of every request's future (see `body::read_incoming`).
-        return Box::pin(tenant::handle(
+        let answer = Box::pin(tenant::handle(
             app,
             caller.credential.account().id(),
             tenant_action,
             params,
         ))
-        .await;
+        .await?;
+        return Ok((answer, None));
     }
     let standing = caller.credential.account().standing();
     if standing != AccountStanding::Enabled {
@@ -301,11 +308,9 @@ async fn pipeline<B: RequestBody>(
         .forward(parts, fields, body, resign, now, upstream_started)
         .await?;
     app.metrics.record_upstream(upstream_started.elapsed().as_secs_f64());
-    // 7. meter: decided as the answer streams through (`body::ProxyBody::Metered`)
-    let Some(key) = meter_key.filter(|_| response.status() == http::StatusCode::OK) else {
-        return Ok(response);
-    };
-    let ticket = MeterTicket { key, at: now };
-    // 8. respond
-    Ok(response.map(|body| body.metered(ticket)))
+    // 7. meter: a ticket for a billable answer, counted in the last phase (`respond`)
+    let ticket = meter_key
+        .filter(|_| response.status() == http::StatusCode::OK)
+        .and_then(|key| MeterTicket::for_answer(key, now, response.body()));
+    Ok((response, ticket))
 }

@@ -138,7 +138,7 @@ where
         let head_request = request.parts.method == Method::HEAD;
         let mut keep_alive = request.keep_alive;
         let version = request.parts.version;
-        let response = crate::proxy::handle(
+        let answer = crate::proxy::handle(
             &app,
             request.parts,
             &fields,
@@ -148,6 +148,8 @@ where
             },
         )
         .await;
+        // The pipeline's last phase: counts a billable call, records its metrics.
+        let response = answer.respond(&app);
         // The head's bytes are let go: the read buffer is not kept shared with them.
         fields.reset(Bytes::new());
         let (parts, body) = response.into_parts();
@@ -161,8 +163,7 @@ where
             && !shutting_down(&stop)
             && !asks_to_close(&parts.headers)
             && (!unread || drainable && connection.unread_body <= discard_budget(limits));
-        // Taken (and, when billable, counted) as it is sent: see `ProxyBody`.
-        let (data, upstream_headers) = body.into_sent(&app);
+        let (data, upstream_headers) = body.into_sent();
         let persistence = match (keep_alive, version) {
             (false, _) => Persistence::Close,
             (true, Version::HTTP_10) => Persistence::KeepAlive10,

@@ -295,8 +295,8 @@ impl DataPlane {
                 let fields = crate::proxy::fields::RequestFields::from_header_map(&parts.headers);
                 // Per request: hyper runs an HTTP/2 connection's requests as separate tasks.
                 let mut callers = crate::proxy::auth::CallerCache::default();
-                let response = crate::proxy::handle(&app, parts, &fields, &mut callers, body).await;
-                let mut response = response.map(|body| body.counted_by(&app));
+                let answer = crate::proxy::handle(&app, parts, &fields, &mut callers, body).await;
+                let mut response = answer.respond(&app);
                 let upstream_headers = response.body_mut().take_upstream_headers();
                 upstream_headers.append_to(response.headers_mut());
                 Ok::<_, Infallible>(response)

@@ -1,0 +1,92 @@
+//! The pipeline's last phase, run by every transport once per request: count a
+//! billable call and record the call's metrics, then hand the answer over to be sent.
+//! Like pingora's logging phase it always runs, whatever the transport and whatever
+//! the outcome: `proxy::handle` returns an `Answer` whose response can only be taken
+//! through `Answer::respond`, so a server cannot send an answer without counting it.
+//! Must not decide whether a call is billable (the pipeline's meter step does) or
+//! touch the answer's bytes.
+
+use crate::app::App;
+use crate::catalog::ActionId;
+use crate::meter::CounterKey;
+use crate::meter::billable::BillableScanner;
+use crate::metrics::Outcome;
+use crate::proxy::body::ProxyBody;
+use http::Response;
+use std::time::Instant;
+
+/// One billable call, to be counted when its answer is handed over. Issued only for an
+/// upstream answer that is HTTP 200 with no `Error` (`for_answer`): Tencent bills no
+/// failed call. Counted whether or not the client then reads the answer: the upstream
+/// has made (and billed) the call by then.
+///
+/// It holds no `Arc<App>`: cloning one on every call passed its reference count's
+/// cache line between the workers. `Answer::respond` is given the server's own.
+#[derive(Debug)]
+pub struct MeterTicket {
+    key: CounterKey,
+    /// The call's arrival (Unix seconds).
+    at: i64,
+}
+
+impl MeterTicket {
+    /// The ticket for `key` if `answer` is billable: a `Response` with no `Error`
+    /// (the caller has checked the HTTP status).
+    pub fn for_answer(key: CounterKey, at: i64, answer: &ProxyBody) -> Option<Self> {
+        let mut scanner = BillableScanner::new();
+        scanner.feed(answer.bytes());
+        scanner.is_billable().then_some(MeterTicket { key, at })
+    }
+
+    fn count(self, app: &App) {
+        let key = self.key;
+        app.counters.add(key, self.at, || {
+            let account = app.mirror.account_by_index(key.account).map(|a| a.id().to_string());
+            (
+                account.unwrap_or_else(|| format!("unknown-account-{}", key.account)),
+                app.catalog.name(ActionId(key.action)).to_string(),
+            )
+        });
+        app.metrics.billable_calls.inc();
+    }
+}
+
+/// What the pipeline answered, waiting for the last phase.
+#[must_use = "an answer is sent through `Answer::respond`, the phase that counts billable calls"]
+pub struct Answer {
+    response: Response<ProxyBody>,
+    ticket: Option<MeterTicket>,
+    /// For the metrics: the action, when the call named a known one.
+    action: Option<ActionId>,
+    outcome: Outcome,
+    started: Instant,
+}
+
+impl Answer {
+    pub(super) fn new(
+        response: Response<ProxyBody>,
+        ticket: Option<MeterTicket>,
+        action: Option<ActionId>,
+        outcome: Outcome,
+        started: Instant,
+    ) -> Self {
+        Answer {
+            response,
+            ticket,
+            action,
+            outcome,
+            started,
+        }
+    }
+
+    /// The last phase: counts the call if it is billable, records its outcome and
+    /// latency, and gives the response to send.
+    pub fn respond(self, app: &App) -> Response<ProxyBody> {
+        if let Some(ticket) = self.ticket {
+            ticket.count(app);
+        }
+        app.metrics
+            .record_request(self.action, self.outcome, self.started.elapsed().as_secs_f64());
+        self.response
+    }
+}
