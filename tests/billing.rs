@@ -264,8 +264,9 @@ async fn billing_lifecycle_on_postgres() {
     lifecycle(Some(db.url())).await;
 }
 
-/// The README's walkthrough, as a user types it: `demo`, `billing run` (embedded store
-/// under ./data), the second demo account refused for arrears, `admin topup`, served again.
+/// The demo walkthrough of docs/BILLING.md, as a user types it: `demo`, `billing run`
+/// (embedded store under ./data), the second demo account refused for arrears, `admin
+/// topup`, served again.
 #[tokio::test]
 async fn demo_walkthrough_bill_suspend_topup_reactivate() {
     use std::process::{Command, Stdio};

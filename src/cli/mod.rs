@@ -70,7 +70,7 @@ enum Command {
     /// The monthly billing job and the finance export, on the billing store.
     Billing(billing::BillingArgs),
     /// Reseal every SecretKey under EKYC_MASTER_KEY (old ones opened with
-    /// EKYC_MASTER_KEY_PREVIOUS). See the README's "Rotating the master key".
+    /// EKYC_MASTER_KEY_PREVIOUS). See docs/CONFIGURATION.md, "Rotating the master key".
     RotateMasterKey {
         /// The gateway's configuration (for the store and Redis).
         #[arg(long, short)]

@@ -11,7 +11,8 @@ use std::mem::MaybeUninit;
 /// Bodies up to this size are copied behind their head and written with one `send`,
 /// larger ones go with their head in one `writev`: both ways, the upstream request
 /// (`pool`) and the answer to the client (`server::http1`). The kernel's `writev` path
-/// costs more per call than copying a small body does (docs/PERFORMANCE.md, session 11).
+/// costs more per call than copying a small body does (docs/PERFORMANCE.md, "One send
+/// per upstream request").
 pub const COPY_BODY_UP_TO: usize = 16 * 1024;
 
 /// More headers than this in an answer: malformed (hyper's client default is 100).
