@@ -1,7 +1,7 @@
-//! Whether an upstream answer is billable, decided while it streams through: HTTP 200
-//! and a complete JSON object whose `Response` object has no `Error` key (Tencent bills
-//! no API-level error). An incremental scanner that keeps only a few bytes of state,
-//! so a 5 MiB answer is neither buffered nor copied; inside strings it jumps with
+//! Whether an upstream answer is billable: HTTP 200 (checked by the caller) and a
+//! complete JSON object whose `Response` object has no `Error` key (Tencent bills no
+//! API-level error). An incremental scanner that keeps only a few bytes of state and
+//! can be fed in pieces, so an answer is never copied; inside strings it jumps with
 //! memchr. Anything it cannot read as that shape is not billable: the gateway never
 //! invents a call. Must not allocate per byte or look at anything but the answer.
 

@@ -1,5 +1,5 @@
-//! The billing store: the source of truth for accounts, credentials, the audit log (and,
-//! in later stages, usage, bills and the ledger). One implementation over sqlx's `Any`
+//! The billing store: the source of truth for accounts, credentials, the audit log,
+//! usage, bills and the ledger. One implementation over sqlx's `Any`
 //! driver serves PostgreSQL (production) and SQLite (the embedded default), chosen by the
 //! URL; the queries are written once in the SQL both understand, the schema twice
 //! (`migrations/postgres`, `migrations/sqlite`), applied at start. Must not be called on
