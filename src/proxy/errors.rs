@@ -1,6 +1,9 @@
 //! The one place where typed errors from every pipeline phase become Tencent API 3.0
-//! error codes, and where the gateway's own error responses are built. Phases return
-//! their own error types; they must not pick codes or write error bodies themselves.
+//! error codes, and where every answer the gateway makes itself is built: pipeline
+//! errors (HTTP 200, Tencent JSON), early refusals (`Refusal`: 400 or 405 with their
+//! close flag) and unreadable requests (`unreadable_request`: 400 or 431). Phases and
+//! servers return or pass their own error types; they must not pick codes or write
+//! error bodies themselves.
 
 use crate::proxy::auth::AuthError;
 use crate::proxy::body::{BodyError, ProxyBody};
@@ -95,6 +98,8 @@ pub enum GatewayError {
     Account(AccountStanding),
     #[error("the billing store could not answer: {0}")]
     Store(String),
+    #[error("the clock is outside the years 0-9999")]
+    ClockOutOfRange,
     #[error("calls cannot be counted right now (usage counters are full); try again later")]
     MeterFull,
     #[error("account state is unavailable (the state cache has been unreachable for too long)")]
@@ -128,7 +133,7 @@ impl GatewayError {
                 ErrorCode::OperationDenied
             }
             GatewayError::StateStale | GatewayError::MeterFull => ErrorCode::ServiceUnavailable,
-            GatewayError::Store(_) => ErrorCode::InternalError,
+            GatewayError::Store(_) | GatewayError::ClockOutOfRange => ErrorCode::InternalError,
             GatewayError::RateLimited(_) => ErrorCode::RequestLimitExceeded,
             GatewayError::MissingAction => ErrorCode::MissingParameter,
             GatewayError::InvalidParameter(_) => ErrorCode::InvalidParameter,
@@ -145,7 +150,9 @@ impl GatewayError {
     /// detail names internals. The detail goes to the log under the answer's RequestId.
     pub fn public_message(&self) -> std::borrow::Cow<'static, str> {
         let plain = match self {
-            GatewayError::Store(_) => "an internal error occurred; the operator can trace it by this RequestId",
+            GatewayError::Store(_) | GatewayError::ClockOutOfRange => {
+                "an internal error occurred; the operator can trace it by this RequestId"
+            }
             GatewayError::Forward(ForwardError::Connect(_)) => "the eKYC service could not be reached; try again later",
             GatewayError::Forward(ForwardError::Timeout(_)) => {
                 "the eKYC service did not answer in time; try again later"
@@ -164,11 +171,26 @@ impl GatewayError {
         matches!(
             self,
             GatewayError::Store(_)
+                | GatewayError::ClockOutOfRange
                 | GatewayError::Forward(
                     ForwardError::Connect(_) | ForwardError::Timeout(_) | ForwardError::Protocol(_)
                 )
                 | GatewayError::Body(BodyError::Read(_))
         )
+    }
+
+    /// The `reason` label of `ekyc_gateway_upstream_errors_total` for a failed
+    /// upstream call; `None` for any other error.
+    pub fn upstream_label(&self) -> Option<&'static str> {
+        let GatewayError::Forward(error) = self else {
+            return None;
+        };
+        Some(match error {
+            ForwardError::Connect(_) => "connect",
+            ForwardError::Timeout(_) => "timeout",
+            ForwardError::Protocol(_) => "protocol",
+            ForwardError::ResponseTooLarge { .. } => "too_large",
+        })
     }
 
     /// The HTTP 200 Tencent-format answer for this error, with a fresh RequestId; the
@@ -237,6 +259,15 @@ impl Refusal {
     }
 }
 
+/// The answer to bytes that cannot be read as a request (a malformed head: 400; a head
+/// over the limits: 431): the status alone, no body, since nothing says the peer speaks
+/// the API; the server closes the connection after it.
+pub fn unreadable_request(status: http::StatusCode) -> Response<()> {
+    let mut answer = Response::new(());
+    *answer.status_mut() = status;
+    answer
+}
+
 fn standing_message(standing: AccountStanding) -> &'static str {
     match standing {
         AccountStanding::NotActivated => "the service is not activated for this account: call ActivateService first",
@@ -248,6 +279,7 @@ fn standing_message(standing: AccountStanding) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::pool::PoolError;
     use http_body_util::BodyExt;
     use std::time::Duration;
 
@@ -285,9 +317,16 @@ mod tests {
             (GatewayError::MissingAction, "MissingParameter"),
             (GatewayError::InvalidParameter("x"), "InvalidParameter"),
             (GatewayError::UnknownAction, "InvalidAction"),
-            (ForwardError::Connect("refused".into()).into(), "InternalError"),
+            (
+                ForwardError::Connect(PoolError::Connect("refused".into())).into(),
+                "InternalError",
+            ),
             (ForwardError::Timeout(Duration::from_secs(1)).into(), "InternalError"),
-            (ForwardError::Protocol("bad".into()).into(), "InternalError"),
+            (
+                ForwardError::Protocol(PoolError::Protocol("bad".into())).into(),
+                "InternalError",
+            ),
+            (GatewayError::ClockOutOfRange, "InternalError"),
             (
                 ForwardError::ResponseTooLarge { limit: 1 }.into(),
                 "ResponseSizeLimitExceeded",
@@ -310,11 +349,14 @@ mod tests {
         let cases: Vec<(GatewayError, &str)> = vec![
             (GatewayError::Store("relation \"usage\" does not exist".into()), "usage"),
             (
-                ForwardError::Protocol("malformed answer head: conflicting content-length".into()).into(),
+                ForwardError::Protocol(PoolError::Protocol(
+                    "malformed answer head: conflicting content-length".into(),
+                ))
+                .into(),
                 "content-length",
             ),
             (
-                ForwardError::Connect("10.0.0.7:443: connection refused".into()).into(),
+                ForwardError::Connect(PoolError::Connect("10.0.0.7:443: connection refused".into())).into(),
                 "10.0.0.7",
             ),
             (BodyError::Read("connection reset by peer".into()).into(), "reset"),

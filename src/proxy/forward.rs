@@ -18,12 +18,14 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
+    /// `PoolError::Connect`, kept as the source.
     #[error("the upstream could not be reached: {0}")]
-    Connect(String),
+    Connect(#[source] PoolError),
     #[error("the upstream did not answer within {0:?}")]
     Timeout(Duration),
+    /// `PoolError::Protocol`, kept as the source.
     #[error("the upstream answer was malformed: {0}")]
-    Protocol(String),
+    Protocol(#[source] PoolError),
     #[error("the upstream answer is larger than {limit} bytes")]
     ResponseTooLarge { limit: usize },
 }
@@ -142,8 +144,8 @@ impl UpstreamClient {
         );
         let answer = match exchange.await {
             Err(PoolError::Timeout) => return Err(ForwardError::Timeout(self.timeout)),
-            Err(PoolError::Connect(e)) => return Err(ForwardError::Connect(e)),
-            Err(PoolError::Protocol(e)) => return Err(ForwardError::Protocol(e)),
+            Err(e @ PoolError::Connect(_)) => return Err(ForwardError::Connect(e)),
+            Err(e @ PoolError::Protocol(_)) => return Err(ForwardError::Protocol(e)),
             Err(PoolError::TooLarge) => {
                 return Err(ForwardError::ResponseTooLarge {
                     limit: self.max_body_bytes,

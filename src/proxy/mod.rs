@@ -48,7 +48,7 @@ use auth::AuthMethod;
 use body::{ProxyBody, RequestBody};
 use errors::{GatewayError, Refusal};
 use fields::{Known, RequestFields};
-use forward::{ForwardError, Resign};
+use forward::Resign;
 use http::Response;
 use respond::{Answer, MeterTicket};
 use std::sync::Arc;
@@ -172,13 +172,8 @@ pub async fn handle<B: RequestBody>(
                     .get_str(Known::XTcAction)
                     .and_then(|name| app.catalog.lookup(name))
             });
-            if let GatewayError::Forward(e) = &error {
-                app.metrics.record_upstream_error(match e {
-                    ForwardError::Connect(_) => "connect",
-                    ForwardError::Timeout(_) => "timeout",
-                    ForwardError::Protocol(_) => "protocol",
-                    ForwardError::ResponseTooLarge { .. } => "too_large",
-                });
+            if let Some(label) = error.upstream_label() {
+                app.metrics.record_upstream_error(label);
             }
             Answer::new(
                 error.to_response(),
@@ -284,8 +279,7 @@ async fn pipeline<B: RequestBody>(
     };
     // Before forwarding: a call that could not be counted is not made.
     let meter_key = if app.billable[action_id.0 as usize] {
-        let month = Month::of(now, app.config.meter.billing_utc_offset_seconds)
-            .ok_or_else(|| GatewayError::Store("the clock is outside the years 0-9999".into()))?;
+        let month = Month::of(now, app.config.meter.billing_utc_offset_seconds).ok_or(GatewayError::ClockOutOfRange)?;
         let key = CounterKey {
             account: caller.credential.account().index(),
             action: action_id.0,

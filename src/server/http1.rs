@@ -603,9 +603,7 @@ impl<S: ClientStream> Connection<S> {
     /// An empty answer with `status`, then the connection ends: the head could not be
     /// read as a request, so its version is unknown and HTTP/1.1 is answered.
     async fn write_refusal(&mut self, status: StatusCode) -> io::Result<()> {
-        let mut refusal = http::Response::new(());
-        *refusal.status_mut() = status;
-        let (parts, ()) = refusal.into_parts();
+        let (parts, ()) = crate::proxy::errors::unreadable_request(status).into_parts();
         let mut answer = Vec::with_capacity(128);
         encode_head(
             &mut answer,
