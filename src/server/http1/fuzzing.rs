@@ -85,12 +85,18 @@ pub async fn read_requests(input: &[u8], read_size: usize, limits: &Limits) -> O
     let mut fields = RequestFields::default();
     let mut requests = Vec::new();
     let mut first = true;
-    let position = |connection: &Connection<MemoryStream<'_>>| connection.stream.position - connection.read_buffer.len();
+    let position =
+        |connection: &Connection<MemoryStream<'_>>| connection.stream.position - connection.read_buffer.len();
     loop {
         let start = position(&connection);
         let head = match connection.read_head(limits, &mut waits, first).await {
             HeadRead::Head(head) => head,
-            HeadRead::Http2 => return Outcome { requests, end: End::Http2 },
+            HeadRead::Http2 => {
+                return Outcome {
+                    requests,
+                    end: End::Http2,
+                };
+            }
             HeadRead::Closed => {
                 let unread = input.len() - start;
                 return Outcome {
@@ -129,17 +135,21 @@ pub async fn read_requests(input: &[u8], read_size: usize, limits: &Limits) -> O
             }
         };
         let (reusable, drainable) = connection.after_answer(limits);
-        let keep_alive = request.keep_alive && reusable;
+        let mut keep_alive = request.keep_alive && reusable;
         if drainable {
-            // As `serve` does, kept or not (a lingering close).
-            connection.discard_body(limits).await;
+            // As `serve` does, kept or not (a lingering close); when not all of it
+            // comes, the connection ends there.
+            keep_alive &= connection.discard_body(limits).await;
         }
         let parts = request.parts;
         requests.push(FramedRequest {
             method: parts.method,
             target: parts.uri.to_string(),
             version: parts.version,
-            headers: fields.iter().map(|(name, value, _)| (name.to_vec(), value.to_vec())).collect(),
+            headers: fields
+                .iter()
+                .map(|(name, value, _)| (name.to_vec(), value.to_vec()))
+                .collect(),
             head_length: head.length,
             body,
             consumed: position(&connection) - start,
@@ -167,7 +177,9 @@ impl super::ClientStream for MemoryStream<'_> {}
 impl AsyncRead for MemoryStream<'_> {
     fn poll_read(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let n = (this.input.len() - this.position).min(this.read_size).min(buf.remaining());
+        let n = (this.input.len() - this.position)
+            .min(this.read_size)
+            .min(buf.remaining());
         buf.put_slice(&this.input[this.position..this.position + n]);
         this.position += n;
         Poll::Ready(Ok(()))
@@ -185,5 +197,38 @@ impl AsyncWrite for MemoryStream<'_> {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const LIMITS: Limits = Limits {
+        max_connections: 1,
+        max_body_bytes: 1024,
+        max_header_bytes: 8192,
+        max_headers: 16,
+        header_read_timeout: Duration::from_secs(10),
+        body_read_timeout: Duration::from_secs(30),
+    };
+
+    /// Found by the `http1_requests` fuzz target: a refused body that ends before its
+    /// declared length ends the connection, as in `serve`; it was reported as kept.
+    #[tokio::test]
+    async fn a_refused_body_cut_short_ends_the_connection() {
+        let mut stream = b"POST / HTTP/1.1\r\nContent-Length: 1100\r\n\r\n".to_vec();
+        stream.extend_from_slice(&[b'b'; 100]);
+        stream.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        for read_size in [1, 64, stream.len()] {
+            let outcome = read_requests(&stream, read_size, &LIMITS).await;
+            assert_eq!(outcome.requests.len(), 1);
+            let request = &outcome.requests[0];
+            assert_eq!(request.body, Body::TooLarge);
+            assert!(!request.keep_alive);
+            assert_eq!(request.consumed, stream.len(), "what came was read and dropped");
+            assert_eq!(outcome.end, End::Closed { unread: 0 });
+        }
     }
 }
