@@ -267,9 +267,12 @@ impl ChunkedDecoder {
     }
 }
 
-/// One CRLF-terminated line off the front of `input`, without its CRLF.
+/// One CRLF-terminated line off the front of `input`, without its CRLF. Over `max`
+/// it is refused whether or not its end has arrived, so that the verdict does not
+/// depend on how the bytes were cut.
 fn take_line(input: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, WireError> {
     match input.windows(2).position(|w| w == b"\r\n") {
+        Some(end) if end > max => Err(WireError::Chunked("line too long")),
         Some(end) => {
             let line = input.split_to(end);
             input.advance(2);
@@ -435,6 +438,12 @@ mod tests {
         assert!(decode(b"4\r\nWikiXX").is_err());
         assert!(decode(b"fffffffffffffffff\r\n").is_err());
         assert!(decode(&vec![b'1'; MAX_CHUNK_LINE_BYTES + 1]).is_err());
+        // A long extension is refused even when its line's end came with it, as it is
+        // when the line comes in pieces.
+        let mut long_line = b"4;".to_vec();
+        long_line.resize(MAX_CHUNK_LINE_BYTES + 10, b'x');
+        long_line.extend_from_slice(b"\r\nWiki\r\n0\r\n\r\n");
+        assert_eq!(decode(&long_line), Err(WireError::Chunked("line too long")));
         assert_eq!(decode(b"4\r\nWi"), Ok(false));
     }
 }
