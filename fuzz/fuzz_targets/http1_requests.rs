@@ -47,8 +47,14 @@ fn check(stream: &[u8], outcome: &Outcome) {
         let last = i + 1 == outcome.requests.len();
         let head = &stream[offset..offset + request.head_length];
         assert!(request.head_length <= LIMITS.max_header_bytes, "head over the limit");
-        assert!(head.ends_with(b"\n\r\n") || head.ends_with(b"\n\n"), "head not ended by an empty line");
-        assert!(request.headers.len() <= LIMITS.max_headers, "more headers than the limit");
+        assert!(
+            head.ends_with(b"\n\r\n") || head.ends_with(b"\n\n"),
+            "head not ended by an empty line"
+        );
+        assert!(
+            request.headers.len() <= LIMITS.max_headers,
+            "more headers than the limit"
+        );
         // Every Content-Length the server let through names one length.
         let mut declared: Option<u64> = None;
         for value in field(&request.headers, "content-length") {
@@ -67,7 +73,10 @@ fn check(stream: &[u8], outcome: &Outcome) {
         match &request.body {
             Body::NotRead => {
                 assert!(chunked);
-                assert!(!request.keep_alive, "a request with Transfer-Encoding kept its connection");
+                assert!(
+                    !request.keep_alive,
+                    "a request with Transfer-Encoding kept its connection"
+                );
                 assert_eq!(request.consumed, request.head_length, "a chunked body was read");
             }
             Body::Read(body) => {
@@ -84,12 +93,18 @@ fn check(stream: &[u8], outcome: &Outcome) {
                 }
             }
             Body::Cut => {
-                assert!(body_start as u64 + declared > stream.len() as u64, "a whole body read as cut");
+                assert!(
+                    body_start as u64 + declared > stream.len() as u64,
+                    "a whole body read as cut"
+                );
                 assert!(!request.keep_alive);
             }
         }
         assert!(!closes || !request.keep_alive, "`Connection: close` did not close");
-        assert!(request.keep_alive || last, "a request read after the connection was done");
+        assert!(
+            request.keep_alive || last,
+            "a request read after the connection was done"
+        );
         offset += request.consumed;
     }
     assert!(offset <= stream.len());
@@ -102,11 +117,16 @@ fn check(stream: &[u8], outcome: &Outcome) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&read_size, stream)) = data.split_first() else { return };
+    let Some((&read_size, stream)) = data.split_first() else {
+        return;
+    };
     let whole = RUNTIME.block_on(read_requests(stream, stream.len(), &LIMITS));
     check(stream, &whole);
     let cut = RUNTIME.block_on(read_requests(stream, usize::from(read_size), &LIMITS));
-    assert_eq!(whole.requests, cut.requests, "the requests depend on how the stream is cut into reads");
+    assert_eq!(
+        whole.requests, cut.requests,
+        "the requests depend on how the stream is cut into reads"
+    );
     match (whole.end, cut.end) {
         // A head still incomplete at the byte limit is refused there (431) when it
         // comes in small reads, and may be found malformed further on (400) when it

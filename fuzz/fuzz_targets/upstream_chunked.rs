@@ -16,17 +16,16 @@ fn decode(wire: &[u8], piece: usize) -> (Result<bool, WireError>, Vec<u8>, Vec<u
     let mut decoder = ChunkedDecoder::default();
     let mut input = BytesMut::new();
     let mut out = BytesMut::new();
-    let mut result = Ok(false);
-    for piece in wire.chunks(piece.max(1)) {
-        input.extend_from_slice(piece);
-        result = decoder.decode(&mut input, &mut out);
-        if !matches!(result, Ok(false)) {
-            break;
-        }
-    }
-    if wire.is_empty() {
+    let mut result = decoder.decode(&mut input, &mut out);
+    let mut fed = 0;
+    while result == Ok(false) && fed < wire.len() {
+        let end = (fed + piece.max(1)).min(wire.len());
+        input.extend_from_slice(&wire[fed..end]);
+        fed = end;
         result = decoder.decode(&mut input, &mut out);
     }
+    // What was not fed is unread too.
+    input.extend_from_slice(&wire[fed..]);
     (result, out.to_vec(), input.to_vec())
 }
 
@@ -46,7 +45,9 @@ fn encode(body: &[u8], sizes: &[u8]) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&piece, wire)) = data.split_first() else { return };
+    let Some((&piece, wire)) = data.split_first() else {
+        return;
+    };
     let (whole, body, left) = decode(wire, wire.len());
     let (pieces, body_in_pieces, left_in_pieces) = decode(wire, usize::from(piece));
     match (&whole, &pieces) {
