@@ -581,7 +581,7 @@ async fn requests_are_framed_as_hyper_frames_them_or_refused_where_listed() {
     }
     eprintln!("ours stricter than hyper, as listed: {stricter:?}; more lenient, as listed: {lenient:?}");
     assert!(
-        served_alike > 300,
+        served_alike > 200,
         "too few streams served alike ({served_alike}): the generator drifted"
     );
     assert!(
