@@ -9,10 +9,15 @@
 //! and to hyper's client; both must give the same status and body, and reuse the
 //! connection for the next call alike. Where ours is stricter than hyper it must be
 //! listed in `STRICTER_REQUESTS` or `STRICTER_ANSWERS`, with why; any other
-//! disagreement fails the test (docs/RELIABILITY.md lists what was found).
+//! disagreement fails the test (docs/RELIABILITY.md lists what was found). A third test
+//! checks that the entry compared is the running server's request reading: the same
+//! streams over TCP to a gateway get one answer per request the entry frames.
 //! Must not sleep: everything that waits has a deadline and ends by itself.
 
+mod common;
+
 use bytes::Bytes;
+use common::{GatewayHandle, SimHandle};
 use ekyc_gateway::config::{Limits, Upstream, UpstreamCredentials};
 use ekyc_gateway::proxy::h1;
 use ekyc_gateway::proxy::pool::UpstreamPool;
@@ -590,6 +595,97 @@ async fn requests_are_framed_as_hyper_frames_them_or_refused_where_listed() {
         disagreements.len(),
         disagreements.join("\n")
     );
+}
+
+/// The answers in `bytes` (final ones: 1xx are skipped), read by their Content-Length
+/// as the server writes them.
+fn count_answers(mut bytes: &[u8]) -> usize {
+    let mut answers = 0;
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut answer = httparse::Response::new(&mut slots);
+        let Ok(httparse::Status::Complete(head)) = answer.parse(bytes) else {
+            return answers;
+        };
+        let length: usize = answer
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |h| std::str::from_utf8(h.value).unwrap().parse().unwrap());
+        answers += usize::from(answer.code.is_some_and(|code| code >= 200));
+        bytes = &bytes[(head + length).min(bytes.len())..];
+    }
+}
+
+/// Writes `stream` to the running gateway, ends it, and reads what comes back until
+/// the gateway closes.
+async fn exchange(gateway: std::net::SocketAddr, stream: &[u8]) -> Vec<u8> {
+    let connection = TcpStream::connect(gateway).await.unwrap();
+    let (mut reader, mut writer) = connection.into_split();
+    let stream = stream.to_vec();
+    // A refused stream is not read to its end: the write may fail, the answers stand.
+    let write = tokio::spawn(async move {
+        let _ = writer.write_all(&stream).await;
+        let _ = writer.shutdown().await;
+        writer
+    });
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    let read = async {
+        while let Ok(n) = reader.read(&mut buffer).await
+            && n > 0
+        {
+            received.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the gateway ends the connection");
+    drop(write.await);
+    received
+}
+
+/// The entry the two tests above compare with hyper is the running server's request
+/// reading: the same streams, over TCP to a gateway (whose pipeline refuses them all,
+/// unsigned), get one answer per request the entry frames, plus one for a refused head.
+#[tokio::test]
+async fn the_request_reading_compared_is_the_running_servers() {
+    let sim = SimHandle::start(|_| {}).await;
+    let gateway = GatewayHandle::start(&sim, "").await;
+    let limits = gateway.app.config.limits.clone();
+    let mut rng = Rng(0x0123_4567_89ab_cdef);
+    let mut mismatches = Vec::new();
+    let mut total = 0;
+    for case in 0..150 {
+        let mut stream = Vec::new();
+        let mut classes = Vec::new();
+        for _ in 0..1 + rng.below(3) {
+            // The pipeline refuses before reading a body; one held back for a
+            // `100 Continue` then ends the connection, unlike a body it reads.
+            let class = rng.pick(REQUEST_CLASSES);
+            if class == "expect 100-continue" {
+                continue;
+            }
+            classes.push(class);
+            stream.extend_from_slice(&request(&mut rng, class));
+        }
+        stream.extend_from_slice(b"GET /probe HTTP/1.1\r\nHost: p\r\n\r\n");
+        let outcome = fuzzing::read_requests(&stream, stream.len(), &limits).await;
+        let framed = outcome.requests.len() + usize::from(matches!(outcome.end, End::Refused(_)));
+        let received = exchange(gateway.data, &stream).await;
+        let answered = count_answers(&received);
+        total += answered;
+        if answered != framed {
+            mismatches.push(format!(
+                "case {case} ({classes:?}): entry framed {framed}, server answered {answered}\n  stream: {:?}\n  answers: {:?}",
+                String::from_utf8_lossy(&stream[..stream.len().min(600)]),
+                String::from_utf8_lossy(&received[..received.len().min(600)]),
+            ));
+        }
+    }
+    eprintln!("{total} answers");
+    assert!(total > 150, "only {total} answers: the streams went unanswered");
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
 
 // ---------------------------------------------------------------- answers
