@@ -3,7 +3,8 @@
 //! `Connection: close`, an idle connection the upstream closed, interim 100 answers,
 //! answers cut short or over the cap, no answer on a reused connection, the answer's
 //! headers (hop-by-hop ones dropped, the upstream's Date once) and a 204. Each checks
-//! what the tenant got and what was counted.
+//! what the tenant got and what was counted; bytes an upstream sends after a complete
+//! answer, once its connection is idle, never reach the next call.
 
 mod common;
 
@@ -29,6 +30,14 @@ enum Reply {
     Close(Vec<u8>),
     /// No answer: the connection stays open until the gateway closes it.
     Silence,
+    /// These bytes; then, once `go` is notified, `late` bytes on the same connection,
+    /// and `written` is notified.
+    ThenLate {
+        answer: Vec<u8>,
+        late: Vec<u8>,
+        go: Arc<tokio::sync::Notify>,
+        written: Arc<tokio::sync::Notify>,
+    },
 }
 
 struct ScriptedUpstream {
@@ -67,6 +76,30 @@ impl ScriptedUpstream {
                                 break;
                             }
                             Reply::Silence => {}
+                            Reply::ThenLate {
+                                answer,
+                                late,
+                                go,
+                                written,
+                            } => {
+                                if stream.write_all(&answer).await.is_err() {
+                                    break;
+                                }
+                                go.notified().await;
+                                let gateway_end = stream.peer_addr().unwrap();
+                                let _ = stream.write_all(&late).await;
+                                // Sent is not yet received: under load the kernel can
+                                // deliver loopback bytes later, and bytes that arrive
+                                // after the next call took the connection are its answer
+                                // to any client. Waited for until they wait unread.
+                                poll_until(
+                                    "the late bytes in the gateway's socket",
+                                    Duration::from_secs(10),
+                                    || async { unread_bytes(gateway_end).is_some_and(|n| n > 0).then_some(()) },
+                                )
+                                .await;
+                                written.notify_one();
+                            }
                         }
                     }
                     drop(stream);
@@ -89,6 +122,24 @@ impl ScriptedUpstream {
     fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+}
+
+/// Bytes received and not yet read on the IPv4 TCP socket whose local address is
+/// `local` (Linux's `/proc/net/tcp`).
+fn unread_bytes(local: std::net::SocketAddr) -> Option<u64> {
+    let std::net::SocketAddr::V4(local) = local else {
+        return None;
+    };
+    let wanted = format!("{:08X}:{:04X}", u32::from_le_bytes(local.ip().octets()), local.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&wanted.as_str()) {
+            return None;
+        }
+        let (_, receive_queue) = fields.get(4)?.split_once(':')?;
+        u64::from_str_radix(receive_queue, 16).ok()
+    })
 }
 
 /// Reads one request (head and Content-Length body); false at end of stream.
@@ -459,4 +510,59 @@ async fn answer_headers_pass_on_once_without_hop_by_hop_ones_and_bodiless_answer
     assert_eq!(again["RequestId"], "wire-1", "the connection carries on: {again}");
     assert_eq!(upstream.connections(), 1);
     assert_eq!(billed(&gateway).await, 2, "the 204 is not billable");
+}
+
+#[tokio::test]
+async fn bytes_after_a_complete_answer_never_reach_the_next_call() {
+    // The upstream answers, and once the connection is idle in the pool sends more: a
+    // whole second answer, or garbage. The next call must not read them as its answer:
+    // `still_open` sees them at checkout and the connection is dropped.
+    let (go, written) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let late_answer = r#"{"Response":{"Result":"0","RequestId":"late-1"}}"#;
+    let lates = [answer("", late_answer), b"garbage\r\n".to_vec()];
+    let script_lates = lates.clone();
+    let (script_go, script_written) = (go.clone(), written.clone());
+    // Even requests: answered, then followed by late bytes; odd ones (the next call,
+    // on a fresh connection): answered.
+    let upstream = ScriptedUpstream::start(move |n| {
+        if n % 2 == 0 {
+            Reply::ThenLate {
+                answer: answer("", BILLABLE),
+                late: script_lates[(n / 2) % 2].clone(),
+                go: script_go.clone(),
+                written: script_written.clone(),
+            }
+        } else {
+            Reply::Keep(answer("", BILLABLE))
+        }
+    })
+    .await;
+    let gateway = gateway_before(&upstream, "").await;
+    let mut sender = client(&gateway).await;
+    for (round, late) in lates.iter().enumerate() {
+        let (_, first) = call_on(&mut sender, &gateway).await;
+        assert_eq!(first["RequestId"], "wire-1", "round {round}: {first}");
+        // The answer has reached the client, so its connection is back in the pool.
+        go.notify_one();
+        tokio::time::timeout(Duration::from_secs(10), written.notified())
+            .await
+            .expect("the upstream sends its late bytes");
+        let (_, next) = call_on(&mut sender, &gateway).await;
+        assert_eq!(
+            next["RequestId"],
+            "wire-1",
+            "round {round}: the next call got {next} after late bytes {:?}",
+            String::from_utf8_lossy(late)
+        );
+    }
+    assert_eq!(upstream.requests(), 4);
+    assert_eq!(
+        upstream.connections(),
+        3,
+        "each connection that sent late bytes is dropped, never reused"
+    );
+    assert_eq!(billed(&gateway).await, 4, "the late answer is not counted");
 }

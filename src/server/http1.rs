@@ -37,6 +37,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// What a client sends first to speak HTTP/2 without TLS (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The read buffer's size: a signed eKYC call's head and body fit.
@@ -153,16 +156,8 @@ where
         // The head's bytes are let go: the read buffer is not kept shared with them.
         fields.reset(Bytes::new());
         let (parts, body) = response.into_parts();
-        // A body the pipeline did not read (it refused the call first) is read and
-        // dropped after the answer: the client reads the answer at once, and then the
-        // next request can follow. One the client holds back for a `100 Continue` it
-        // never got, or larger than the discard budget, ends the connection.
-        let unread = connection.unread_body > 0 && !connection.must_close;
-        let drainable = unread && !connection.awaits_continue;
-        keep_alive &= !connection.must_close
-            && !shutting_down(&stop)
-            && !asks_to_close(&parts.headers)
-            && (!unread || drainable && connection.unread_body <= discard_budget(limits));
+        let (reusable, drainable) = connection.after_answer(limits);
+        keep_alive &= reusable && !shutting_down(&stop) && !asks_to_close(&parts.headers);
         let (data, upstream_headers) = body.into_sent();
         let persistence = match (keep_alive, version) {
             (false, _) => Persistence::Close,
@@ -497,6 +492,19 @@ impl<S: ClientStream> Connection<S> {
         self.awaits_continue = expects_continue && parsed.version == Version::HTTP_11 && self.unread_body > 0;
         let (parts, ()) = request.into_parts();
         Ok(ReadyRequest { parts, keep_alive })
+    }
+
+    /// Once the answer is decided: whether what is left of the request lets the
+    /// connection carry another one, and whether an unread body is to be read and
+    /// dropped first. A body the pipeline did not read (it refused the call first) is
+    /// read and dropped after the answer: the client reads the answer at once, and then
+    /// the next request can follow. One the client holds back for a `100 Continue` it
+    /// never got, or larger than the discard budget, ends the connection.
+    fn after_answer(&self, limits: &crate::config::Limits) -> (bool, bool) {
+        let unread = self.unread_body > 0 && !self.must_close;
+        let drainable = unread && !self.awaits_continue;
+        let reusable = !self.must_close && (!unread || drainable && self.unread_body <= discard_budget(limits));
+        (reusable, drainable)
     }
 
     /// Reads until `length` bytes are buffered, feeding `hasher` the first `length`
