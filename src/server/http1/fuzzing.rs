@@ -218,9 +218,9 @@ mod tests {
     /// declared length ends the connection, as in `serve`; it was reported as kept.
     #[tokio::test]
     async fn a_refused_body_cut_short_ends_the_connection() {
-        let mut stream = b"POST / HTTP/1.1\r\nContent-Length: 1100\r\n\r\n".to_vec();
+        let mut stream = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1100\r\n\r\n".to_vec();
         stream.extend_from_slice(&[b'b'; 100]);
-        stream.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        stream.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         for read_size in [1, 64, stream.len()] {
             let outcome = read_requests(&stream, read_size, &LIMITS).await;
             assert_eq!(outcome.requests.len(), 1);
