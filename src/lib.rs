@@ -11,7 +11,8 @@
 //! | `tc3`     | TC3-HMAC-SHA256 parsing, signing and verification (pure) |
 //! | `sigv1`   | the legacy v1 form signature (pure) |
 //! | `state`   | account state and credentials: in-memory mirror, Redis cache, publishers |
-//! | `store`   | the billing store (PostgreSQL or SQLite): accounts, credentials, audit |
+//! | `store`   | the billing store (PostgreSQL or SQLite): accounts, credentials, audit, usage, bills, ledger |
+//! | `accounts` | account changes: the one write path (store and audit, then every gateway) for operators and tenants |
 //! | `crypto`  | SecretKeys sealed at rest, credential generation |
 //! | `catalog` | the actions this gateway sells |
 //! | `meter`   | billable-call counters, the journal, the billable check, the flusher |
@@ -26,6 +27,7 @@
 //! | `sim`     | the eKYC API simulator (`upstream-sim`) |
 //! | `demo`    | `ekyc-gateway demo`: everything on embedded defaults |
 
+pub mod accounts;
 pub mod admin;
 pub mod app;
 pub mod billing;

@@ -6,6 +6,7 @@
 //! are shown once, at creation.
 
 use super::{ApiError, json};
+use crate::accounts::{self, Change};
 use crate::app::App;
 use crate::billing::job::{BillingError, RunRequest};
 use crate::billing::ledger::views::bill_json;
@@ -15,16 +16,13 @@ use crate::crypto;
 use crate::meter::Month;
 use crate::store::StoreError;
 use crate::store::billing::{LedgerEntry, TopupOutcome};
-use crate::store::records::{
-    AccountRecord, AuditEntry, CredentialRecord, CredentialStatus, Suspension, SuspensionFlag,
-};
+use crate::store::records::{AccountRecord, AuditEntry, CredentialRecord, CredentialStatus, SuspensionFlag};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use serde::Deserialize;
 use serde_json::{Value, json as j};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub type Reply = Result<http::Response<Full<Bytes>>, ApiError>;
 
@@ -106,65 +104,6 @@ pub fn valid_account_id(id: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
-/// A committed change every gateway must learn about.
-#[derive(Clone)]
-enum Change {
-    Account(AccountRecord),
-    Credential(CredentialRecord),
-}
-
-impl Change {
-    async fn publish(&self, app: &App) -> anyhow::Result<()> {
-        match self {
-            Change::Account(record) => app.publisher.account_changed(record).await,
-            Change::Credential(record) => app.publisher.credential_changed(record).await,
-        }
-    }
-}
-
-/// Tells every gateway about a committed change. If the cache is unreachable the change
-/// stays committed and is retried in the background until it gets through.
-async fn propagate(app: &Arc<App>, change: Change) -> &'static str {
-    // A second try at once: after a Redis restart the first command only finds the
-    // old connection broken, and the connection manager has reconnected by now.
-    let first = change.publish(app).await;
-    let result = match first {
-        Ok(()) => Ok(()),
-        Err(_) => change.publish(app).await,
-    };
-    match result {
-        Ok(()) => "done",
-        Err(e) => {
-            tracing::warn!(error = %e, "state cache unreachable; will retry propagating the change");
-            let app = app.clone();
-            tokio::spawn(async move {
-                let mut delay = Duration::from_millis(200);
-                while change.publish(&app).await.is_err() {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            });
-            "pending"
-        }
-    }
-}
-
-/// Applies `change` through the one write path and answers with the account.
-pub async fn change_account(
-    app: &Arc<App>,
-    id: &str,
-    actor: &str,
-    action: &str,
-    change: impl Fn(&mut AccountRecord) -> Result<(), StoreError>,
-) -> Result<AccountRecord, ApiError> {
-    let now = app.clock.now_unix();
-    let result = app.store.update_account(id, actor, action, now, change).await?;
-    if result.changed {
-        propagate(app, Change::Account(result.after.clone())).await;
-    }
-    Ok(result.after)
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateAccount {
@@ -217,11 +156,7 @@ async fn settle(
     };
     let balance = app.store.balance(id).await?;
     let account = if balance >= 0 {
-        change_account(app, id, actor, "billing.arrears_lifted", |a| {
-            a.arrears = None;
-            Ok(())
-        })
-        .await?
+        accounts::lift_arrears(app, id, actor).await?
     } else {
         app.store
             .get_account(id)
@@ -258,7 +193,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             }
             let account = AccountRecord::new(&request.id, name, now);
             app.store.create_account(&account, actor, now).await?;
-            let propagation = propagate(app, Change::Account(account.clone())).await;
+            let propagation = accounts::propagate(app, Change::Account(account.clone())).await;
             let mut view = account_view(&account);
             view["propagation"] = propagation.into();
             Ok(json(StatusCode::CREATED, view))
@@ -289,14 +224,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             Ok(json(StatusCode::OK, account_view(&account)))
         }
         (&Method::POST, ["accounts", id, "activate"]) => {
-            let account = change_account(app, id, actor, "account.activate", |a| {
-                if !a.activated {
-                    a.activated = true;
-                    a.activated_at = Some(now);
-                }
-                Ok(())
-            })
-            .await?;
+            let account = accounts::activate(app, id, actor).await?;
             Ok(json(StatusCode::OK, account_view(&account)))
         }
         (&Method::POST, ["accounts", id, "suspend"]) => {
@@ -305,25 +233,12 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             if reason.is_empty() || reason.len() > 500 {
                 return Err(ApiError::bad_request("reason must be 1-500 characters"));
             }
-            let account = change_account(app, id, actor, "account.suspend", |a| {
-                if a.manual.as_ref().map(|m| &m.reason) != Some(&reason) {
-                    a.manual = Some(Suspension {
-                        reason: reason.clone(),
-                        since: a.manual.as_ref().map_or(now, |m| m.since),
-                    });
-                }
-                Ok(())
-            })
-            .await?;
+            let account = accounts::suspend(app, id, actor, &reason).await?;
             Ok(json(StatusCode::OK, account_view(&account)))
         }
         (&Method::POST, ["accounts", id, "resume"]) => {
             // Lifts the operator's suspension only: arrears are lifted by payment.
-            let account = change_account(app, id, actor, "account.resume", |a| {
-                a.manual = None;
-                Ok(())
-            })
-            .await?;
+            let account = accounts::resume(app, id, actor).await?;
             Ok(json(StatusCode::OK, account_view(&account)))
         }
         (&Method::PUT, ["accounts", id, "rate-limit"]) => {
@@ -331,11 +246,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             if request.qps == Some(0) || request.qps.is_some_and(|q| q > 1_000_000) {
                 return Err(ApiError::bad_request("qps must be 1-1000000, or null for the default"));
             }
-            let account = change_account(app, id, actor, "account.rate_limit", |a| {
-                a.rate_limit_qps = request.qps;
-                Ok(())
-            })
-            .await?;
+            let account = accounts::set_rate_limit(app, id, actor, request.qps).await?;
             Ok(json(StatusCode::OK, account_view(&account)))
         }
         (&Method::POST, ["accounts", id, "credentials"]) => {
@@ -355,7 +266,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
                 version: 1,
             };
             app.store.create_credential(&record, actor, now).await?;
-            let propagation = propagate(app, Change::Credential(record.clone())).await;
+            let propagation = accounts::propagate(app, Change::Credential(record.clone())).await;
             Ok(json(
                 StatusCode::CREATED,
                 j!({
@@ -378,7 +289,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
         }
         (&Method::DELETE, ["credentials", secret_id]) => {
             let record = app.store.revoke_credential(secret_id, actor, now).await?;
-            let propagation = propagate(app, Change::Credential(record.clone())).await;
+            let propagation = accounts::propagate(app, Change::Credential(record.clone())).await;
             let mut view = credential_view(&record);
             view["propagation"] = propagation.into();
             Ok(json(StatusCode::OK, view))

@@ -5,7 +5,7 @@
 //! suspended). Never forwarded, never billed. Changes go the operators' write path
 //! (store, audit, publisher), recorded as the tenant's own.
 
-use crate::admin::api::{change_account, current_month, rfc3339};
+use crate::admin::api::{current_month, rfc3339};
 use crate::app::App;
 use crate::meter::Month;
 use crate::proxy::body::ProxyBody;
@@ -97,24 +97,9 @@ pub async fn handle(
         _ => {}
     }
     let account = match action {
-        TenantAction::ActivateService => {
-            let now = app.clock.now_unix();
-            change_account(
-                app,
-                account_id,
-                &format!("tenant:{account_id}"),
-                "account.activate",
-                |a| {
-                    if !a.activated {
-                        a.activated = true;
-                        a.activated_at = Some(now);
-                    }
-                    Ok(())
-                },
-            )
+        TenantAction::ActivateService => crate::accounts::activate(app, account_id, &format!("tenant:{account_id}"))
             .await
-            .map_err(|e| GatewayError::Store(e.message))?
-        }
+            .map_err(|e| GatewayError::Store(e.to_string()))?,
         TenantAction::DescribeServiceStatus | TenantAction::DescribeCallUsage | TenantAction::DescribeBills => app
             .store
             .get_account(account_id)

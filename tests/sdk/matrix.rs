@@ -5,7 +5,7 @@
 //! that SDK get.
 
 use crate::common::*;
-use ekyc_gateway::admin::api::{change_account, current_month, previous_month};
+use ekyc_gateway::admin::api::{current_month, previous_month};
 use ekyc_gateway::clock::{Clock, ManualClock, SystemClock};
 use ekyc_gateway::store::records::Suspension;
 use serde_json::{Value, json};
@@ -165,7 +165,7 @@ impl Accounts {
         let not_activated = account(gateway, "not-activated", false).await;
         let arrears = account(gateway, "arrears", true).await;
         let since = gateway.app.clock.now_unix();
-        change_account(&gateway.app, "arrears", "test", "billing.arrears_set", |a| {
+        ekyc_gateway::accounts::change(&gateway.app, "arrears", "test", "billing.arrears_set", |a| {
             a.arrears = Some(Suspension {
                 reason: "client matrix".into(),
                 since,
