@@ -8,20 +8,11 @@
 #![no_main]
 
 use ekyc_gateway::config::Limits;
-use ekyc_gateway::server::http1::fuzzing::{Body, End, Outcome, read_requests};
+use ekyc_gateway::server::http1::fuzzing::{Body, End, Outcome, SMALLEST_LIMITS, read_requests};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
-use std::time::Duration;
 
-/// The smallest limits the configuration allows, so that the fuzzer reaches them.
-const LIMITS: Limits = Limits {
-    max_connections: 1,
-    max_body_bytes: 1024,
-    max_header_bytes: 8192,
-    max_headers: 16,
-    header_read_timeout: Duration::from_secs(10),
-    body_read_timeout: Duration::from_secs(30),
-};
+const LIMITS: Limits = SMALLEST_LIMITS;
 
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_current_thread()

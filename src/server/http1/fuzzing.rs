@@ -200,19 +200,21 @@ impl AsyncWrite for MemoryStream<'_> {
     }
 }
 
+/// The smallest limits the configuration allows, so that a fuzzer reaches them.
+pub const SMALLEST_LIMITS: Limits = Limits {
+    max_connections: 1,
+    max_body_bytes: 1024,
+    max_header_bytes: 8192,
+    max_headers: 16,
+    header_read_timeout: std::time::Duration::from_secs(10),
+    body_read_timeout: std::time::Duration::from_secs(30),
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    const LIMITS: Limits = Limits {
-        max_connections: 1,
-        max_body_bytes: 1024,
-        max_header_bytes: 8192,
-        max_headers: 16,
-        header_read_timeout: Duration::from_secs(10),
-        body_read_timeout: Duration::from_secs(30),
-    };
+    const LIMITS: Limits = SMALLEST_LIMITS;
 
     /// Found by the `http1_requests` fuzz target: a refused body that ends before its
     /// declared length ends the connection, as in `serve`; it was reported as kept.
