@@ -37,9 +37,9 @@ impl SignedHeaders for HeaderMap {
 
 /// A signed header's value as text: visible ASCII, as `HeaderValue::to_str` has it.
 pub(super) fn signed_text(value: &[u8]) -> Option<&str> {
-    let visible = value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
-    // SAFETY: visible ASCII is UTF-8; `from_utf8` would check every byte a second time.
-    visible.then(|| unsafe { std::str::from_utf8_unchecked(value) })
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|text| text.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
 }
 
 /// What a signature covers, independent of how the request arrived.
