@@ -7,6 +7,7 @@
 use super::Tc3Error;
 use super::hash::decode_hex_32;
 
+/// The algorithm named first in `Authorization` and in the StringToSign.
 pub const ALGORITHM: &str = "TC3-HMAC-SHA256";
 
 /// Bounds that keep a hostile header from costing more than a normal one.

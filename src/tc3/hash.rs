@@ -1,7 +1,8 @@
 //! SHA-256 and hex for the signature: the engine chosen once per process from the
 //! CPU's features, a hash fed piece by piece, digests in hex on the stack, and the
 //! payload hash a request is signed with. The lowest layer of `tc3`: the other files
-//! hash through it. Must not know about keys, HMACs or the canonical request.
+//! hash through it, and it reads one header (`X-TC-Content-SHA256`, through
+//! `SignedHeaders`). Must not know about keys, HMACs or the canonical request.
 
 use super::canonical::SignedHeaders;
 use ring::digest::{self, SHA256};
