@@ -195,10 +195,7 @@ async fn lifecycle(store_url: Option<String>) {
         }],
     };
     assert!(
-        gateway
-            .app
-            .store
-            .apply_usage_batch(&late, clock.now_unix())
+        apply_usage_batch(&gateway.app.store, &late, clock.now_unix())
             .await
             .unwrap()
     );
@@ -245,10 +242,7 @@ async fn lifecycle(store_url: Option<String>) {
         "DELETE FROM ledger",
         "DELETE FROM billed_usage",
     ] {
-        assert!(
-            gateway.app.store.execute_raw(sql).await.is_err(),
-            "{sql} must be refused"
-        );
+        assert!(execute_raw(&gateway.app, sql).await.is_err(), "{sql} must be refused");
     }
     gateway.shutdown().await;
 }
@@ -391,17 +385,17 @@ async fn concurrent_runs_bill_once_and_the_lock_holds() {
             calls: 3,
         });
     }
-    store
-        .apply_usage_batch(
-            &UsageBatch {
-                instance_id: "t".into(),
-                seq: 1,
-                rows,
-            },
-            now,
-        )
-        .await
-        .unwrap();
+    apply_usage_batch(
+        &store,
+        &UsageBatch {
+            instance_id: "t".into(),
+            seq: 1,
+            rows,
+        },
+        now,
+    )
+    .await
+    .unwrap();
     let config = gateway_config("http://127.0.0.1:9", PRICES);
     let request = RunRequest {
         month: ekyc_gateway::meter::Month::parse("2026-10").unwrap(),

@@ -150,16 +150,16 @@ async fn a_retried_batch_is_applied_once() {
             },
         ],
     };
-    assert!(store.apply_usage_batch(&batch, 0).await.unwrap());
+    assert!(apply_usage_batch(&store, &batch, 0).await.unwrap());
     assert!(
-        !store.apply_usage_batch(&batch, 1).await.unwrap(),
+        !apply_usage_batch(&store, &batch, 1).await.unwrap(),
         "the same batch id twice"
     );
     let next = UsageBatch {
         seq: 8,
         ..batch.clone()
     };
-    assert!(store.apply_usage_batch(&next, 2).await.unwrap());
+    assert!(apply_usage_batch(&store, &next, 2).await.unwrap());
     let usage = store.usage("a", "2026-11").await.unwrap();
     assert_eq!(
         usage,
@@ -387,7 +387,7 @@ async fn flush_of_a_million_rows() {
         rows,
     };
     let started = std::time::Instant::now();
-    assert!(store.apply_usage_batch(&batch, 0).await.unwrap());
+    assert!(apply_usage_batch(&store, &batch, 0).await.unwrap());
     let elapsed = started.elapsed();
     eprintln!("flushed 1,000,000 rows to PostgreSQL in {elapsed:?}");
     let (client, connection) = tokio_postgres::connect(&db.conninfo(), tokio_postgres::NoTls)

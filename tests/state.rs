@@ -138,14 +138,8 @@ async fn operator_changes_reach_every_gateway_within_100_ms() {
     assert_eq!(last["before"]["rate_limit_qps"], serde_json::Value::Null);
     assert_eq!(last["after"]["rate_limit_qps"], 7);
     // The audit log is append-only in PostgreSQL itself.
-    assert!(a.app.store.execute_raw("DELETE FROM audit_log").await.is_err());
-    assert!(
-        a.app
-            .store
-            .execute_raw("UPDATE audit_log SET actor = 'x'")
-            .await
-            .is_err()
-    );
+    assert!(execute_raw(&a.app, "DELETE FROM audit_log").await.is_err());
+    assert!(execute_raw(&a.app, "UPDATE audit_log SET actor = 'x'").await.is_err());
 }
 
 #[tokio::test]

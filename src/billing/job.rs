@@ -220,16 +220,13 @@ fn price_bill(
     let mut billed = Vec::with_capacity(rows.len());
     let mut subtotal = 0i64;
     for row in rows {
-        let price = prices
-            .price(&row.action, &row.month)
-            .ok_or_else(|| BillingError::NoPrice {
-                action: row.action.clone(),
-                month: row.month.clone(),
-            })?;
-        let price_from = prices
-            .actions
-            .get(&row.action)
-            .and_then(|p| p.range(..=row.month.clone()).next_back().map(|(from, _)| from.clone()));
+        let (price_from, price) =
+            prices
+                .price_in_force(&row.action, &row.month)
+                .ok_or_else(|| BillingError::NoPrice {
+                    action: row.action.clone(),
+                    month: row.month.clone(),
+                })?;
         let (all, tiers) = price.charge(row.calls).ok_or_else(overflow)?;
         let (before, _) = price.charge(row.billed).ok_or_else(overflow)?;
         let amount = all - before;
@@ -246,7 +243,7 @@ fn price_bill(
             calls,
             previously_billed: row.billed,
             price: price.clone(),
-            price_from,
+            price_from: price_from.map(str::to_string),
             tiers,
             amount,
         });

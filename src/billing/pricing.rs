@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 /// Micro-units of the billing currency per currency unit.
 pub const MICROS: i64 = 1_000_000;
@@ -175,9 +176,18 @@ impl PriceBook {
     /// The price of `action` in force in `month` ("YYYY-MM"): the latest one taking
     /// effect in or before it.
     pub fn price(&self, action: &str, month: &str) -> Option<&Price> {
+        self.price_in_force(action, month).map(|(_, price)| price)
+    }
+
+    /// As `price`, with the month that price took effect; `None` for the default, which
+    /// an action without prices of its own is billed at.
+    pub fn price_in_force(&self, action: &str, month: &str) -> Option<(Option<&str>, &Price)> {
         match self.actions.get(action) {
-            Some(prices) if !prices.is_empty() => prices.range(..=month.to_string()).next_back().map(|(_, p)| p),
-            _ => self.default.as_ref(),
+            Some(prices) if !prices.is_empty() => prices
+                .range::<str, _>((Bound::Unbounded, Bound::Included(month)))
+                .next_back()
+                .map(|(from, price)| (Some(from.as_str()), price)),
+            _ => self.default.as_ref().map(|price| (None, price)),
         }
     }
 
@@ -298,6 +308,14 @@ mod tests {
         assert_eq!(book.price("A", "2026-05"), Some(&Price::Flat { unit: 1 }));
         assert_eq!(book.price("A", "2026-06"), Some(&Price::Flat { unit: 2 }));
         assert_eq!(book.price("B", "2026-06"), Some(&Price::Flat { unit: 7 }));
+        assert_eq!(
+            book.price_in_force("A", "2026-07"),
+            Some((Some("2026-06"), &Price::Flat { unit: 2 }))
+        );
+        assert_eq!(
+            book.price_in_force("B", "2026-07"),
+            Some((None, &Price::Flat { unit: 7 }))
+        );
         assert_eq!(book.round_total(12_344_999), 12_340_000);
         assert_eq!(book.round_total(12_345_000), 12_350_000, "half up");
         assert_eq!(book.round_total(0), 0);

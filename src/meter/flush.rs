@@ -8,7 +8,6 @@
 use super::{Counters, FrozenBatch};
 use crate::store::{Store, UsageBatch};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 
@@ -16,8 +15,6 @@ pub struct Flusher {
     /// The batch waiting for the store's acknowledgement, and when its oldest count was
     /// made. Also in the journal (`Counters::frozen_batch`), for a process that dies.
     pending: Mutex<Option<(UsageBatch, i64)>>,
-    pub batches_ok: AtomicU64,
-    pub batches_failed: AtomicU64,
 }
 
 impl Default for Flusher {
@@ -30,8 +27,6 @@ impl Flusher {
     pub fn new() -> Self {
         Self {
             pending: Mutex::new(None),
-            batches_ok: AtomicU64::new(0),
-            batches_failed: AtomicU64::new(0),
         }
     }
 
@@ -84,13 +79,9 @@ impl Flusher {
                 let calls = batch.rows.iter().map(|r| r.calls).sum();
                 counters.acknowledge();
                 *pending = None;
-                self.batches_ok.fetch_add(1, Ordering::Relaxed);
                 Ok(if applied { calls } else { 0 })
             }
-            Err(e) => {
-                self.batches_failed.fetch_add(1, Ordering::Relaxed);
-                Err(e.into())
-            }
+            Err(e) => Err(e.into()),
         }
     }
 

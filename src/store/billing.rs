@@ -2,7 +2,7 @@
 //! lock. Only inserts on bills, billed usage and the ledger (the schema refuses UPDATE
 //! and DELETE on them). Must not price anything: the job (`billing::job`) does.
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, push_placeholders};
 use sqlx::Row;
 use std::collections::HashMap;
 
@@ -356,22 +356,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(bill_record).collect()
-    }
-}
-
-fn push_placeholders(sql: &mut String, rows: usize, columns: usize) {
-    use std::fmt::Write;
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..columns {
-            let _ = write!(
-                sql,
-                "{}${}",
-                if column == 0 { "" } else { ", " },
-                row * columns + column + 1
-            );
-        }
-        sql.push(')');
     }
 }
 

@@ -15,7 +15,7 @@ use sqlx::{Executor, Row};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+enum Backend {
     Postgres,
     Sqlite,
 }
@@ -118,10 +118,6 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
         }
         Ok(Self { pool, backend })
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -438,13 +434,8 @@ impl Store {
 
     /// Applies a flush batch at most once: the batch id is inserted in the same
     /// transaction as the counts, so a retry of an applied batch changes nothing.
-    /// Returns whether this call applied it.
-    pub async fn apply_usage_batch(&self, batch: &UsageBatch, now: i64) -> Result<bool, StoreError> {
-        let day = crate::meter::Month::day_of(now, 0).unwrap_or_default();
-        self.apply_usage_batch_on(batch, now, &day).await
-    }
-
-    /// The same, dating the batch's calls `day` ("YYYY-MM-DD") in `usage_daily`.
+    /// Returns whether this call applied it. `day` ("YYYY-MM-DD") dates the batch's
+    /// calls in `usage_daily`.
     pub async fn apply_usage_batch_on(&self, batch: &UsageBatch, now: i64, day: &str) -> Result<bool, StoreError> {
         let calls: u64 = batch.rows.iter().map(|r| r.calls).sum();
         let mut tx = self.pool.begin().await?;
@@ -523,13 +514,7 @@ impl Store {
         for chunk in batch.rows.chunks(USAGE_ROWS_PER_STATEMENT) {
             let mut sql = String::with_capacity(120 + chunk.len() * 40);
             sql.push_str("INSERT INTO usage (account_id, action, month, calls, updated_at) VALUES ");
-            for i in 0..chunk.len() {
-                let p = i * 5;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5));
-            }
+            push_placeholders(&mut sql, chunk.len(), 5);
             sql.push_str(
                 " ON CONFLICT (account_id, month, action) DO UPDATE SET calls = usage.calls + excluded.calls, \
                  updated_at = excluded.updated_at",
@@ -553,13 +538,7 @@ impl Store {
         for chunk in per_account.chunks(USAGE_ROWS_PER_STATEMENT) {
             let mut sql = String::with_capacity(100 + chunk.len() * 24);
             sql.push_str("INSERT INTO usage_daily (account_id, day, calls) VALUES ");
-            for i in 0..chunk.len() {
-                let p = i * 3;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${}, ${}, ${})", p + 1, p + 2, p + 3));
-            }
+            push_placeholders(&mut sql, chunk.len(), 3);
             sql.push_str(" ON CONFLICT (account_id, day) DO UPDATE SET calls = usage_daily.calls + excluded.calls");
             let mut query = sqlx::query(&sql);
             for (account, calls) in chunk {
@@ -645,10 +624,23 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
     }
+}
 
-    /// For tests of the append-only rule: runs raw SQL against the store.
-    pub async fn execute_raw(&self, sql: &str) -> Result<u64, StoreError> {
-        Ok(sqlx::query(sql).execute(&self.pool).await?.rows_affected())
+/// Appends `rows` groups of `columns` numbered placeholders, `($1, $2), ($3, $4)`, for
+/// a multi-row `INSERT … VALUES` (the form both PostgreSQL and SQLite accept).
+fn push_placeholders(sql: &mut String, rows: usize, columns: usize) {
+    use std::fmt::Write;
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            let _ = write!(
+                sql,
+                "{}${}",
+                if column == 0 { "" } else { ", " },
+                row * columns + column + 1
+            );
+        }
+        sql.push(')');
     }
 }
 
@@ -752,4 +744,19 @@ fn credential_from_row(row: &AnyRow) -> Result<CredentialRecord, StoreError> {
         revoked_at: row.try_get("revoked_at")?,
         version: row.try_get("version")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_placeholders;
+
+    #[test]
+    fn placeholders_are_numbered_across_rows() {
+        let mut sql = "VALUES ".to_string();
+        push_placeholders(&mut sql, 2, 3);
+        assert_eq!(sql, "VALUES ($1, $2, $3), ($4, $5, $6)");
+        let mut one = String::new();
+        push_placeholders(&mut one, 1, 1);
+        assert_eq!(one, "($1)");
+    }
 }

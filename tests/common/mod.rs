@@ -38,6 +38,32 @@ pub const CLIENT_SECRET_ID: &str = "AKIDclientTEST";
 pub const CLIENT_SECRET_KEY: &str = "client-secret-key";
 pub const CLIENT_API_KEY: &str = "client-api-key-0123456789";
 
+/// `Store::apply_usage_batch_on` with the calls dated on `now`'s day in UTC, as the
+/// tests that write batches directly want them.
+pub async fn apply_usage_batch(
+    store: &ekyc_gateway::store::Store,
+    batch: &ekyc_gateway::store::UsageBatch,
+    now: i64,
+) -> Result<bool, ekyc_gateway::store::StoreError> {
+    let day = ekyc_gateway::meter::Month::day_of(now, 0).unwrap_or_default();
+    store.apply_usage_batch_on(batch, now, &day).await
+}
+
+/// Runs raw SQL against the gateway's billing store on a connection of its own, for
+/// the tests of the append-only rule (the store's triggers, not its API, refuse it).
+/// Only the statement's own failure is returned: a store that cannot be reached fails
+/// the test.
+pub async fn execute_raw(app: &App, sql: &str) -> Result<u64, sqlx::Error> {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let mut connection = sqlx::AnyConnection::connect(&app.config.store_url)
+        .await
+        .expect("a connection to the gateway's store");
+    let done = sqlx::query(sql).execute(&mut connection).await;
+    connection.close().await.expect("the store connection closes");
+    Ok(done?.rows_affected())
+}
+
 /// Polls `check` until it returns `Some`, failing the test after `deadline`.
 pub async fn poll_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where
