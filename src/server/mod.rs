@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::proxy::body::BoxError;
 
 /// The two bound sockets the gateway serves on.
 pub struct Listeners {
