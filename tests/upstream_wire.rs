@@ -90,6 +90,7 @@ impl ScriptedUpstream {
                                 }
                                 go.notified().await;
                                 let gateway_end = stream.peer_addr().unwrap();
+                                let upstream_end = stream.local_addr().unwrap();
                                 let _ = stream.write_all(&late).await;
                                 // Sent is not yet received: under load the kernel can
                                 // deliver loopback bytes later, and bytes that arrive
@@ -99,7 +100,7 @@ impl ScriptedUpstream {
                                 // busy) is still checked, and counted as not exercised.
                                 let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                                 loop {
-                                    if unread_bytes(gateway_end).is_some_and(|n| n > 0) {
+                                    if unread_bytes(gateway_end, upstream_end).is_some_and(|n| n > 0) {
                                         observed.fetch_add(1, Ordering::SeqCst);
                                         break;
                                     }
@@ -135,17 +136,23 @@ impl ScriptedUpstream {
     }
 }
 
-/// Bytes received and not yet read on the IPv4 TCP socket whose local address is
-/// `local` (Linux's `/proc/net/tcp`).
-fn unread_bytes(local: std::net::SocketAddr) -> Option<u64> {
-    let std::net::SocketAddr::V4(local) = local else {
-        return None;
+/// Bytes received and not yet read on the IPv4 TCP socket from `local` to `remote`
+/// (Linux's `/proc/net/tcp`).
+fn unread_bytes(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Option<u64> {
+    let hex = |address: std::net::SocketAddr| match address {
+        std::net::SocketAddr::V4(v4) => Some(format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        )),
+        std::net::SocketAddr::V6(_) => None,
     };
-    let wanted = format!("{:08X}:{:04X}", u32::from_le_bytes(local.ip().octets()), local.port());
+    let (local, remote) = (hex(local)?, hex(remote)?);
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    // Both ends: an ephemeral port is shared by connections to other destinations.
     table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.get(1) != Some(&wanted.as_str()) {
+        if fields.get(1) != Some(&local.as_str()) || fields.get(2) != Some(&remote.as_str()) {
             return None;
         }
         let (_, receive_queue) = fields.get(4)?.split_once(':')?;
