@@ -76,7 +76,9 @@ async fn read_incoming(
     deadline: Duration,
     hash: bool,
 ) -> Result<ReceivedBody, BodyError> {
-    let declared = fields.get_str(Known::ContentLength).and_then(|v| v.parse::<u64>().ok());
+    let declared = fields
+        .get(Known::ContentLength)
+        .and_then(crate::proxy::h1::parse_content_length);
     if declared.is_some_and(|len| len > limit as u64) {
         // Boxed, as the other rare paths: every request's future is as large as its
         // largest state, and is copied whole when it is created.

@@ -15,14 +15,7 @@ const ACTIVATED: u8 = 1;
 const MANUAL: u8 = 2;
 const ARREARS: u8 = 4;
 
-/// Whether an account may call, as the pipeline sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccountStanding {
-    Enabled,
-    NotActivated,
-    Arrears,
-    ManuallySuspended,
-}
+pub use crate::store::records::AccountStanding;
 
 /// One account's enforcement state, shared by all its credentials.
 pub struct AccountEntry {
@@ -68,19 +61,10 @@ impl AccountEntry {
         self.index
     }
 
-    /// The first reason to refuse, in the order Tencent reports them: a manual
-    /// suspension outranks arrears, and both outrank "not activated".
+    /// The first reason to refuse (`AccountStanding::of`).
     pub fn standing(&self) -> AccountStanding {
         let flags = self.flags.load(Ordering::Acquire);
-        if flags & MANUAL != 0 {
-            AccountStanding::ManuallySuspended
-        } else if flags & ARREARS != 0 {
-            AccountStanding::Arrears
-        } else if flags & ACTIVATED == 0 {
-            AccountStanding::NotActivated
-        } else {
-            AccountStanding::Enabled
-        }
+        AccountStanding::of(flags & ACTIVATED != 0, flags & MANUAL != 0, flags & ARREARS != 0)
     }
 
     pub fn rate_limit_qps(&self) -> Option<u32> {

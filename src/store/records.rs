@@ -19,6 +19,32 @@ pub struct Suspension {
     pub since: i64,
 }
 
+/// Whether an account may call: the one rule, for the pipeline (through the mirror's
+/// flags) and for the API's `enabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStanding {
+    Enabled,
+    NotActivated,
+    Arrears,
+    ManuallySuspended,
+}
+
+impl AccountStanding {
+    /// The first reason to refuse, in the order Tencent reports them: a manual
+    /// suspension outranks arrears, and both outrank "not activated".
+    pub fn of(activated: bool, manually_suspended: bool, in_arrears: bool) -> Self {
+        if manually_suspended {
+            AccountStanding::ManuallySuspended
+        } else if in_arrears {
+            AccountStanding::Arrears
+        } else if !activated {
+            AccountStanding::NotActivated
+        } else {
+            AccountStanding::Enabled
+        }
+    }
+}
+
 /// An account as the store keeps it. `version` grows by one with every change, so
 /// caches apply a copy only when it is newer than the one they hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +77,7 @@ impl AccountRecord {
 
     /// Activated and carrying no suspension flag.
     pub fn enabled(&self) -> bool {
-        self.activated && self.manual.is_none() && self.arrears.is_none()
+        AccountStanding::of(self.activated, self.manual.is_some(), self.arrears.is_some()) == AccountStanding::Enabled
     }
 
     pub fn suspension(&self, flag: SuspensionFlag) -> Option<&Suspension> {
