@@ -105,7 +105,7 @@ pub(super) fn digest_bytes(output: &[u8]) -> [u8; 32] {
 /// SHA-256 blocks in a handful of messages (verification, then re-signing), so both
 /// the speed per block and the cost per message count:
 /// - without SHA extensions, ring's assembly (AVX2 or SSSE3) hashed 1.7-1.85x faster
-///   than the `sha2` crate's portable code (64 B to 1 MiB, side by side, session 3);
+///   than the `sha2` crate's portable code (64 B to 1 MiB, side by side, on a Xeon without SHA extensions);
 /// - with them, both use the SHA instructions and `sha2` costs less per message
 ///   (64 B: 134 vs 205 ns; 1 KiB: 0.94 vs 1.01 us; 1 MiB the same).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
