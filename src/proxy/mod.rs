@@ -149,7 +149,7 @@ pub async fn handle<B: RequestBody>(
     if parts.method == http::Method::GET
         && let Some(page) = crate::console::serve(crate::console::Console::Tenant, parts.uri.path())
     {
-        return Answer::new(page, None, None, Outcome::Forwarded, started);
+        return Answer::page(page, started);
     }
     if let Some(refusal) = early_refusal(&parts, fields) {
         return Answer::new(

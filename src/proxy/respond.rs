@@ -58,7 +58,8 @@ pub struct Answer {
     ticket: Option<MeterTicket>,
     /// For the metrics: the action, when the call named a known one.
     action: Option<ActionId>,
-    outcome: Outcome,
+    /// `None` for what is not an API call (the tenants' console pages): not recorded.
+    outcome: Option<Outcome>,
     started: Instant,
 }
 
@@ -74,7 +75,18 @@ impl Answer {
             response,
             ticket,
             action,
-            outcome,
+            outcome: Some(outcome),
+            started,
+        }
+    }
+
+    /// A page that is not an API call: neither counted nor recorded.
+    pub(super) fn page(response: Response<ProxyBody>, started: Instant) -> Self {
+        Answer {
+            response,
+            ticket: None,
+            action: None,
+            outcome: None,
             started,
         }
     }
@@ -85,8 +97,10 @@ impl Answer {
         if let Some(ticket) = self.ticket {
             ticket.count(app);
         }
-        app.metrics
-            .record_request(self.action, self.outcome, self.started.elapsed().as_secs_f64());
+        if let Some(outcome) = self.outcome {
+            app.metrics
+                .record_request(self.action, outcome, self.started.elapsed().as_secs_f64());
+        }
         self.response
     }
 }
