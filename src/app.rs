@@ -2,6 +2,10 @@
 //! listener and background task as an `Arc`. No global state lives anywhere else.
 //! Building it connects to the billing store and loads the state mirror, so a gateway
 //! never serves before it knows its accounts. Must not bind sockets: `server` does that.
+//!
+//! The control plane (admin API, usage flush, state sync, billing) holds the `App`; the
+//! data plane holds only its `plane` (`proxy::plane::DataPlane`), which has no path to
+//! the store: tenant actions reach it through `tenant_desk`.
 
 use crate::catalog::Catalog;
 use crate::clock::SharedClock;
@@ -11,6 +15,7 @@ use crate::meter::journal::Journal;
 use crate::meter::{Counters, SLOT_HEADROOM};
 use crate::metrics::Metrics;
 use crate::proxy::forward::UpstreamClient;
+use crate::proxy::plane::{DataPlane, PlaneSettings};
 use crate::proxy::ratelimit::RateLimits;
 use crate::state::mirror::StateMirror;
 use crate::state::redis::{CacheSync, RedisPublisher};
@@ -25,18 +30,14 @@ pub type ShutdownHook = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Se
 pub struct App {
     pub config: Config,
     pub clock: SharedClock,
-    pub catalog: Catalog,
-    pub upstream: UpstreamClient,
-    pub metrics: Metrics,
-    pub rate_limits: RateLimits,
     pub store: Arc<Store>,
     pub mirror: Arc<StateMirror>,
     pub publisher: Arc<dyn StatePublisher>,
     pub freshness: Arc<Freshness>,
-    pub counters: Counters,
     pub flusher: Flusher,
-    /// Per action id: whether its successful calls are counted.
-    pub billable: Vec<bool>,
+    /// What the data listener serves with; also where the control plane reads the
+    /// metrics and counters.
+    pub plane: Arc<DataPlane>,
     cache_sync: Mutex<Option<CacheSync>>,
     shutdown_hooks: Mutex<Vec<ShutdownHook>>,
 }
@@ -96,22 +97,32 @@ impl App {
             carried_over = counters.distinct_keys(),
             "meter journal open"
         );
-        let app = Arc::new(Self {
-            config,
-            clock,
-            catalog,
-            upstream,
-            metrics,
-            rate_limits,
-            store,
-            mirror,
-            publisher,
-            freshness,
-            counters,
-            flusher: Flusher::new(),
-            billable,
-            cache_sync: Mutex::new(cache_sync),
-            shutdown_hooks: Mutex::new(Vec::new()),
+        let app = Arc::new_cyclic(|app| {
+            let plane = DataPlane {
+                clock: clock.clone(),
+                catalog,
+                upstream,
+                metrics,
+                rate_limits,
+                mirror: mirror.clone(),
+                freshness: freshness.clone(),
+                counters,
+                billable,
+                settings: PlaneSettings::of(&config),
+                tenants: Arc::new(crate::tenant_desk::StoreDesk::new(app.clone())),
+            };
+            Self {
+                config,
+                clock,
+                store,
+                mirror,
+                publisher,
+                freshness,
+                flusher: Flusher::new(),
+                plane: Arc::new(plane),
+                cache_sync: Mutex::new(cache_sync),
+                shutdown_hooks: Mutex::new(Vec::new()),
+            }
         });
         // The last flush runs after in-flight requests have finished (and been counted).
         let weak = Arc::downgrade(&app);
@@ -129,10 +140,13 @@ impl App {
     pub async fn flush_usage(&self) -> anyhow::Result<u64> {
         let now = self.clock.now_unix();
         let day = crate::meter::Month::day_of(now, self.config.meter.billing_utc_offset_seconds).unwrap_or_default();
-        let result = self.flusher.flush_once(&self.counters, &self.store, now, &day).await;
+        let result = self
+            .flusher
+            .flush_once(&self.plane.counters, &self.store, now, &day)
+            .await;
         match &result {
-            Ok(_) => self.metrics.flush_batches_ok.inc(),
-            Err(_) => self.metrics.flush_batches_failed.inc(),
+            Ok(_) => self.plane.metrics.flush_batches_ok.inc(),
+            Err(_) => self.plane.metrics.flush_batches_failed.inc(),
         };
         result
     }
@@ -143,7 +157,7 @@ impl App {
         let mut delay = std::time::Duration::from_millis(100);
         loop {
             match self.flush_usage().await {
-                Ok(0) if self.counters.pending() == 0 => {
+                Ok(0) if self.plane.counters.pending() == 0 => {
                     tracing::info!("final usage flush done");
                     return;
                 }
@@ -156,7 +170,7 @@ impl App {
                 Err(e) => {
                     tracing::error!(
                         error = %e,
-                        calls = self.counters.pending(),
+                        calls = self.plane.counters.pending(),
                         "final usage flush gave up: these calls stay in the meter journal and are sent at the next start"
                     );
                     return;

@@ -204,12 +204,12 @@ async fn a_store_cut_off_for_30_seconds_loses_nothing() {
 
     relay.cut();
     let cut_at = Instant::now();
-    let failed_before = gateway.app.metrics.flush_batches_failed.get();
+    let failed_before = gateway.app.plane.metrics.flush_batches_failed.get();
     let served_before = progress.load(Ordering::SeqCst);
     poll_until(
         "flushes to fail while the store is away",
         Duration::from_secs(10),
-        || async { (gateway.app.metrics.flush_batches_failed.get() > failed_before).then_some(()) },
+        || async { (gateway.app.plane.metrics.flush_batches_failed.get() > failed_before).then_some(()) },
     )
     .await;
     // The fault itself lasts 30 s; the gateway keeps serving meanwhile.
@@ -219,12 +219,12 @@ async fn a_store_cut_off_for_30_seconds_loses_nothing() {
         served_during > 100,
         "the gateway must keep serving while the store is away"
     );
-    assert!(gateway.app.counters.pending() > 0, "counts are kept meanwhile");
+    assert!(gateway.app.plane.counters.pending() > 0, "counts are kept meanwhile");
     relay.restore();
 
     // Back: the backlog drains without a restart, within the capped backoff.
     poll_until("the backlog to reach the store", Duration::from_secs(30), || async {
-        (gateway.app.counters.pending() < 50).then_some(())
+        (gateway.app.plane.counters.pending() < 50).then_some(())
     })
     .await;
     stop.store(true, Ordering::SeqCst);
@@ -263,7 +263,8 @@ async fn a_commit_whose_answer_is_lost_is_not_applied_twice() {
     })
     .await;
     poll_until("the batch to be retried", Duration::from_secs(10), || async {
-        (gateway.app.metrics.flush_batches_failed.get() >= 1 && gateway.app.counters.pending() == 0).then_some(())
+        (gateway.app.plane.metrics.flush_batches_failed.get() >= 1 && gateway.app.plane.counters.pending() == 0)
+            .then_some(())
     })
     .await;
     gateway.shutdown().await;

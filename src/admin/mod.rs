@@ -56,14 +56,14 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Full
             }
         }
         (&Method::GET, "/metrics") => {
-            let metrics = &app.metrics;
+            let metrics = &app.plane.metrics;
             let age = app.freshness.age(app.clock.now_unix()).unwrap_or(-1);
             metrics.state_age_seconds.set(age);
             metrics.accounts_loaded.set(app.mirror.account_count() as i64);
             metrics.credentials_loaded.set(app.mirror.credential_count() as i64);
-            let pending = app.counters.pending();
+            let pending = app.plane.counters.pending();
             metrics.usage_pending_calls.set(pending as i64);
-            let oldest = [app.counters.oldest_pending(), app.flusher.frozen_since().await]
+            let oldest = [app.plane.counters.oldest_pending(), app.flusher.frozen_since().await]
                 .into_iter()
                 .flatten()
                 .min();
@@ -71,7 +71,7 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Full
             metrics
                 .usage_oldest_pending_seconds
                 .set(oldest.map_or(0, |t| (now - t).max(0)));
-            let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
+            let mut response = Response::new(Full::new(Bytes::from(app.plane.metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -134,7 +134,7 @@ fn authorize(app: &App, headers: &http::HeaderMap) -> Result<String, ApiError> {
 }
 
 async fn readiness(app: &App) -> Response<Full<Bytes>> {
-    let upstream = app.upstream.authority();
+    let upstream = app.plane.upstream.authority();
     let port = upstream
         .port_u16()
         .unwrap_or(match app.config.upstream.scheme.as_str() {

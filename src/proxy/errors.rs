@@ -314,6 +314,7 @@ mod tests {
             (GatewayError::Store("down".into()), "InternalError"),
             (RateLimited::Account.into(), "RequestLimitExceeded"),
             (RateLimited::Action.into(), "RequestLimitExceeded"),
+            (RateLimited::AccountQueries.into(), "RequestLimitExceeded"),
             (GatewayError::MissingAction, "MissingParameter"),
             (GatewayError::InvalidParameter("x"), "InvalidParameter"),
             (GatewayError::UnknownAction, "InvalidAction"),

@@ -33,12 +33,12 @@ pub mod fields;
 pub mod forward;
 pub mod h1;
 pub mod headers;
+pub mod plane;
 pub mod pool;
 pub mod ratelimit;
 pub mod respond;
 pub mod tenant;
 
-use crate::app::App;
 use crate::catalog::ActionId;
 use crate::meter::{CounterKey, Month};
 use crate::metrics::Outcome;
@@ -50,8 +50,8 @@ use errors::{GatewayError, Refusal};
 use fields::{Known, RequestFields};
 use forward::Resign;
 use http::Response;
+use plane::DataPlane;
 use respond::{Answer, MeterTicket};
-use std::sync::Arc;
 use std::time::Instant;
 use tenant::TenantAction;
 
@@ -139,7 +139,7 @@ fn early_refusal(parts: &http::request::Parts, fields: &RequestFields) -> Option
 /// `parts` carries the method, target and version; the header fields are in `fields`.
 /// `callers` belongs to the connection (see `auth::CallerCache`).
 pub async fn handle<B: RequestBody>(
-    app: &Arc<App>,
+    plane: &DataPlane,
     parts: http::request::Parts,
     fields: &RequestFields,
     callers: &mut auth::CallerCache,
@@ -164,16 +164,16 @@ pub async fn handle<B: RequestBody>(
     // call refused before that is looked up below, for its metrics, so a forwarded
     // call takes one lookup.
     let mut looked_up = None;
-    match pipeline(app, &parts, fields, callers, body, &mut looked_up).await {
+    match pipeline(plane, &parts, fields, callers, body, &mut looked_up).await {
         Ok((response, ticket)) => Answer::new(response, ticket, looked_up.flatten(), Outcome::Forwarded, started),
         Err(error) => {
             let action = looked_up.unwrap_or_else(|| {
                 fields
                     .get_str(Known::XTcAction)
-                    .and_then(|name| app.catalog.lookup(name))
+                    .and_then(|name| plane.catalog.lookup(name))
             });
             if let Some(label) = error.upstream_label() {
-                app.metrics.record_upstream_error(label);
+                plane.metrics.record_upstream_error(label);
             }
             Answer::new(
                 error.to_response(),
@@ -187,24 +187,25 @@ pub async fn handle<B: RequestBody>(
 }
 
 async fn pipeline<B: RequestBody>(
-    app: &Arc<App>,
+    plane: &DataPlane,
     parts: &http::request::Parts,
     fields: &RequestFields,
     callers: &mut auth::CallerCache,
     body: B,
     looked_up: &mut Option<Option<ActionId>>,
 ) -> Result<(Response<ProxyBody>, Option<MeterTicket>), GatewayError> {
-    let limits = &app.config.limits;
-    let now = app.clock.now_unix();
+    let settings = &plane.settings;
+    let limits = &settings.limits;
+    let now = plane.clock.now_unix();
     // 2a. authenticate: who claims to call, from the headers alone
-    let identified = auth::identify(fields, &app.mirror, callers, now, &app.config.upstream.service)?;
+    let identified = auth::identify(fields, &plane.mirror, callers, now, &settings.service)?;
     // 1. bound: the body
     let hash_as_read = || identified.hashes_body(fields);
     let received = body
         .read_bounded(fields, limits.max_body_bytes, limits.body_read_timeout, hash_as_read)
         .await?;
     // 2b. authenticate: the signature over the whole request
-    let caller = auth::verify(identified, parts, fields, &received, &app.mirror, callers, now)?;
+    let caller = auth::verify(identified, parts, fields, &received, &plane.mirror, callers, now)?;
     let body::ReceivedBody {
         bytes: body,
         sha256: body_sha256,
@@ -214,17 +215,17 @@ async fn pipeline<B: RequestBody>(
         _ => fields.get_str(Known::XTcAction),
     };
     // 3. account state: first, whether the mirror is fresh enough to trust at all
-    if let Some(age) = app.freshness.age(now)
-        && age > app.config.state.max_staleness.as_secs() as i64
-        && app.config.state.stale_policy == StalePolicy::FailClosed
+    if let Some(age) = plane.freshness.age(now)
+        && age > settings.max_staleness_seconds
+        && settings.stale_policy == StalePolicy::FailClosed
     {
         return Err(GatewayError::StateStale);
     }
     // Tenant actions are answered here, before the account's standing is checked: a
     // tenant must be able to activate, and to see why it is refused, while it is
-    // refused. They are rate-limited like every call (each reads the store).
+    // refused. They are rate-limited like every call (each asks the control plane).
     if let Some(tenant_action) = name.and_then(TenantAction::from_name) {
-        app.rate_limits.check_account(caller.credential.account())?;
+        plane.rate_limits.check_account(caller.credential.account())?;
         let params = match &caller.method {
             _ if parts.method == http::Method::GET => tenant::Params::Query(parts.uri.query().unwrap_or("")),
             AuthMethod::V1 { params } => tenant::Params::Form(params),
@@ -232,7 +233,7 @@ async fn pipeline<B: RequestBody>(
         };
         // Boxed: a rare path kept out of every request's future (see `body::read_incoming`).
         let answer = Box::pin(tenant::handle(
-            app,
+            plane,
             caller.credential.account().id(),
             tenant_action,
             params,
@@ -245,7 +246,7 @@ async fn pipeline<B: RequestBody>(
         return Err(GatewayError::Account(standing));
     }
     // 4. action
-    let action = name.and_then(|n| app.catalog.lookup(n));
+    let action = name.and_then(|n| plane.catalog.lookup(n));
     *looked_up = Some(action);
     let Some(action_id) = action else {
         return Err(if name.is_some() {
@@ -255,7 +256,7 @@ async fn pipeline<B: RequestBody>(
         });
     };
     // 5. rate limit
-    app.rate_limits.check(caller.credential.account(), action_id)?;
+    plane.rate_limits.check(caller.credential.account(), action_id)?;
     // 6. forward
     let api_key_hash;
     let resign = match &caller.method {
@@ -278,16 +279,16 @@ async fn pipeline<B: RequestBody>(
         AuthMethod::V1 { params } => Resign::V1 { params },
     };
     // Before forwarding: a call that could not be counted is not made.
-    let meter_key = if app.billable[action_id.0 as usize] {
-        let month = Month::of(now, app.config.meter.billing_utc_offset_seconds).ok_or(GatewayError::ClockOutOfRange)?;
+    let meter_key = if plane.billable[action_id.0 as usize] {
+        let month = Month::of(now, settings.billing_utc_offset_seconds).ok_or(GatewayError::ClockOutOfRange)?;
         let key = CounterKey {
             account: caller.credential.account().index(),
             action: action_id.0,
             month,
         };
-        if !app.counters.admits(&key) {
+        if !plane.counters.admits(&key) {
             tracing::error!(
-                max_keys = app.counters.max_keys(),
+                max_keys = plane.counters.max_keys(),
                 "usage counters are full (the billing store has not taken counts for a while): refusing new keys"
             );
             return Err(GatewayError::MeterFull);
@@ -297,11 +298,11 @@ async fn pipeline<B: RequestBody>(
         None
     };
     let upstream_started = Instant::now();
-    let response = app
+    let response = plane
         .upstream
         .forward(parts, fields, body, resign, now, upstream_started)
         .await?;
-    app.metrics.record_upstream(upstream_started.elapsed().as_secs_f64());
+    plane.metrics.record_upstream(upstream_started.elapsed().as_secs_f64());
     // 7. meter: a ticket for a billable answer, counted in the last phase (`respond`)
     let ticket = meter_key
         .filter(|_| response.status() == http::StatusCode::OK)

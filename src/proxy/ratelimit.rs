@@ -17,6 +17,9 @@ pub enum RateLimited {
     Account,
     #[error("the request rate limit of this action is exceeded")]
     Action,
+    /// Too many tenant actions waiting on the control plane at this gateway.
+    #[error("the gateway is answering too many account queries; try again shortly")]
+    AccountQueries,
 }
 
 pub struct RateLimits {

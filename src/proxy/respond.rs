@@ -6,12 +6,12 @@
 //! Must not decide whether a call is billable (the pipeline's meter step does) or
 //! touch the answer's bytes.
 
-use crate::app::App;
 use crate::catalog::ActionId;
 use crate::meter::CounterKey;
 use crate::meter::billable::BillableScanner;
 use crate::metrics::Outcome;
 use crate::proxy::body::ProxyBody;
+use crate::proxy::plane::DataPlane;
 use http::Response;
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ use std::time::Instant;
 /// failed call. Counted whether or not the client then reads the answer: the upstream
 /// has made (and billed) the call by then.
 ///
-/// It holds no `Arc<App>`: cloning one on every call passed its reference count's
+/// It holds no `Arc<DataPlane>`: cloning one on every call passed its reference count's
 /// cache line between the workers. `Answer::respond` is given the server's own.
 #[derive(Debug)]
 pub struct MeterTicket {
@@ -38,16 +38,16 @@ impl MeterTicket {
         scanner.is_billable().then_some(MeterTicket { key, at })
     }
 
-    fn count(self, app: &App) {
+    fn count(self, plane: &DataPlane) {
         let key = self.key;
-        app.counters.add(key, self.at, || {
-            let account = app.mirror.account_by_index(key.account).map(|a| a.id().to_string());
+        plane.counters.add(key, self.at, || {
+            let account = plane.mirror.account_by_index(key.account).map(|a| a.id().to_string());
             (
                 account.unwrap_or_else(|| format!("unknown-account-{}", key.account)),
-                app.catalog.name(ActionId(key.action)).to_string(),
+                plane.catalog.name(ActionId(key.action)).to_string(),
             )
         });
-        app.metrics.billable_calls.inc();
+        plane.metrics.billable_calls.inc();
     }
 }
 
@@ -93,12 +93,13 @@ impl Answer {
 
     /// The last phase: counts the call if it is billable, records its outcome and
     /// latency, and gives the response to send.
-    pub fn respond(self, app: &App) -> Response<ProxyBody> {
+    pub fn respond(self, plane: &DataPlane) -> Response<ProxyBody> {
         if let Some(ticket) = self.ticket {
-            ticket.count(app);
+            ticket.count(plane);
         }
         if let Some(outcome) = self.outcome {
-            app.metrics
+            plane
+                .metrics
                 .record_request(self.action, outcome, self.started.elapsed().as_secs_f64());
         }
         self.response

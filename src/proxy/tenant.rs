@@ -2,19 +2,62 @@
 //! itself, so tenants use the same credentials and SDK (`CommonClient`) as for eKYC
 //! calls. `ActivateService` is the "Activate Now" button (works while not activated);
 //! `DescribeServiceStatus` tells whether and why the account is refused (works while
-//! suspended). Never forwarded, never billed. Changes go the operators' write path
-//! (store, audit, publisher), recorded as the tenant's own.
+//! suspended). Never forwarded, never billed.
+//!
+//! This module reads the parameters and writes the answers; what they say comes from
+//! the control plane through a `TenantDesk` (implemented by `crate::tenant_desk`), the
+//! data plane's only way to what the billing store holds. Must not reach the store.
 
-use crate::admin::api::{current_month, rfc3339};
-use crate::app::App;
+use crate::admin::api::rfc3339;
+use crate::billing::ledger::BillStatus;
 use crate::meter::Month;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::errors::GatewayError;
-use crate::store::records::SuspensionFlag;
+use crate::proxy::plane::DataPlane;
+use crate::store::billing::BillRecord;
+use crate::store::records::{AccountRecord, SuspensionFlag};
 use crate::tencent;
 use http::Response;
 use serde_json::{Map, Value, json};
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+
+/// What a tenant action asks the control plane, as a boxed future (the trait is used as
+/// an object so the data plane names no control-plane type).
+pub type DeskAnswer<'a, T> = Pin<Box<dyn Future<Output = Result<T, GatewayError>> + Send + 'a>>;
+
+/// The control plane's answers to tenant actions. An implementation bounds how much
+/// of the store the data plane's callers can make it read (see `crate::tenant_desk`).
+pub trait TenantDesk: Send + Sync {
+    /// Activates the account (as the tenant's own change) and tells how it stands.
+    fn activate<'a>(&'a self, account_id: &'a str) -> DeskAnswer<'a, AccountStatus>;
+    /// How the account stands.
+    fn status<'a>(&'a self, account_id: &'a str) -> DeskAnswer<'a, AccountStatus>;
+    /// The account's counted calls of `month`, priced at the prices in force for it.
+    fn usage<'a>(&'a self, account_id: &'a str, month: Month) -> DeskAnswer<'a, PricedUsage>;
+    /// The account's bills, oldest first, with their status, and its balance.
+    fn bills<'a>(&'a self, account_id: &'a str) -> DeskAnswer<'a, BillsView>;
+}
+
+pub struct AccountStatus {
+    pub account: AccountRecord,
+    /// The limit in force: the account's own, or the configured default.
+    pub rate_limit_qps: u32,
+}
+
+pub struct PricedUsage {
+    /// By action name: calls, and their amount (micro-units) where a price applies.
+    pub rows: Vec<(String, u64, Option<i64>)>,
+    pub currency: String,
+    /// The rounded sum of the rows' amounts; `None` when a row has no price.
+    pub estimated_amount: Option<i64>,
+}
+
+pub struct BillsView {
+    pub bills: Vec<(BillRecord, BillStatus)>,
+    pub balance: i64,
+    pub currency: String,
+}
 
 /// A tenant action's parameters, where the call's signature put them.
 #[derive(Debug, Clone, Copy)]
@@ -86,32 +129,40 @@ impl TenantAction {
 }
 
 pub async fn handle(
-    app: &Arc<App>,
+    plane: &DataPlane,
     account_id: &str,
     action: TenantAction,
     params: Params<'_>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    match action {
-        TenantAction::DescribeCallUsage => return call_usage(app, account_id, params).await,
-        TenantAction::DescribeBills => return describe_bills(app, account_id).await,
-        _ => {}
-    }
-    let account = match action {
-        TenantAction::ActivateService => crate::accounts::activate(app, account_id, &format!("tenant:{account_id}"))
-            .await
-            .map_err(|e| GatewayError::Store(e.to_string()))?,
-        TenantAction::DescribeServiceStatus | TenantAction::DescribeCallUsage | TenantAction::DescribeBills => app
-            .store
-            .get_account(account_id)
-            .await
-            .map_err(|e| GatewayError::Store(e.to_string()))?
-            .ok_or_else(|| GatewayError::Store(format!("account {account_id} is not in the billing store")))?,
+    let desk = &*plane.tenants;
+    let fields = match action {
+        TenantAction::DescribeCallUsage => {
+            let month = match params.text("Month")? {
+                None => Month::of(plane.clock.now_unix(), plane.settings.billing_utc_offset_seconds)
+                    .ok_or(GatewayError::ClockOutOfRange)?,
+                Some(text) => Month::parse(&text).ok_or(GatewayError::InvalidParameter("Month must be YYYY-MM"))?,
+            };
+            call_usage(month, desk.usage(account_id, month).await?)
+        }
+        TenantAction::DescribeBills => describe_bills(desk.bills(account_id).await?),
+        TenantAction::ActivateService => account_fields(desk.activate(account_id).await?, false),
+        TenantAction::DescribeServiceStatus => account_fields(desk.status(account_id).await?, true),
     };
+    Ok(tencent::json_response(tencent::success_body(
+        fields,
+        &tencent::new_request_id(),
+    )))
+}
+
+/// `ActivateService` and `DescribeServiceStatus` (`with_standing`: also whether and why
+/// the account is refused, and its rate limit).
+fn account_fields(status: AccountStatus, with_standing: bool) -> Map<String, Value> {
+    let account = status.account;
     let mut fields = Map::new();
     fields.insert("AccountId".into(), account.id.clone().into());
     fields.insert("Activated".into(), account.activated.into());
     fields.insert("ActivatedAt".into(), account.activated_at.map_or(Value::Null, rfc3339));
-    if action == TenantAction::DescribeServiceStatus {
+    if with_standing {
         let suspensions: Vec<Value> = [SuspensionFlag::Manual, SuspensionFlag::Arrears]
             .into_iter()
             .filter_map(|flag| {
@@ -126,91 +177,53 @@ pub async fn handle(
             .collect();
         fields.insert("Enabled".into(), account.enabled().into());
         fields.insert("Suspensions".into(), suspensions.into());
-        fields.insert(
-            "RateLimitQps".into(),
-            account
-                .rate_limit_qps
-                .unwrap_or(app.config.default_rate_limit_qps)
-                .into(),
-        );
+        fields.insert("RateLimitQps".into(), status.rate_limit_qps.into());
     }
-    Ok(tencent::json_response(tencent::success_body(
-        fields,
-        &tencent::new_request_id(),
-    )))
+    fields
 }
 
 /// `DescribeCallUsage {"Month":"YYYY-MM"}` (default: this billing month): the calls
 /// counted for the tenant, as flushed to the billing store (at most one flush
-/// interval behind).
-async fn call_usage(app: &Arc<App>, account_id: &str, params: Params<'_>) -> Result<Response<ProxyBody>, GatewayError> {
-    let month = match params.text("Month")? {
-        None => current_month(app),
-        Some(text) => Month::parse(&text).ok_or(GatewayError::InvalidParameter("Month must be YYYY-MM"))?,
-    };
-    let usage = app
-        .store
-        .usage(account_id, &month.to_string())
-        .await
-        .map_err(|e| GatewayError::Store(e.to_string()))?;
-    let total: u64 = usage.iter().map(|(_, calls)| calls).sum();
-    let mut fields = Map::new();
-    let month_text = month.to_string();
-    fields.insert("Month".into(), month_text.clone().into());
-    // What the month's calls cost at the prices in force for it, as configured now:
-    // an estimate until the bill is issued (late calls, a changed catalog).
-    let prices = &app.config.prices;
-    let mut subtotal = Some(0i64);
+/// interval behind), and what they cost at the prices in force for the month, as
+/// configured now: an estimate until the bill is issued (late calls, a changed catalog).
+fn call_usage(month: Month, usage: PricedUsage) -> Map<String, Value> {
+    let format_amount = |micros: i64| Value::from(crate::billing::pricing::format_amount(micros));
+    let total: u64 = usage.rows.iter().map(|(_, calls, _)| calls).sum();
     let rows: Vec<Value> = usage
+        .rows
         .into_iter()
-        .map(|(action, calls)| {
-            let amount = prices
-                .price(&action, &month_text)
-                .and_then(|price| price.charge(calls))
-                .map(|(micros, _)| micros);
-            subtotal = subtotal.zip(amount).and_then(|(sum, micros)| sum.checked_add(micros));
-            let amount = amount.map_or(Value::Null, |m| crate::billing::pricing::format_amount(m).into());
-            json!({"Action": action, "Calls": calls, "Amount": amount})
+        .map(|(action, calls, amount)| {
+            json!({"Action": action, "Calls": calls, "Amount": amount.map_or(Value::Null, format_amount)})
         })
         .collect();
+    let mut fields = Map::new();
+    fields.insert("Month".into(), month.to_string().into());
     fields.insert("Usage".into(), rows.into());
     fields.insert("TotalCalls".into(), total.into());
-    fields.insert("Currency".into(), prices.currency.clone().into());
+    fields.insert("Currency".into(), usage.currency.into());
     fields.insert(
         "EstimatedAmount".into(),
-        subtotal.map_or(Value::Null, |s| {
-            crate::billing::pricing::format_amount(prices.round_total(s)).into()
-        }),
+        usage.estimated_amount.map_or(Value::Null, format_amount),
     );
-    Ok(tencent::json_response(tencent::success_body(
-        fields,
-        &tencent::new_request_id(),
-    )))
+    fields
 }
 
 /// `DescribeBills`: the tenant's bills, newest first, with their status, and the
 /// balance. Answered while suspended: a tenant in arrears must see what it owes.
-async fn describe_bills(app: &Arc<App>, account_id: &str) -> Result<Response<ProxyBody>, GatewayError> {
-    let store_error = |e: crate::store::StoreError| GatewayError::Store(e.to_string());
-    let bills = app.store.bills(account_id).await.map_err(store_error)?;
-    let ledger = app.store.ledger(account_id).await.map_err(store_error)?;
-    let statuses = crate::billing::ledger::bill_statuses(&bills, &ledger);
-    let mut rows: Vec<Value> = bills
+fn describe_bills(view: BillsView) -> Map<String, Value> {
+    let rows: Vec<Value> = view
+        .bills
         .iter()
-        .zip(statuses)
-        .map(|(bill, status)| crate::billing::ledger::views::bill_api3(bill, status))
+        .rev()
+        .map(|(bill, status)| crate::billing::ledger::views::bill_api3(bill, *status))
         .collect();
-    rows.reverse();
     let mut fields = Map::new();
-    fields.insert("Currency".into(), app.config.prices.currency.clone().into());
+    fields.insert("Currency".into(), view.currency.into());
     fields.insert(
         "Balance".into(),
-        crate::billing::pricing::format_amount(crate::billing::ledger::balance(&ledger)).into(),
+        crate::billing::pricing::format_amount(view.balance).into(),
     );
     fields.insert("TotalCount".into(), rows.len().into());
     fields.insert("Bills".into(), rows.into());
-    Ok(tencent::json_response(tencent::success_body(
-        fields,
-        &tencent::new_request_id(),
-    )))
+    fields
 }

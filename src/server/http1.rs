@@ -16,11 +16,11 @@
 //! which refuses it, and its connection is closed since its body is never read.
 //! Must not contain request logic: requests go to `proxy::handle`.
 
-use crate::app::App;
 use crate::proxy::body::{BodyError, ReceivedBody, RequestBody};
 use crate::proxy::fields::{Known, RequestFields};
 use crate::proxy::h1::{COPY_BODY_UP_TO, parse_content_length};
 use crate::proxy::headers::{PassedHeaders, list_items};
+use crate::proxy::plane::DataPlane;
 use crate::tc3::Sha256;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header;
@@ -100,12 +100,12 @@ const HASHED_READ: usize = 256 * 1024;
 /// Serves HTTP/1.1 requests on `stream` until the client or the server ends the
 /// connection. Returns the stream, with what was read of it, when the client opened
 /// with the HTTP/2 preface.
-pub(crate) async fn serve<S>(stream: S, app: Arc<App>, stop: watch::Receiver<bool>) -> Option<Rewind<S>>
+pub(crate) async fn serve<S>(stream: S, plane: Arc<DataPlane>, stop: watch::Receiver<bool>) -> Option<Rewind<S>>
 where
     S: ClientStream,
 {
     let mut connection = Connection::new(stream);
-    let limits = &app.config.limits;
+    let limits = &plane.settings.limits;
     let shutdown = std::pin::pin!(shutdown_begins(stop.clone()));
     let deadline_timer = std::pin::pin!(tokio::time::sleep(limits.header_read_timeout));
     let mut waits = Waits {
@@ -142,7 +142,7 @@ where
         let mut keep_alive = request.keep_alive;
         let version = request.parts.version;
         let answer = crate::proxy::handle(
-            &app,
+            &plane,
             request.parts,
             &fields,
             &mut callers,
@@ -152,7 +152,7 @@ where
         )
         .await;
         // The pipeline's last phase: counts a billable call, records its metrics.
-        let response = answer.respond(&app);
+        let response = answer.respond(&plane);
         // The head's bytes are let go: the read buffer is not kept shared with them.
         fields.reset(Bytes::new());
         let (parts, body) = response.into_parts();

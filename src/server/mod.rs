@@ -12,6 +12,7 @@ pub mod http1;
 use crate::app::App;
 use crate::clock::SystemClock;
 use crate::config::{Config, Limits};
+use crate::proxy::plane::DataPlane;
 use crate::workers::Workers;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -86,7 +87,7 @@ pub async fn serve(
         data = %listeners.data.local_addr()?,
         admin = %listeners.admin.local_addr()?,
         tls = tls.is_some(),
-        upstream = %app.upstream.authority(),
+        upstream = %app.plane.upstream.authority(),
         "ekyc-gateway serving"
     );
 
@@ -99,8 +100,8 @@ pub async fn serve(
         true => None,
         false => tls.clone(),
     };
-    let data_plane = DataPlane {
-        app: app.clone(),
+    let data_listener = DataListener {
+        plane: app.plane.clone(),
         http2: Arc::new(http2_builder(&app.config.limits)),
         stop: stop_rx.clone(),
     };
@@ -110,10 +111,10 @@ pub async fn serve(
         Some(workers.clone()),
         tls,
         data_graceful.clone(),
-        app.metrics.data_connections.clone(),
+        app.plane.metrics.data_connections.clone(),
         app.config.limits.header_read_timeout,
         stop_rx.clone(),
-        data_plane,
+        data_listener,
     );
     let admin_app = app.clone();
     let admin_loop = accept_loop(
@@ -122,7 +123,7 @@ pub async fn serve(
         None,
         admin_tls,
         admin_graceful.clone(),
-        app.metrics.admin_connections.clone(),
+        app.plane.metrics.admin_connections.clone(),
         app.config.limits.header_read_timeout,
         stop_rx,
         HyperServer {
@@ -276,27 +277,27 @@ where
 
 /// The data listener: our HTTP/1.1 server, hyper's HTTP/2, both into `proxy::handle`.
 #[derive(Clone)]
-struct DataPlane {
-    app: Arc<App>,
+struct DataListener {
+    plane: Arc<DataPlane>,
     http2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
     stop: watch::Receiver<bool>,
 }
 
-impl DataPlane {
+impl DataListener {
     async fn serve_http2<S>(self, stream: S, watcher: Watcher) -> Result<(), BoxError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let app = self.app;
+        let plane = self.plane;
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let app = app.clone();
+            let plane = plane.clone();
             async move {
                 let (parts, body) = request.into_parts();
                 let fields = crate::proxy::fields::RequestFields::from_header_map(&parts.headers);
                 // Per request: hyper runs an HTTP/2 connection's requests as separate tasks.
                 let mut callers = crate::proxy::auth::CallerCache::default();
-                let answer = crate::proxy::handle(&app, parts, &fields, &mut callers, body).await;
-                let mut response = answer.respond(&app);
+                let answer = crate::proxy::handle(&plane, parts, &fields, &mut callers, body).await;
+                let mut response = answer.respond(&plane);
                 let upstream_headers = response.body_mut().take_upstream_headers();
                 upstream_headers.append_to(response.headers_mut());
                 Ok::<_, Infallible>(response)
@@ -307,7 +308,7 @@ impl DataPlane {
     }
 }
 
-impl ServeConnection for DataPlane {
+impl ServeConnection for DataListener {
     async fn serve<S>(self, stream: S, h2_by_alpn: bool, watcher: Watcher) -> Result<(), BoxError>
     where
         S: http1::ClientStream + 'static,
@@ -319,7 +320,7 @@ impl ServeConnection for DataPlane {
         }
         // The watcher is held while HTTP/1.1 is served so a graceful shutdown waits for
         // this connection; `http1` sees the shutdown itself through `stop`.
-        match http1::serve(stream, self.app.clone(), self.stop.clone()).await {
+        match http1::serve(stream, self.plane.clone(), self.stop.clone()).await {
             Some(rewound) => Box::pin(self.serve_http2(rewound, watcher)).await,
             None => Ok(()),
         }
