@@ -125,6 +125,21 @@ pub async fn set_rate_limit(
     .await
 }
 
+/// The account's own credit limit in micro-units (0: prepaid), `None` for the
+/// configured default.
+pub async fn set_credit_limit(
+    app: &Arc<App>,
+    id: &str,
+    actor: &str,
+    limit: Option<i64>,
+) -> Result<AccountRecord, StoreError> {
+    change(app, id, actor, "account.credit_limit", |a| {
+        a.credit_limit = limit;
+        Ok(())
+    })
+    .await
+}
+
 /// Lifts the arrears suspension once the balance is settled (the caller checks it).
 pub async fn lift_arrears(app: &Arc<App>, id: &str, actor: &str) -> Result<AccountRecord, StoreError> {
     change(app, id, actor, "billing.arrears_lifted", |a| {

@@ -108,6 +108,7 @@ impl App {
                 freshness: freshness.clone(),
                 counters,
                 billable,
+                credit_prices: (0..config.actions.len()).map(|_| Default::default()).collect(),
                 settings: PlaneSettings::of(&config),
                 tenants: Arc::new(crate::tenant_desk::StoreDesk::new(app.clone())),
             };

@@ -252,6 +252,10 @@ struct RawBilling {
     default_unit: Option<String>,
     /// Bill totals are rounded half up to a multiple of this (default "0.01").
     total_rounding: String,
+    /// How much an account may owe before its calls are refused, unless it has a limit
+    /// of its own; unset: no limit.
+    credit_limit: Option<String>,
+    credit_check_interval_ms: u64,
 }
 
 impl Default for RawBilling {
@@ -260,6 +264,8 @@ impl Default for RawBilling {
             currency: "USD".into(),
             default_unit: Some("0.10".into()),
             total_rounding: "0.01".into(),
+            credit_limit: None,
+            credit_check_interval_ms: 2000,
         }
     }
 }
@@ -437,6 +443,7 @@ pub struct Config {
     pub meter: MeterConfig,
     /// Prices per action and the bill rounding rule.
     pub prices: PriceBook,
+    pub credit: CreditConfig,
     /// Data-plane threads (`runtime.worker_threads`; 0: one per core).
     pub worker_threads: usize,
     /// Each data-plane thread pinned to one allowed CPU (`runtime.pin_threads`).
@@ -448,6 +455,16 @@ pub struct Config {
     pub master_key: Arc<MasterKey>,
     /// Bearer tokens of the admin API with the names the audit log records.
     pub admin_tokens: Vec<AdminToken>,
+}
+
+/// Credit control (`billing::credit`).
+#[derive(Debug, Clone)]
+pub struct CreditConfig {
+    /// Micro-units an account may owe before its calls are refused, for accounts
+    /// without a limit of their own; `None`: no limit.
+    pub default_limit: Option<i64>,
+    /// How often each gateway recomputes every account's headroom.
+    pub check_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -827,6 +844,23 @@ impl Config {
             shutdown_grace: ms("shutdown.grace_period_ms", raw.shutdown.grace_period_ms, 0, 3_600_000)?,
             actions,
             prices,
+            credit: CreditConfig {
+                default_limit: match &raw.billing.credit_limit {
+                    None => None,
+                    Some(text) => Some(parse_amount(text).filter(|m| *m >= 0).ok_or_else(|| {
+                        ConfigError::new(
+                            "billing.credit_limit",
+                            "must be a decimal amount like \"50.00\" (\"0\" is prepaid)",
+                        )
+                    })?),
+                },
+                check_interval: ms(
+                    "billing.credit_check_interval_ms",
+                    raw.billing.credit_check_interval_ms,
+                    10,
+                    3_600_000,
+                )?,
+            },
             worker_threads: within("runtime.worker_threads", raw.runtime.worker_threads, 0, 1024)?,
             pin_worker_threads: raw.runtime.pin_threads,
             default_rate_limit_qps: raw.rate_limit.default_qps,

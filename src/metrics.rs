@@ -253,6 +253,8 @@ pub struct Metrics {
     pub usage_oldest_pending_seconds: Gauge,
     pub flush_batches_ok: Counter,
     pub flush_batches_failed: Counter,
+    /// Accounts under a credit limit whose headroom does not cover one more call.
+    pub credit_exhausted_accounts: Gauge,
 }
 
 impl Metrics {
@@ -343,6 +345,12 @@ impl Metrics {
         let flush_batches_ok = flushes.get_or_create(&KindLabels { kind: "ok".into() }).clone();
         let flush_batches_failed = flushes.get_or_create(&KindLabels { kind: "failed".into() }).clone();
         registry.register("flush_batches", "Usage flush attempts by result (ok, failed)", flushes);
+        let credit_exhausted_accounts = Gauge::default();
+        registry.register(
+            "credit_exhausted_accounts",
+            "Accounts whose balance and credit limit do not cover one more call, at the last credit check",
+            credit_exhausted_accounts.clone(),
+        );
         Self {
             registry,
             requests,
@@ -360,6 +368,7 @@ impl Metrics {
             usage_oldest_pending_seconds,
             flush_batches_ok,
             flush_batches_failed,
+            credit_exhausted_accounts,
         }
     }
 

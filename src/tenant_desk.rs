@@ -56,6 +56,7 @@ fn store_error(e: impl std::fmt::Display) -> GatewayError {
 fn account_status(app: &App, account: AccountRecord) -> AccountStatus {
     AccountStatus {
         rate_limit_qps: account.rate_limit_qps.unwrap_or(app.config.default_rate_limit_qps),
+        credit_limit: account.credit_limit.or(app.config.credit.default_limit),
         account,
     }
 }

@@ -64,6 +64,7 @@ pub fn account_view(account: &AccountRecord) -> Value {
         "enabled": account.enabled(),
         "suspensions": suspensions,
         "rate_limit_qps": account.rate_limit_qps,
+        "credit_limit": account.credit_limit.map(format_amount),
         "created_at": rfc3339(account.created_at),
         "version": account.version,
     })
@@ -177,6 +178,12 @@ struct RateLimitBody {
     qps: Option<u32>,
 }
 
+#[derive(Deserialize)]
+struct CreditLimitBody {
+    /// A decimal amount ("0.00" is prepaid), or null for the configured default.
+    credit_limit: Option<String>,
+}
+
 pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&str], query: &str, body: &[u8]) -> Reply {
     let now = app.clock.now_unix();
     match (method, segments) {
@@ -247,6 +254,19 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
                 return Err(ApiError::bad_request("qps must be 1-1000000, or null for the default"));
             }
             let account = accounts::set_rate_limit(app, id, actor, request.qps).await?;
+            Ok(json(StatusCode::OK, account_view(&account)))
+        }
+        (&Method::PUT, ["accounts", id, "credit-limit"]) => {
+            let request: CreditLimitBody = parse(body)?;
+            let limit = match request.credit_limit {
+                None => None,
+                Some(text) => Some(parse_amount(&text).filter(|micros| *micros >= 0).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "credit_limit must be a decimal string like \"100.00\" (0 is prepaid), or null",
+                    )
+                })?),
+            };
+            let account = accounts::set_credit_limit(app, id, actor, limit).await?;
             Ok(json(StatusCode::OK, account_view(&account)))
         }
         (&Method::POST, ["accounts", id, "credentials"]) => {

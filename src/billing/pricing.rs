@@ -111,6 +111,15 @@ impl Price {
         }
     }
 
+    /// The most one call can cost (the highest tier's unit): what a credit check must
+    /// find room for before a call is made.
+    pub fn highest_unit(&self) -> i64 {
+        match self {
+            Price::Flat { unit } => *unit,
+            Price::Tiered { tiers, .. } => tiers.iter().map(|t| t.unit).max().unwrap_or(0),
+        }
+    }
+
     /// The amount of `calls` calls in one month, with the tier breakdown. None on overflow.
     pub fn charge(&self, calls: u64) -> Option<(i64, Vec<TierCharge>)> {
         let line = |from: u64, to: u64, unit: i64| -> Option<TierCharge> {

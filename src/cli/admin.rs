@@ -88,6 +88,9 @@ enum AccountsCommand {
     Resume { id: String },
     /// Set the account's rate limit in calls per second per gateway, or `default`.
     RateLimit { id: String, qps: String },
+    /// Set how much the account may owe before calls are refused (a decimal amount; 0
+    /// is prepaid), or `default` (billing.credit_limit).
+    CreditLimit { id: String, amount: String },
 }
 
 #[derive(Subcommand)]
@@ -161,6 +164,22 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
                         "PUT",
                         &format!("/v1/accounts/{id}/rate-limit"),
                         Some(json!({"qps": qps})),
+                    )
+                    .await?,
+                    account_table,
+                )
+            }
+            AccountsCommand::CreditLimit { id, amount } => {
+                let limit: Value = if amount == "default" {
+                    Value::Null
+                } else {
+                    amount.into()
+                };
+                (
+                    api.call(
+                        "PUT",
+                        &format!("/v1/accounts/{id}/credit-limit"),
+                        Some(json!({"credit_limit": limit})),
                     )
                     .await?,
                     account_table,
@@ -321,10 +340,15 @@ fn account_row(a: &Value) -> Vec<String> {
         } else {
             text(&a["rate_limit_qps"])
         },
+        if a["credit_limit"].is_null() {
+            "default".into()
+        } else {
+            text(&a["credit_limit"])
+        },
     ]
 }
 
-const ACCOUNT_HEADERS: [&str; 5] = ["ID", "NAME", "ACTIVATED", "SUSPENDED", "QPS"];
+const ACCOUNT_HEADERS: [&str; 6] = ["ID", "NAME", "ACTIVATED", "SUSPENDED", "QPS", "CREDIT"];
 
 fn account_table(a: &Value) -> String {
     table(&ACCOUNT_HEADERS, &[account_row(a)])

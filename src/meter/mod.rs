@@ -354,6 +354,28 @@ impl Counters {
         in_journal + self.overflow.lock().expect("overflow").values().sum::<u64>()
     }
 
+    /// The calls counted and not yet acknowledged by the store (frozen or not), by key:
+    /// what credit control adds to the store's counts. A batch being applied right now
+    /// may be in both for a moment, which errs toward refusing early.
+    pub fn pending_rows(&self) -> Vec<UsageRow> {
+        let parts = self
+            .live_slots()
+            .filter_map(|slot| {
+                let figures = self.journal.figures(slot);
+                (figures.counted > figures.flushed).then(|| (slot, figures.counted - figures.flushed))
+            })
+            .collect();
+        let mut rows = self.merge(parts);
+        let overflow = self.overflow.lock().expect("overflow");
+        rows.extend(overflow.iter().map(|((account_id, action, month), calls)| UsageRow {
+            account_id: account_id.clone(),
+            action: action.clone(),
+            month: month.to_string(),
+            calls: *calls,
+        }));
+        rows
+    }
+
     pub fn distinct_keys(&self) -> usize {
         self.journal.live() as usize
     }

@@ -34,10 +34,11 @@ pub enum ErrorCode {
     InternalError,
     ServiceUnavailable,
     UnsupportedProtocol,
+    InsufficientBalance,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidAuthorization,
         ErrorCode::SecretIdNotFound,
         ErrorCode::InvalidSecretId,
@@ -56,6 +57,7 @@ impl ErrorCode {
         ErrorCode::InternalError,
         ErrorCode::ServiceUnavailable,
         ErrorCode::UnsupportedProtocol,
+        ErrorCode::InsufficientBalance,
     ];
 
     /// The code exactly as Tencent spells it.
@@ -79,6 +81,7 @@ impl ErrorCode {
             ErrorCode::InternalError => "InternalError",
             ErrorCode::ServiceUnavailable => "ServiceUnavailable",
             ErrorCode::UnsupportedProtocol => "UnsupportedProtocol",
+            ErrorCode::InsufficientBalance => "InvalidAccount.InsufficientBalance",
         }
     }
 
@@ -100,6 +103,10 @@ pub enum GatewayError {
     Store(String),
     #[error("the clock is outside the years 0-9999")]
     ClockOutOfRange,
+    #[error(
+        "the account's balance and credit limit do not cover this call: top up, and calls are accepted again within seconds"
+    )]
+    CreditExhausted,
     #[error("calls cannot be counted right now (usage counters are full); try again later")]
     MeterFull,
     #[error("account state is unavailable (the state cache has been unreachable for too long)")]
@@ -135,6 +142,7 @@ impl GatewayError {
             GatewayError::StateStale | GatewayError::MeterFull => ErrorCode::ServiceUnavailable,
             GatewayError::Store(_) | GatewayError::ClockOutOfRange => ErrorCode::InternalError,
             GatewayError::RateLimited(_) => ErrorCode::RequestLimitExceeded,
+            GatewayError::CreditExhausted => ErrorCode::InsufficientBalance,
             GatewayError::MissingAction => ErrorCode::MissingParameter,
             GatewayError::InvalidParameter(_) => ErrorCode::InvalidParameter,
             GatewayError::UnknownAction => ErrorCode::InvalidAction,
@@ -315,6 +323,7 @@ mod tests {
             (RateLimited::Account.into(), "RequestLimitExceeded"),
             (RateLimited::Action.into(), "RequestLimitExceeded"),
             (RateLimited::AccountQueries.into(), "RequestLimitExceeded"),
+            (GatewayError::CreditExhausted, "InvalidAccount.InsufficientBalance"),
             (GatewayError::MissingAction, "MissingParameter"),
             (GatewayError::InvalidParameter("x"), "InvalidParameter"),
             (GatewayError::UnknownAction, "InvalidAction"),

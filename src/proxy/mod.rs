@@ -255,6 +255,11 @@ async fn pipeline<B: RequestBody>(
             GatewayError::MissingAction
         });
     };
+    // Credit control: a billable call the account cannot pay for is not made. Before
+    // the rate limit, so a refused call does not consume the caller's quota.
+    if plane.billable[action_id.0 as usize] && !plane.credit_covers(caller.credential.account(), action_id) {
+        return Err(GatewayError::CreditExhausted);
+    }
     // 5. rate limit
     plane.rate_limits.check(caller.credential.account(), action_id)?;
     // 6. forward

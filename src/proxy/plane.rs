@@ -5,7 +5,7 @@
 //! the control plane. Must not hold a path to the billing store, the state publisher
 //! or the configuration as a whole: the data plane never touches the store.
 
-use crate::catalog::Catalog;
+use crate::catalog::{ActionId, Catalog};
 use crate::clock::SharedClock;
 use crate::config::{Config, Limits};
 use crate::meter::Counters;
@@ -16,6 +16,7 @@ use crate::proxy::tenant::TenantDesk;
 use crate::state::mirror::StateMirror;
 use crate::state::{Freshness, StalePolicy};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 pub struct DataPlane {
     pub clock: SharedClock,
@@ -28,9 +29,20 @@ pub struct DataPlane {
     pub counters: Counters,
     /// Per action id: whether its successful calls are counted.
     pub billable: Vec<bool>,
+    /// Per action id: the most one call costs now (micro-units), set by credit control
+    /// (`billing::credit`) and compared with the account's credit headroom.
+    pub credit_prices: Box<[AtomicI64]>,
     pub settings: PlaneSettings,
     /// Answers tenant actions from the control plane (bounded; see `tenant`).
     pub tenants: Arc<dyn TenantDesk>,
+}
+
+impl DataPlane {
+    /// Whether the account can pay for one more call of `action` (credit control).
+    #[inline]
+    pub fn credit_covers(&self, account: &crate::state::mirror::AccountEntry, action: ActionId) -> bool {
+        account.credit_covers(self.credit_prices[action.0 as usize].load(Ordering::Relaxed))
+    }
 }
 
 /// The part of the configuration the pipeline reads.

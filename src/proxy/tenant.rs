@@ -43,6 +43,8 @@ pub struct AccountStatus {
     pub account: AccountRecord,
     /// The limit in force: the account's own, or the configured default.
     pub rate_limit_qps: u32,
+    /// The credit limit in force (micro-units; 0: prepaid), `None`: no limit.
+    pub credit_limit: Option<i64>,
 }
 
 pub struct PricedUsage {
@@ -178,6 +180,12 @@ fn account_fields(status: AccountStatus, with_standing: bool) -> Map<String, Val
         fields.insert("Enabled".into(), account.enabled().into());
         fields.insert("Suspensions".into(), suspensions.into());
         fields.insert("RateLimitQps".into(), status.rate_limit_qps.into());
+        fields.insert(
+            "CreditLimit".into(),
+            status.credit_limit.map_or(Value::Null, |micros| {
+                crate::billing::pricing::format_amount(micros).into()
+            }),
+        );
     }
     fields
 }

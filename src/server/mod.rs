@@ -80,6 +80,16 @@ pub async fn serve(
         app.config.meter.flush_interval,
         stop_rx.clone(),
     ));
+    // Its first check runs before the listeners accept: an account that cannot pay is
+    // refused from the first call.
+    if let Err(e) = crate::billing::credit::refresh(&app).await {
+        tracing::warn!(error = %e, "first credit check failed; calls are not refused for credit until one succeeds");
+    }
+    tokio::spawn(crate::billing::credit::run(
+        app.clone(),
+        app.config.credit.check_interval,
+        stop_rx.clone(),
+    ));
     let data_graceful = Arc::new(GracefulShutdown::new());
     let admin_graceful = Arc::new(GracefulShutdown::new());
 

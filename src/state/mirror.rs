@@ -29,7 +29,16 @@ pub struct AccountEntry {
     /// 0: the configured default.
     rate_limit_qps: AtomicU32,
     version: AtomicI64,
+    /// What the account may still spend (micro-units), as this gateway's credit check
+    /// last computed it (`billing::credit`); `i64::MAX` until then and when no limit
+    /// applies. Local to each gateway: never published.
+    credit_headroom: AtomicI64,
+    /// The account's own credit limit (micro-units), `NO_OWN_LIMIT` for the default.
+    credit_limit: AtomicI64,
 }
+
+/// `AccountEntry::credit_limit` when the account has no limit of its own.
+const NO_OWN_LIMIT: i64 = i64::MIN;
 
 impl std::fmt::Debug for AccountEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,6 +59,8 @@ impl AccountEntry {
             flags: AtomicU8::new(0),
             rate_limit_qps: AtomicU32::new(0),
             version: AtomicI64::new(0),
+            credit_headroom: AtomicI64::new(i64::MAX),
+            credit_limit: AtomicI64::new(NO_OWN_LIMIT),
         }
     }
 
@@ -76,6 +87,26 @@ impl AccountEntry {
 
     pub fn version(&self) -> i64 {
         self.version.load(Ordering::Acquire)
+    }
+
+    /// Whether a call costing `price` micro-units fits what the account may still
+    /// spend (always, until the credit check has run or when no limit applies).
+    #[inline]
+    pub fn credit_covers(&self, price: i64) -> bool {
+        self.credit_headroom.load(Ordering::Relaxed) >= price
+    }
+
+    pub fn credit_headroom(&self) -> i64 {
+        self.credit_headroom.load(Ordering::Relaxed)
+    }
+
+    pub fn set_credit_headroom(&self, micros: i64) {
+        self.credit_headroom.store(micros, Ordering::Relaxed);
+    }
+
+    /// The account's own credit limit, `None` for the configured default.
+    pub fn credit_limit(&self) -> Option<i64> {
+        Some(self.credit_limit.load(Ordering::Relaxed)).filter(|limit| *limit != NO_OWN_LIMIT)
     }
 }
 
@@ -225,6 +256,9 @@ impl StateMirror {
         entry
             .rate_limit_qps
             .store(record.rate_limit_qps.unwrap_or(0), Ordering::Relaxed);
+        entry
+            .credit_limit
+            .store(record.credit_limit.unwrap_or(NO_OWN_LIMIT), Ordering::Relaxed);
         entry.flags.store(flags, Ordering::Release);
         entry.version.store(record.version, Ordering::Release);
     }
@@ -307,6 +341,11 @@ impl StateMirror {
 
     pub fn account_count(&self) -> usize {
         self.accounts.len()
+    }
+
+    /// Every account held (a snapshot of the entries; for the control plane's sweeps).
+    pub fn all_accounts(&self) -> Vec<Arc<AccountEntry>> {
+        self.accounts.iter().map(|e| e.value().clone()).collect()
     }
 
     pub fn credential_count(&self) -> usize {

@@ -68,7 +68,7 @@ const USAGE_ROWS_PER_STATEMENT: usize = 1000;
 const PG_USAGE_ROWS_PER_STATEMENT: usize = 20_000;
 
 const ACCOUNT_COLUMNS: &str = "id, name, activated, activated_at, manual_reason, manual_since, arrears_reason, \
-                               arrears_since, rate_limit_qps, created_at, version";
+                               arrears_since, rate_limit_qps, credit_limit, created_at, version";
 const CREDENTIAL_COLUMNS: &str =
     "secret_id, account_id, secret_key_sealed, api_key_hash, status, created_at, revoked_at, version";
 
@@ -131,8 +131,8 @@ impl Store {
         let insert = bind_account(
             sqlx::query(
                 "INSERT INTO accounts (name, activated, activated_at, manual_reason, manual_since, arrears_reason, \
-                 arrears_since, rate_limit_qps, version, id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 arrears_since, rate_limit_qps, credit_limit, version, id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             ),
             account,
         )
@@ -237,8 +237,8 @@ impl Store {
             let updated = bind_account(
                 sqlx::query(
                     "UPDATE accounts SET name = $1, activated = $2, activated_at = $3, manual_reason = $4, \
-                     manual_since = $5, arrears_reason = $6, arrears_since = $7, rate_limit_qps = $8, version = $9 \
-                     WHERE id = $10 AND version = $11",
+                     manual_since = $5, arrears_reason = $6, arrears_since = $7, rate_limit_qps = $8, \
+                     credit_limit = $9, version = $10 WHERE id = $11 AND version = $12",
                 ),
                 &after,
             )
@@ -667,6 +667,7 @@ fn bind_account<'q>(query: AnyQuery<'q>, account: &'q AccountRecord) -> AnyQuery
         .bind(account.arrears.as_ref().map(|s| s.reason.clone()))
         .bind(account.arrears.as_ref().map(|s| s.since))
         .bind(account.rate_limit_qps.map(i64::from))
+        .bind(account.credit_limit)
         .bind(account.version)
 }
 
@@ -726,6 +727,7 @@ fn account_from_row(row: &AnyRow) -> Result<AccountRecord, sqlx::Error> {
         rate_limit_qps: row
             .try_get::<Option<i64>, _>("rate_limit_qps")?
             .map(|q| q.clamp(0, u32::MAX as i64) as u32),
+        credit_limit: row.try_get("credit_limit")?,
         created_at: row.try_get("created_at")?,
         version: row.try_get("version")?,
     })

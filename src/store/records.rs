@@ -56,6 +56,10 @@ pub struct AccountRecord {
     pub manual: Option<Suspension>,
     pub arrears: Option<Suspension>,
     pub rate_limit_qps: Option<u32>,
+    /// Micro-units the account may owe before calls are refused; `None`: the configured
+    /// default (`billing.credit_limit`). 0 is prepaid.
+    #[serde(default)]
+    pub credit_limit: Option<i64>,
     pub created_at: i64,
     pub version: i64,
 }
@@ -70,6 +74,7 @@ impl AccountRecord {
             manual: None,
             arrears: None,
             rate_limit_qps: None,
+            credit_limit: None,
             created_at: now,
             version: 1,
         }
