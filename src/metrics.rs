@@ -253,6 +253,15 @@ pub struct Metrics {
     pub usage_oldest_pending_seconds: Gauge,
     pub flush_batches_ok: Counter,
     pub flush_batches_failed: Counter,
+    /// 1 while a closed month is not billed after the 3rd of the next month (billing
+    /// time zone); set by the billing scheduler.
+    pub billing_month_late: Gauge,
+    /// The latest month with a finished run, as YYYYMM (0: none yet); set by the
+    /// billing scheduler.
+    pub billing_last_month_billed: Gauge,
+    /// Runs this gateway's scheduler finished, and attempts that failed.
+    pub billing_scheduled_runs_ok: Counter,
+    pub billing_scheduled_runs_failed: Counter,
 }
 
 impl Metrics {
@@ -343,6 +352,26 @@ impl Metrics {
         let flush_batches_ok = flushes.get_or_create(&KindLabels { kind: "ok".into() }).clone();
         let flush_batches_failed = flushes.get_or_create(&KindLabels { kind: "failed".into() }).clone();
         registry.register("flush_batches", "Usage flush attempts by result (ok, failed)", flushes);
+        let billing_month_late = Gauge::default();
+        registry.register(
+            "billing_month_late",
+            "1 while a closed month is still not billed after the 3rd of the next month (billing time zone)",
+            billing_month_late.clone(),
+        );
+        let billing_last_month_billed = Gauge::default();
+        registry.register(
+            "billing_last_month_billed",
+            "The latest month whose billing run finished, as YYYYMM (0: none yet)",
+            billing_last_month_billed.clone(),
+        );
+        let runs = Family::<KindLabels, Counter>::default();
+        let billing_scheduled_runs_ok = runs.get_or_create(&KindLabels { kind: "ok".into() }).clone();
+        let billing_scheduled_runs_failed = runs.get_or_create(&KindLabels { kind: "failed".into() }).clone();
+        registry.register(
+            "billing_scheduled_runs",
+            "Billing runs this gateway's scheduler finished (ok) or attempted and failed (failed)",
+            runs,
+        );
         Self {
             registry,
             requests,
@@ -360,6 +389,10 @@ impl Metrics {
             usage_oldest_pending_seconds,
             flush_batches_ok,
             flush_batches_failed,
+            billing_month_late,
+            billing_last_month_billed,
+            billing_scheduled_runs_ok,
+            billing_scheduled_runs_failed,
         }
     }
 
