@@ -870,7 +870,10 @@ impl Config {
                     Some(_) => return Err(ConfigError::new("EKYC_BILLING_SCHEDULER", "must be on or off")),
                 },
                 run_at_seconds: parse_time_of_day(&raw.billing.run_at).ok_or_else(|| {
-                    ConfigError::new("billing.run_at", "must be a time of day like \"02:00\" (HH:MM, 24-hour)")
+                    ConfigError::new(
+                        "billing.run_at",
+                        "must be a time of day like \"02:00\" (HH:MM, 24-hour)",
+                    )
                 })?,
                 interval: ms(
                     "billing.scheduler_interval_ms",
@@ -970,7 +973,12 @@ mod tests {
         assert_eq!(c.scheduler.interval, Duration::from_millis(50));
         let mut env = ENV.to_vec();
         env.push(("EKYC_BILLING_SCHEDULER", "on"));
-        assert!(Config::from_toml("[billing]\nscheduler = false\n", &env).unwrap().scheduler.enabled);
+        assert!(
+            Config::from_toml("[billing]\nscheduler = false\n", &env)
+                .unwrap()
+                .scheduler
+                .enabled
+        );
         env.pop();
         env.push(("EKYC_BILLING_SCHEDULER", "off"));
         assert!(!Config::from_toml("", &env).unwrap().scheduler.enabled);

@@ -183,7 +183,10 @@ async fn three_gateways_crossing_a_month_end_bill_it_once() {
     assert_eq!(charged.len(), 31, "one charge per bill: {charged:?}");
     let bill_ids: std::collections::HashSet<_> = charged.iter().map(|(_, b)| b.clone()).collect();
     assert_eq!(bill_ids.len(), 31, "no bill charged twice");
-    assert!(store.bills_of_month("2026-11").await.unwrap().is_empty(), "November is open");
+    assert!(
+        store.bills_of_month("2026-11").await.unwrap().is_empty(),
+        "November is open"
+    );
     for gateway in gateways {
         gateway.shutdown().await;
     }
@@ -217,7 +220,13 @@ async fn months_missed_while_every_gateway_was_down_are_billed_oldest_first() {
     })
     .await;
 
-    let runs: Vec<String> = store.billing_runs().await.unwrap().into_iter().map(|r| r.month).collect();
+    let runs: Vec<String> = store
+        .billing_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.month)
+        .collect();
     assert_eq!(runs, ["2026-09", "2026-10", "2026-11"]);
     // Oldest first: each month's calls are on that month's bill, as usage, not as a
     // late line of a later month.
@@ -277,7 +286,10 @@ async fn a_month_not_billed_by_the_end_of_the_3rd_is_late_and_readiness_stays_gr
 
     // The hung run is gone: the next check bills October and the alarm clears.
     store.unlock_billing("hung-run").await.unwrap();
-    poll_until("October to be billed and the alarm cleared", DEADLINE, || metrics_at(0, 202610)).await;
+    poll_until("October to be billed and the alarm cleared", DEADLINE, || {
+        metrics_at(0, 202610)
+    })
+    .await;
     assert_eq!(store.bills("alice").await.unwrap().len(), 1);
     gateway.shutdown().await;
 }
@@ -374,7 +386,10 @@ async fn a_leader_killed_mid_run_is_finished_by_another_gateway_without_billing_
     );
     leader.kill();
     blocker.batch_execute("ROLLBACK").await.unwrap();
-    assert!(run_recorded(&store, "2026-10").await.is_none(), "the leader died mid-run");
+    assert!(
+        run_recorded(&store, "2026-10").await.is_none(),
+        "the leader died mid-run"
+    );
 
     let after_the_lease = expires_at + 1;
     let mut survivors = Vec::new();
@@ -386,8 +401,16 @@ async fn a_leader_killed_mid_run_is_finished_by_another_gateway_without_billing_
         run_recorded(&store, "2026-10").await
     })
     .await;
-    assert_ne!(run.actor, holder.rsplit_once(':').unwrap().0, "the dead leader did not finish");
-    assert_eq!(run.bills_created, (ACCOUNTS - 2000) as u64, "the rest, not the first 2,000 again");
+    assert_ne!(
+        run.actor,
+        holder.rsplit_once(':').unwrap().0,
+        "the dead leader did not finish"
+    );
+    assert_eq!(
+        run.bills_created,
+        (ACCOUNTS - 2000) as u64,
+        "the rest, not the first 2,000 again"
+    );
 
     let bills = store.bills_of_month("2026-10").await.unwrap();
     assert_eq!(bills.len(), ACCOUNTS);

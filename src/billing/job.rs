@@ -63,7 +63,9 @@ pub struct BillLine {
 pub enum BillingError {
     #[error("{0} is not over yet in the billing time zone: only past months can be billed")]
     OpenMonth(Month),
-    #[error("another billing run holds the lease; try again when it has finished (a run that died frees it within a minute)")]
+    #[error(
+        "another billing run holds the lease; try again when it has finished (a run that died frees it within a minute)"
+    )]
     Locked,
     #[error("the billing lease was lost to another run (not renewed in time); this run stopped")]
     LeaseLost,
@@ -206,7 +208,7 @@ async fn run_leased(
         store
             .record_billing_run(&month, request.now, &request.actor, summary.bills_created)
             .await?;
-        Ok(Some(summary))
+        Ok::<_, BillingError>(Some(summary))
     };
     let result = tokio::select! {
         result = work => result,

@@ -386,11 +386,17 @@ mod tests {
         // 2026-11-01 00:00 at UTC+8 is 2026-10-31 16:00 UTC.
         assert_eq!(november.start_unix(8 * 3600), 1_793_462_400);
         for offset in [-5 * 3600 - 1800, 0, 8 * 3600, 14 * 3600] {
-            for text in ["1970-01", "2000-02", "2000-03", "2024-02", "2026-12", "2100-03", "9999-12"] {
+            for text in [
+                "1970-02", "2000-02", "2000-03", "2024-02", "2026-12", "2100-03", "9999-12",
+            ] {
                 let month = Month::parse(text).unwrap();
                 let start = month.start_unix(offset);
                 assert_eq!(Month::of(start, offset), Some(month), "{text} {offset}");
-                assert_eq!(Month::of(start - 1, offset), Some(Month(month.0 - 1)), "{text} {offset}");
+                assert_eq!(
+                    Month::of(start - 1, offset),
+                    Some(Month(month.0 - 1)),
+                    "{text} {offset}"
+                );
             }
         }
     }

@@ -104,11 +104,12 @@ impl Store {
     /// Moves the expiry of `holder`'s lease to `now + lease_seconds`. False: the lease
     /// is someone else's now (it expired and was taken over).
     pub async fn renew_billing_lock(&self, holder: &str, now: i64, lease_seconds: i64) -> Result<bool, StoreError> {
-        let renewed = sqlx::query("UPDATE billing_locks SET expires_at = $2 WHERE name = 'billing-run' AND holder = $1")
-            .bind(holder)
-            .bind(now + lease_seconds)
-            .execute(&self.pool)
-            .await?;
+        let renewed =
+            sqlx::query("UPDATE billing_locks SET expires_at = $2 WHERE name = 'billing-run' AND holder = $1")
+                .bind(holder)
+                .bind(now + lease_seconds)
+                .execute(&self.pool)
+                .await?;
         Ok(renewed.rows_affected() == 1)
     }
 
@@ -117,9 +118,10 @@ impl Store {
         let row = sqlx::query("SELECT holder, expires_at FROM billing_locks WHERE name = 'billing-run'")
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| Ok((row.try_get("holder")?, row.try_get("expires_at")?)))
-            .transpose()
-            .map_err(|e: sqlx::Error| e.into())
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some((row.try_get("holder")?, row.try_get("expires_at")?))),
+        }
     }
 
     pub async fn unlock_billing(&self, holder: &str) -> Result<(), StoreError> {
