@@ -256,6 +256,14 @@ struct RawBilling {
     /// of its own; unset: no limit.
     credit_limit: Option<String>,
     credit_check_interval_ms: u64,
+    /// Whether this gateway runs the monthly billing by itself (env
+    /// `EKYC_BILLING_SCHEDULER` wins); default true.
+    scheduler: bool,
+    /// The time of day ("HH:MM", billing time zone) on the 1st when the previous month
+    /// is billed; default "02:00".
+    run_at: String,
+    /// How often the scheduler looks at the clock and the store; default 30 s.
+    scheduler_interval_ms: u64,
 }
 
 impl Default for RawBilling {
@@ -266,8 +274,21 @@ impl Default for RawBilling {
             total_rounding: "0.01".into(),
             credit_limit: None,
             credit_check_interval_ms: 2000,
+            scheduler: true,
+            run_at: "02:00".into(),
+            scheduler_interval_ms: 30_000,
         }
     }
+}
+
+/// "HH:MM" (24-hour) as seconds after midnight.
+fn parse_time_of_day(text: &str) -> Option<u32> {
+    let (hours, minutes) = text.split_once(':')?;
+    if hours.len() != 2 || minutes.len() != 2 {
+        return None;
+    }
+    let (hours, minutes): (u32, u32) = (hours.parse().ok()?, minutes.parse().ok()?);
+    (hours < 24 && minutes < 60).then_some(hours * 3600 + minutes * 60)
 }
 
 fn parse_price(key: &str, raw: &RawPrice) -> Result<(String, Price), ConfigError> {
@@ -444,6 +465,8 @@ pub struct Config {
     /// Prices per action and the bill rounding rule.
     pub prices: PriceBook,
     pub credit: CreditConfig,
+    /// The monthly billing run this gateway starts by itself.
+    pub scheduler: SchedulerConfig,
     /// Data-plane threads (`runtime.worker_threads`; 0: one per core).
     pub worker_threads: usize,
     /// Each data-plane thread pinned to one allowed CPU (`runtime.pin_threads`).
@@ -480,6 +503,18 @@ pub struct MeterConfig {
     pub journal_path: std::path::PathBuf,
     /// Most distinct (account, action, month) counters held while the store lags.
     pub max_pending_keys: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// False: the month is billed only by `billing run` or `POST /v1/billing/run`.
+    pub enabled: bool,
+    /// Seconds after midnight (billing time zone) on the 1st when the previous month's
+    /// run is due.
+    pub run_at_seconds: u32,
+    /// How often the scheduler looks at the clock and the store (and the first retry
+    /// after a failed run; retries back off from there).
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -861,6 +896,26 @@ impl Config {
                     3_600_000,
                 )?,
             },
+            scheduler: SchedulerConfig {
+                enabled: match env.var("EKYC_BILLING_SCHEDULER").as_deref() {
+                    None => raw.billing.scheduler,
+                    Some("on" | "true" | "1") => true,
+                    Some("off" | "false" | "0") => false,
+                    Some(_) => return Err(ConfigError::new("EKYC_BILLING_SCHEDULER", "must be on or off")),
+                },
+                run_at_seconds: parse_time_of_day(&raw.billing.run_at).ok_or_else(|| {
+                    ConfigError::new(
+                        "billing.run_at",
+                        "must be a time of day like \"02:00\" (HH:MM, 24-hour)",
+                    )
+                })?,
+                interval: ms(
+                    "billing.scheduler_interval_ms",
+                    raw.billing.scheduler_interval_ms,
+                    10,
+                    3_600_000,
+                )?,
+            },
             worker_threads: within("runtime.worker_threads", raw.runtime.worker_threads, 0, 1024)?,
             pin_worker_threads: raw.runtime.pin_threads,
             default_rate_limit_qps: raw.rate_limit.default_qps,
@@ -935,6 +990,39 @@ mod tests {
         assert_eq!(c.state.max_staleness, Duration::from_secs(300));
         assert_eq!(c.state.stale_policy, StalePolicy::FailClosed);
         assert!(c.admin_tokens.is_empty());
+        assert!(c.scheduler.enabled);
+        assert_eq!(c.scheduler.run_at_seconds, 2 * 3600);
+        assert_eq!(c.scheduler.interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_scheduler_keys_and_their_environment_override() {
+        let c = Config::from_toml(
+            "[billing]\nscheduler = false\nrun_at = \"23:45\"\nscheduler_interval_ms = 50\n",
+            &ENV,
+        )
+        .unwrap();
+        assert!(!c.scheduler.enabled);
+        assert_eq!(c.scheduler.run_at_seconds, 23 * 3600 + 45 * 60);
+        assert_eq!(c.scheduler.interval, Duration::from_millis(50));
+        let mut env = ENV.to_vec();
+        env.push(("EKYC_BILLING_SCHEDULER", "on"));
+        assert!(
+            Config::from_toml("[billing]\nscheduler = false\n", &env)
+                .unwrap()
+                .scheduler
+                .enabled
+        );
+        env.pop();
+        env.push(("EKYC_BILLING_SCHEDULER", "off"));
+        assert!(!Config::from_toml("", &env).unwrap().scheduler.enabled);
+        env.pop();
+        env.push(("EKYC_BILLING_SCHEDULER", "maybe"));
+        assert_eq!(Config::from_toml("", &env).unwrap_err().key, "EKYC_BILLING_SCHEDULER");
+        for bad in ["24:00", "2:00", "02:60", "0200", "noon"] {
+            let err = Config::from_toml(&format!("[billing]\nrun_at = \"{bad}\"\n"), &ENV).unwrap_err();
+            assert_eq!(err.key, "billing.run_at", "{bad}");
+        }
     }
 
     #[test]

@@ -255,6 +255,15 @@ pub struct Metrics {
     pub flush_batches_failed: Counter,
     /// Accounts under a credit limit whose headroom does not cover one more call.
     pub credit_exhausted_accounts: Gauge,
+    /// 1 while a closed month is not billed after the 3rd of the next month (billing
+    /// time zone); set by the billing scheduler.
+    pub billing_month_late: Gauge,
+    /// The latest month with a finished run, as YYYYMM (0: none yet); set by the
+    /// billing scheduler.
+    pub billing_last_month_billed: Gauge,
+    /// Runs this gateway's scheduler finished, and attempts that failed.
+    pub billing_scheduled_runs_ok: Counter,
+    pub billing_scheduled_runs_failed: Counter,
 }
 
 impl Metrics {
@@ -351,6 +360,26 @@ impl Metrics {
             "Accounts whose balance and credit limit do not cover one more call, at the last credit check",
             credit_exhausted_accounts.clone(),
         );
+        let billing_month_late = Gauge::default();
+        registry.register(
+            "billing_month_late",
+            "1 while a closed month is still not billed after the 3rd of the next month (billing time zone)",
+            billing_month_late.clone(),
+        );
+        let billing_last_month_billed = Gauge::default();
+        registry.register(
+            "billing_last_month_billed",
+            "The latest month whose billing run finished, as YYYYMM (0: none yet)",
+            billing_last_month_billed.clone(),
+        );
+        let runs = Family::<KindLabels, Counter>::default();
+        let billing_scheduled_runs_ok = runs.get_or_create(&KindLabels { kind: "ok".into() }).clone();
+        let billing_scheduled_runs_failed = runs.get_or_create(&KindLabels { kind: "failed".into() }).clone();
+        registry.register(
+            "billing_scheduled_runs",
+            "Billing runs this gateway's scheduler finished (ok) or attempted and failed (failed)",
+            runs,
+        );
         Self {
             registry,
             requests,
@@ -369,6 +398,10 @@ impl Metrics {
             flush_batches_ok,
             flush_batches_failed,
             credit_exhausted_accounts,
+            billing_month_late,
+            billing_last_month_billed,
+            billing_scheduled_runs_ok,
+            billing_scheduled_runs_failed,
         }
     }
 

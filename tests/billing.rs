@@ -358,8 +358,8 @@ async fn demo_walkthrough_bill_suspend_topup_reactivate() {
     let _ = demo.wait();
 }
 
-/// Two runs at once bill once; a held lock refuses a run; a lock left by a dead run
-/// (older than an hour) is taken over.
+/// Two runs at once bill once; a held lease refuses a run; a lease left by a dead run
+/// (expired) is taken over.
 #[tokio::test]
 async fn concurrent_runs_bill_once_and_the_lock_holds() {
     use ekyc_gateway::billing::job::{self, BillingError, RunRequest};

@@ -483,7 +483,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             .await
             .map_err(|e| match e {
                 BillingError::Store(e) => ApiError::from(e),
-                BillingError::Locked => ApiError {
+                BillingError::Locked | BillingError::LeaseLost => ApiError {
                     status: StatusCode::CONFLICT,
                     code: "conflict",
                     message: e.to_string(),

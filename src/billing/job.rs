@@ -6,7 +6,9 @@
 //! lose it.
 //!
 //! Idempotent: an account with a bill for M is skipped (unique (account, month) in the
-//! store, charge keyed by bill id); two runs cannot overlap (a lock row in the store).
+//! store, charge keyed by bill id); two runs cannot overlap (a lease in the store, renewed
+//! while the run goes on, taken over once it expires). A finished run is recorded per
+//! month (`billing_runs`), which is what the scheduler (`billing::scheduler`) reads.
 //! Must not edit or delete a bill or a ledger entry, and must not bill an open month.
 
 use super::pricing::{Price, PriceBook, TierCharge, format_amount};
@@ -19,8 +21,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-/// A lock older than this belongs to a run that died; the next run takes it over.
-const STALE_LOCK_SECONDS: i64 = 3600;
+/// How long the billing lease lasts without a renewal: a run that died (killed, cut
+/// off from the store) blocks the next one for at most this long.
+pub const LEASE_SECONDS: i64 = 60;
+/// How often a run renews its lease: several renewals fit in one lease, so a slow
+/// store round trip does not lose it.
+const LEASE_RENEWAL: Duration = Duration::from_secs(15);
 /// Accounts written per transaction.
 const ACCOUNTS_PER_TRANSACTION: usize = 2000;
 
@@ -57,8 +63,12 @@ pub struct BillLine {
 pub enum BillingError {
     #[error("{0} is not over yet in the billing time zone: only past months can be billed")]
     OpenMonth(Month),
-    #[error("another billing run holds the lock (since less than an hour); try again when it has finished")]
+    #[error(
+        "another billing run holds the lease; try again when it has finished (a run that died frees it within a minute)"
+    )]
     Locked,
+    #[error("the billing lease was lost to another run (not renewed in time); this run stopped")]
+    LeaseLost,
     #[error(
         "no price for {action} in {month}: add one to the catalog (actions.{action}.prices) or set billing.default_unit"
     )]
@@ -133,23 +143,99 @@ pub async fn run(
     request: RunRequest,
     progress: &mut (dyn FnMut(u64, u64) + Send),
 ) -> Result<RunSummary, BillingError> {
+    let summary = run_leased(
+        store,
+        prices,
+        publisher,
+        billing_utc_offset_seconds,
+        request,
+        progress,
+        false,
+    )
+    .await?;
+    Ok(summary.expect("a manual run is never skipped"))
+}
+
+/// Bills `request.month` unless a finished run of it is recorded (checked under the
+/// lease, so of N schedulers that all saw the month pending, one runs it). None: it
+/// was recorded already.
+pub async fn run_unless_done(
+    store: &Store,
+    prices: &PriceBook,
+    publisher: &dyn StatePublisher,
+    billing_utc_offset_seconds: i32,
+    request: RunRequest,
+) -> Result<Option<RunSummary>, BillingError> {
+    run_leased(
+        store,
+        prices,
+        publisher,
+        billing_utc_offset_seconds,
+        request,
+        &mut |_, _| {},
+        true,
+    )
+    .await
+}
+
+async fn run_leased(
+    store: &Store,
+    prices: &PriceBook,
+    publisher: &dyn StatePublisher,
+    billing_utc_offset_seconds: i32,
+    request: RunRequest,
+    progress: &mut (dyn FnMut(u64, u64) + Send),
+    unless_done: bool,
+) -> Result<Option<RunSummary>, BillingError> {
     let current = Month::of(request.now, billing_utc_offset_seconds)
         .ok_or_else(|| BillingError::Store(StoreError::Invalid("the clock is outside the years 0-9999".into())))?;
     if request.month >= current {
         return Err(BillingError::OpenMonth(request.month));
     }
     if request.dry_run {
-        return bill_month(store, prices, publisher, &request, progress).await;
+        return bill_month(store, prices, publisher, &request, progress).await.map(Some);
     }
     let holder = format!("{}:{}", request.actor, uuid::Uuid::new_v4().simple());
-    if !store.try_lock_billing(&holder, request.now, STALE_LOCK_SECONDS).await? {
+    if !store.try_lock_billing(&holder, request.now, LEASE_SECONDS).await? {
         return Err(BillingError::Locked);
     }
-    let result = bill_month(store, prices, publisher, &request, progress).await;
+    let month = request.month.to_string();
+    let work = async {
+        if unless_done && store.billing_runs().await?.iter().any(|r| r.month == month) {
+            return Ok(None);
+        }
+        let summary = bill_month(store, prices, publisher, &request, progress).await?;
+        store
+            .record_billing_run(&month, request.now, &request.actor, summary.bills_created)
+            .await?;
+        Ok::<_, BillingError>(Some(summary))
+    };
+    let result = tokio::select! {
+        result = work => result,
+        lost = keep_lease(store, &holder, request.now) => Err(lost),
+    };
     if let Err(e) = store.unlock_billing(&holder).await {
-        tracing::warn!(error = %e, "could not release the billing lock; the next run takes it over after an hour");
+        tracing::warn!(error = %e, "could not release the billing lease; the next run takes it over once it expires");
     }
     result
+}
+
+/// Renews the lease until it is lost (then returns), while the run it guards goes on:
+/// both are polled by the same task, so a run that dies stops renewing. The expiry is
+/// counted from the run's `now` plus the time the run has taken, so a pinned clock in
+/// tests gives the same leases as the wall clock.
+async fn keep_lease(store: &Store, holder: &str, started_at: i64) -> BillingError {
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(LEASE_RENEWAL).await;
+        let now = started_at + started.elapsed().as_secs() as i64;
+        match store.renew_billing_lock(holder, now, LEASE_SECONDS).await {
+            Ok(true) => {}
+            Ok(false) => return BillingError::LeaseLost,
+            // The run itself meets the same store: it fails or the next renewal works.
+            Err(e) => tracing::warn!(error = %e, "could not renew the billing lease; retrying"),
+        }
+    }
 }
 
 async fn bill_month(

@@ -1,6 +1,7 @@
 //! Billing: prices (`pricing`), the monthly job that turns flushed usage into bills and
-//! charges (`job`), the ledger's derived views: balance and bill status (`ledger`), and
-//! credit control's headroom per account (`credit`).
+//! charges (`job`), the scheduler that runs it in every gateway (`scheduler`), the
+//! ledger's derived views: balance and bill status (`ledger`), and credit control's
+//! headroom per account (`credit`).
 //! Bills and ledger entries are only ever added, never edited: corrections are new
 //! entries. Must not run on the request path.
 
@@ -8,3 +9,4 @@ pub mod credit;
 pub mod job;
 pub mod ledger;
 pub mod pricing;
+pub mod scheduler;

@@ -58,6 +58,23 @@ impl Month {
     pub fn number(self) -> u32 {
         self.0 % 12 + 1
     }
+
+    /// The first second of the month (the 1st, 00:00) in a zone `offset_seconds` east of
+    /// UTC, as Unix seconds.
+    pub fn start_unix(self, offset_seconds: i32) -> i64 {
+        days_from_civil(i64::from(self.year()), self.number(), 1) * 86_400 - i64::from(offset_seconds)
+    }
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = if year >= 0 { year } else { year - 399 } / 400;
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * i64::from((month + 9) % 12) + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 impl std::fmt::Display for Month {
@@ -384,6 +401,27 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_month_starts_on_its_first_at_midnight_in_the_billing_zone() {
+        let november = Month::parse("2026-11").unwrap();
+        // 2026-11-01 00:00 at UTC+8 is 2026-10-31 16:00 UTC.
+        assert_eq!(november.start_unix(8 * 3600), 1_793_462_400);
+        for offset in [-5 * 3600 - 1800, 0, 8 * 3600, 14 * 3600] {
+            for text in [
+                "1970-02", "2000-02", "2000-03", "2024-02", "2026-12", "2100-03", "9999-12",
+            ] {
+                let month = Month::parse(text).unwrap();
+                let start = month.start_unix(offset);
+                assert_eq!(Month::of(start, offset), Some(month), "{text} {offset}");
+                assert_eq!(
+                    Month::of(start - 1, offset),
+                    Some(Month(month.0 - 1)),
+                    "{text} {offset}"
+                );
+            }
+        }
+    }
 
     const UTC8: i32 = 8 * 3600;
 

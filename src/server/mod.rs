@@ -90,6 +90,10 @@ pub async fn serve(
         app.config.credit.check_interval,
         stop_rx.clone(),
     ));
+    if app.config.scheduler.enabled {
+        let scheduler = crate::billing::scheduler::Scheduler::new(app.clone());
+        tokio::spawn(scheduler.run(stop_rx.clone()));
+    }
     let data_graceful = Arc::new(GracefulShutdown::new());
     let admin_graceful = Arc::new(GracefulShutdown::new());
 

@@ -1,6 +1,7 @@
-//! The billing tables of the store: bills, billed usage, the ledger and the billing-run
-//! lock. Only inserts on bills, billed usage and the ledger (the schema refuses UPDATE
-//! and DELETE on them). Must not price anything: the job (`billing::job`) does.
+//! The billing tables of the store: bills, billed usage, the ledger, the billing lease
+//! and the record of finished runs. Only inserts on bills, billed usage and the ledger
+//! (the schema refuses UPDATE and DELETE on them). Must not price anything: the job
+//! (`billing::job`) does.
 
 use super::{Store, StoreError, push_placeholders};
 use sqlx::Row;
@@ -61,6 +62,15 @@ pub struct Unbilled {
     pub billed: u64,
 }
 
+/// A finished billing run, as `billing_runs` records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingRun {
+    pub month: String,
+    pub finished_at: i64,
+    pub actor: String,
+    pub bills_created: u64,
+}
+
 pub enum TopupOutcome {
     Recorded(LedgerEntry),
     /// The idempotency key was used before, for the same amount: nothing new recorded.
@@ -74,20 +84,44 @@ const BILL_COLUMNS: &str = "id, account_id, month, currency, subtotal, total, li
 const LEDGER_COLUMNS: &str = "id, account_id, at, kind, amount, bill_id, idempotency_key, actor, note";
 
 impl Store {
-    /// Takes the billing-run lock for `holder`. A lock older than `stale_after` seconds
-    /// (a run that died) is taken over. False: another run holds it.
-    pub async fn try_lock_billing(&self, holder: &str, now: i64, stale_after: i64) -> Result<bool, StoreError> {
+    /// Takes the billing lease for `holder` until `now + lease_seconds`. A lease whose
+    /// expiry has passed (its holder died, or stopped renewing) is taken over. False:
+    /// another run holds it.
+    pub async fn try_lock_billing(&self, holder: &str, now: i64, lease_seconds: i64) -> Result<bool, StoreError> {
         let taken = sqlx::query(
-            "INSERT INTO billing_locks (name, holder, acquired_at) VALUES ('billing-run', $1, $2) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, acquired_at = excluded.acquired_at \
-             WHERE billing_locks.acquired_at < $3",
+            "INSERT INTO billing_locks (name, holder, acquired_at, expires_at) VALUES ('billing-run', $1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, acquired_at = excluded.acquired_at, \
+             expires_at = excluded.expires_at WHERE billing_locks.expires_at <= $2",
         )
         .bind(holder)
         .bind(now)
-        .bind(now - stale_after)
+        .bind(now + lease_seconds)
         .execute(&self.pool)
         .await?;
         Ok(taken.rows_affected() == 1)
+    }
+
+    /// Moves the expiry of `holder`'s lease to `now + lease_seconds`. False: the lease
+    /// is someone else's now (it expired and was taken over).
+    pub async fn renew_billing_lock(&self, holder: &str, now: i64, lease_seconds: i64) -> Result<bool, StoreError> {
+        let renewed =
+            sqlx::query("UPDATE billing_locks SET expires_at = $2 WHERE name = 'billing-run' AND holder = $1")
+                .bind(holder)
+                .bind(now + lease_seconds)
+                .execute(&self.pool)
+                .await?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    /// Who holds the billing lease and until when, if anyone ever took it.
+    pub async fn billing_lock(&self) -> Result<Option<(String, i64)>, StoreError> {
+        let row = sqlx::query("SELECT holder, expires_at FROM billing_locks WHERE name = 'billing-run'")
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some((row.try_get("holder")?, row.try_get("expires_at")?))),
+        }
     }
 
     pub async fn unlock_billing(&self, holder: &str) -> Result<(), StoreError> {
@@ -96,6 +130,66 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Records that the run for `month` finished; a month already recorded keeps its
+    /// first record.
+    pub async fn record_billing_run(
+        &self,
+        month: &str,
+        now: i64,
+        actor: &str,
+        bills_created: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO billing_runs (month, finished_at, actor, bills_created) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (month) DO NOTHING",
+        )
+        .bind(month)
+        .bind(now)
+        .bind(actor)
+        .bind(bills_created as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every finished run, oldest month first.
+    pub async fn billing_runs(&self) -> Result<Vec<BillingRun>, StoreError> {
+        let rows = sqlx::query("SELECT month, finished_at, actor, bills_created FROM billing_runs ORDER BY month")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(BillingRun {
+                    month: row.try_get("month")?,
+                    finished_at: row.try_get("finished_at")?,
+                    actor: row.try_get("actor")?,
+                    bills_created: row.try_get::<i64, _>("bills_created")?.max(0) as u64,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Months before `current` with flushed calls of an account that has no bill for
+    /// that month, and no finished run: the months a run was missed for, oldest first.
+    /// Reads the whole usage table: the scheduler asks once per process and month.
+    pub async fn months_missing_a_run(&self, current: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT u.month FROM usage u \
+             WHERE u.month < $1 AND u.calls > 0 \
+             AND NOT EXISTS (SELECT 1 FROM billing_runs r WHERE r.month = u.month) \
+             AND NOT EXISTS (SELECT 1 FROM bills b WHERE b.account_id = u.account_id AND b.month = u.month) \
+             ORDER BY u.month",
+        )
+        .bind(current)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get("month"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// Every call of `month` and earlier months not yet on a bill.

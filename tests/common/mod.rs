@@ -180,6 +180,8 @@ pub struct GatewayHandle {
 }
 
 /// A config for a gateway in front of `upstream_url`, from TOML plus the test env.
+/// The billing scheduler is off (a test that wants it sets `config.scheduler.enabled`):
+/// on the machine's date it would bill the test's months by itself.
 pub fn gateway_config(upstream_url: &str, extra_toml: &str) -> Config {
     let text = format!("[upstream]\nurl = \"{upstream_url}\"\n{extra_toml}");
     let env = [
@@ -187,6 +189,7 @@ pub fn gateway_config(upstream_url: &str, extra_toml: &str) -> Config {
         ("EKYC_UPSTREAM_SECRET_KEY", PLATFORM_SECRET_KEY),
         ("EKYC_MASTER_KEY", MASTER_KEY),
         ("EKYC_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("EKYC_BILLING_SCHEDULER", "off"),
     ];
     Config::from_toml(&text, &env).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
 }
@@ -854,13 +857,15 @@ impl Drop for GatewayProcess {
     }
 }
 
-/// The environment a gateway process needs, for the test secrets.
+/// The environment a gateway process needs, for the test secrets; the billing scheduler
+/// off, as in `gateway_config`.
 pub fn process_env() -> Vec<(&'static str, &'static str)> {
     vec![
         ("EKYC_UPSTREAM_SECRET_ID", PLATFORM_SECRET_ID),
         ("EKYC_UPSTREAM_SECRET_KEY", PLATFORM_SECRET_KEY),
         ("EKYC_MASTER_KEY", MASTER_KEY),
         ("EKYC_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("EKYC_BILLING_SCHEDULER", "off"),
     ]
 }
 
