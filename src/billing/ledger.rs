@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(balance(&ledger), -30);
         assert_eq!(
             arrears_reason(balance(&ledger)).as_deref(),
-            Some("overdue bills: 0.30 owed")
+            Some("overdue bills: 0.00003 owed")
         );
         // Paid again from the credit that covered it after the debit, not from before.
         ledger.push(entry(30, 40));
