@@ -165,7 +165,7 @@ mod tests {
             } else {
                 ledger.push(entry(*amount, at));
             }
-            let unpaid = bill_statuses(&bills, &ledger).iter().any(|s| *s == BillStatus::Overdue);
+            let unpaid = bill_statuses(&bills, &ledger).contains(&BillStatus::Overdue);
             assert_eq!(unpaid, balance(&ledger) < 0, "after entry {i}");
             assert_eq!(arrears_reason(balance(&ledger)).is_some(), unpaid);
         }
