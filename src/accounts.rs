@@ -139,12 +139,3 @@ pub async fn set_credit_limit(
     })
     .await
 }
-
-/// Lifts the arrears suspension once the balance is settled (the caller checks it).
-pub async fn lift_arrears(app: &Arc<App>, id: &str, actor: &str) -> Result<AccountRecord, StoreError> {
-    change(app, id, actor, "billing.arrears_lifted", |a| {
-        a.arrears = None;
-        Ok(())
-    })
-    .await
-}

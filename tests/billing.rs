@@ -163,6 +163,12 @@ async fn lifecycle(store_url: Option<String>) {
     // Top-ups: part of the debt keeps the flag; the rest lifts it; a repeated key is one payment.
     let (_, part) = topup(&gateway, "debtor", "0.40", "d1").await;
     assert_eq!(part["state"]["enabled"], false, "{part}");
+    assert_eq!(
+        part["state"]["suspensions"][0]["reason"], "overdue bills: 0.60 owed",
+        "the reason follows the amount owed: {part}"
+    );
+    let own = call_as(&gateway, &clock, &debtor, "DescribeServiceStatus").await;
+    assert!(own.to_string().contains("overdue bills: 0.60 owed"), "{own}");
     let (status, rest) = topup(&gateway, "debtor", "0.60", "d2").await;
     assert_eq!((status, &rest["balance"]), (201, &json!("0.00")), "{rest}");
     assert_eq!(rest["state"]["enabled"], true, "{rest}");
@@ -225,14 +231,78 @@ async fn lifecycle(store_url: Option<String>) {
     let (_, again) = admin(&gateway, "POST", "/v1/billing/run", Some(json!({"month": "2026-11"}))).await;
     assert_eq!(again["bills_created"], 0, "late usage is billed once");
 
-    // Corrections are new ledger entries.
-    let adjust = json!({"amount": "-0.25", "reason": "manual correction", "idempotency_key": "adj-1"});
-    let (status, adjusted) = admin(&gateway, "POST", "/v1/accounts/payer/adjustments", Some(adjust.clone())).await;
-    assert_eq!((status, &adjusted["balance"]), (201, &json!("5.50")), "{adjusted}");
-    let (status, _) = admin(&gateway, "POST", "/v1/accounts/payer/adjustments", Some(adjust)).await;
-    assert_eq!(status, 200, "same key: recorded once");
+    // Credits: positive, with a reason, recorded once per key. Nothing moves money out.
+    for (amount, why) in [("-0.25", "a refund"), ("0", "zero"), ("0.00", "zero")] {
+        let body = json!({"amount": amount, "reason": "refund of unused prepayment", "idempotency_key": why});
+        let (status, refused) = admin(&gateway, "POST", "/v1/accounts/payer/credits", Some(body)).await;
+        assert_eq!(status, 400, "{amount}: {refused}");
+        assert!(refused.to_string().contains("positive"), "{refused}");
+    }
+    let old_path = json!({"amount": "-50.00", "reason": "refund", "idempotency_key": "r"});
+    let (status, _) = admin(&gateway, "POST", "/v1/accounts/payer/adjustments", Some(old_path)).await;
+    assert_eq!(status, 404, "no endpoint takes a debit");
+    let credit = json!({"amount": "0.25", "reason": "goodwill", "idempotency_key": "c-1"});
+    let (status, credited) = admin(&gateway, "POST", "/v1/accounts/payer/credits", Some(credit.clone())).await;
+    assert_eq!((status, &credited["balance"]), (201, &json!("6.00")), "{credited}");
+    let (status, again) = admin(&gateway, "POST", "/v1/accounts/payer/credits", Some(credit)).await;
+    assert_eq!(
+        (status, &again["duplicate"]),
+        (200, &json!(true)),
+        "same key: recorded once"
+    );
     let (_, balance) = admin(&gateway, "GET", "/v1/accounts/payer/balance", None).await;
-    assert_eq!(balance["ledger"][0]["kind"], "adjustment");
+    assert_eq!(balance["balance"], "6.00", "{balance}");
+    assert_eq!(
+        (&balance["ledger"][0]["kind"], &balance["ledger"][0]["note"]),
+        (&json!("credit"), &json!("goodwill"))
+    );
+
+    // Every charge equals its bill's total, as a debit.
+    for account in ["payer", "debtor"] {
+        let (_, bills) = admin(&gateway, "GET", &format!("/v1/accounts/{account}/bills"), None).await;
+        let (_, balance) = admin(&gateway, "GET", &format!("/v1/accounts/{account}/balance"), None).await;
+        for bill in bills["bills"].as_array().unwrap() {
+            let charges: Vec<&Value> = balance["ledger"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["bill_id"] == bill["id"])
+                .collect();
+            assert_eq!(charges.len(), 1, "{bill}");
+            assert_eq!(charges[0]["kind"], "charge");
+            assert_eq!(
+                charges[0]["amount"],
+                json!(format!("-{}", bill["total"].as_str().unwrap()))
+            );
+        }
+    }
+
+    // Every money movement is in the audit log with who made it.
+    let (_, created) = admin(&gateway, "GET", "/v1/audit?account=payer&limit=1000", None).await;
+    let entries = created["entries"].as_array().unwrap();
+    let operator = entries
+        .iter()
+        .find(|e| e["action"] == "account.create")
+        .map(|e| e["actor"].clone())
+        .unwrap();
+    let money: Vec<(&str, &Value, &Value)> = entries
+        .iter()
+        .rev()
+        .filter(|e| e["action"].as_str().unwrap().starts_with("ledger."))
+        .map(|e| (e["action"].as_str().unwrap(), &e["actor"], &e["after"]["amount"]))
+        .collect();
+    assert_eq!(
+        money,
+        [
+            ("ledger.topup", &operator, &json!(10_000_000)),
+            ("ledger.charge", &operator, &json!(-3_000_000)),
+            ("ledger.charge", &operator, &json!(-1_250_000)),
+            ("ledger.credit", &operator, &json!(250_000)),
+        ],
+        "{entries:?}"
+    );
+    let ledger = gateway.app.store.ledger("payer").await.unwrap();
+    assert_eq!(ledger.len(), money.len(), "one audit entry per ledger entry");
 
     // No refunds: the store refuses edits and deletions.
     for sql in [
@@ -241,6 +311,17 @@ async fn lifecycle(store_url: Option<String>) {
         "UPDATE ledger SET amount = 0",
         "DELETE FROM ledger",
         "DELETE FROM billed_usage",
+    ] {
+        assert!(execute_raw(&gateway.app, sql).await.is_err(), "{sql} must be refused");
+    }
+    // Nor can a writer insert money moving out, an `adjustment`, or a negative bill.
+    for sql in [
+        "INSERT INTO ledger (account_id, at, kind, amount, idempotency_key, actor) VALUES ('payer', 0, 'credit', -1, 'x1', 't')",
+        "INSERT INTO ledger (account_id, at, kind, amount, idempotency_key, actor) VALUES ('payer', 0, 'topup', -1, 'x2', 't')",
+        "INSERT INTO ledger (account_id, at, kind, amount, idempotency_key, actor) VALUES ('payer', 0, 'charge', 1, 'x3', 't')",
+        "INSERT INTO ledger (account_id, at, kind, amount, idempotency_key, actor) VALUES ('payer', 0, 'adjustment', -1, 'x4', 't')",
+        "INSERT INTO bills (id, account_id, month, currency, subtotal, total, lines, issued_at) \
+         VALUES ('bx', 'payer', '2027-01', 'USD', -70000, -70000, '[]', 0)",
     ] {
         assert!(execute_raw(&gateway.app, sql).await.is_err(), "{sql} must be refused");
     }
@@ -442,4 +523,208 @@ async fn concurrent_runs_bill_once_and_the_lock_holds() {
         charged += ledger[0].amount;
     }
     assert_eq!(charged, -300 * 750_000, "3 DetectAuth at 0.25 each");
+}
+
+/// Volume tiers: LivenessCompare costs 1.00 a call up to 2 calls in a month, and every
+/// call 0.50 beyond.
+const VOLUME_PRICES: &str = r#"
+[billing]
+currency = "USD"
+total_rounding = "0.01"
+[actions.LivenessCompare]
+[[actions.LivenessCompare.prices]]
+from = "2026-01"
+mode = "volume"
+tiers = [ { up_to = 2, unit = "1.00" }, { unit = "0.50" } ]
+[actions.DetectAuth]
+[[actions.DetectAuth.prices]]
+unit = "0.25"
+"#;
+
+/// A late call that takes October past a volume tier would price October's calls below
+/// what October's bill charged: the late line is 0, the bill total is never negative,
+/// and the ledger's charge is the bill's total as a debit.
+async fn late_volume_line(store_url: Option<String>) {
+    let clock = ManualClock::new(FIRST_OF_NOVEMBER);
+    let mut config = gateway_config("http://127.0.0.1:9", VOLUME_PRICES);
+    if let Some(url) = store_url {
+        config.store_url = url;
+    }
+    let gateway = GatewayHandle::start_with(config, Arc::new(clock.clone())).await;
+    admin(
+        &gateway,
+        "POST",
+        "/v1/accounts",
+        Some(json!({"id": "vol", "name": "vol"})),
+    )
+    .await;
+    assert_eq!(topup(&gateway, "vol", "5.00", "v1").await.0, 201);
+    let usage = |seq: u64, action: &str, month: &str, calls: u64| UsageBatch {
+        instance_id: "volume-test".into(),
+        seq,
+        rows: vec![UsageRow {
+            account_id: "vol".into(),
+            action: action.into(),
+            month: month.into(),
+            calls,
+        }],
+    };
+    let store = &gateway.app.store;
+    apply_usage_batch(store, &usage(1, "LivenessCompare", "2026-10", 2), clock.now_unix())
+        .await
+        .unwrap();
+    let (status, october) = admin(&gateway, "POST", "/v1/billing/run", Some(json!({"month": "2026-10"}))).await;
+    assert_eq!((status, &october["total"]), (200, &json!(2_000_000)), "{october}");
+
+    // One more October call arrives late (3 calls: all at 0.50 = 1.50 < 2.00 charged),
+    // and one November call.
+    apply_usage_batch(store, &usage(2, "LivenessCompare", "2026-10", 1), clock.now_unix())
+        .await
+        .unwrap();
+    apply_usage_batch(store, &usage(3, "DetectAuth", "2026-11", 1), clock.now_unix())
+        .await
+        .unwrap();
+    clock.set(FIRST_OF_DECEMBER);
+    let (status, november) = admin(&gateway, "POST", "/v1/billing/run", Some(json!({"month": "2026-11"}))).await;
+    assert_eq!(status, 200, "{november}");
+    let (_, bills) = admin(&gateway, "GET", "/v1/accounts/vol/bills", None).await;
+    let bill = &bills["bills"][1];
+    let late = bill["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["kind"] == "late_usage")
+        .unwrap_or_else(|| panic!("no late line: {bill}"));
+    assert_eq!(
+        (&late["calls"], &late["previously_billed"], &late["amount"]),
+        (&json!(1), &json!(2), &json!(0)),
+        "a late line never lowers what was charged: {late}"
+    );
+    assert_eq!(
+        (&bill["total"], &bill["status"]),
+        (&json!("0.25"), &json!("paid")),
+        "{bill}"
+    );
+    assert_eq!(bills["balance"], "2.75", "5.00 - 2.00 - 0.25");
+    for bill in store.bills("vol").await.unwrap() {
+        assert!(bill.total >= 0 && bill.subtotal >= 0, "{bill:?}");
+        let charged: i64 = store
+            .ledger("vol")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.bill_id.as_deref() == Some(&bill.id))
+            .map(|e| e.amount)
+            .sum();
+        assert_eq!(charged, -bill.total, "{bill:?}");
+    }
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn late_line_under_volume_tiers_never_lowers_the_charge_on_sqlite() {
+    late_volume_line(None).await;
+}
+
+#[tokio::test]
+async fn late_line_under_volume_tiers_never_lowers_the_charge_on_postgres() {
+    let db = PgDatabase::create().await;
+    late_volume_line(Some(db.url())).await;
+}
+
+/// A top-up committed while the run is under way (after it listed what to bill, before
+/// it wrote the bill) counts: the account's bill is paid and it is not suspended.
+async fn topup_during_the_run(store_url: String) {
+    use ekyc_gateway::billing::job::{self, RunRequest};
+    use ekyc_gateway::state::StoreOnlyPublisher;
+    let store = Arc::new(ekyc_gateway::store::Store::connect(&store_url).await.unwrap());
+    let now = FIRST_OF_NOVEMBER;
+    for account in ["racer", "owing"] {
+        store
+            .create_account(
+                &ekyc_gateway::store::records::AccountRecord::new(account, account, 0),
+                "test",
+                0,
+            )
+            .await
+            .unwrap();
+    }
+    let rows = ["racer", "owing"]
+        .map(|account| UsageRow {
+            account_id: account.into(),
+            action: "DetectAuth".into(),
+            month: "2026-10".into(),
+            calls: 4,
+        })
+        .to_vec();
+    apply_usage_batch(
+        &store,
+        &UsageBatch {
+            instance_id: "t".into(),
+            seq: 1,
+            rows,
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    let config = gateway_config("http://127.0.0.1:9", PRICES);
+    let request = RunRequest {
+        month: ekyc_gateway::meter::Month::parse("2026-10").unwrap(),
+        now,
+        dry_run: false,
+        actor: "billing".into(),
+    };
+    let run_store = store.clone();
+    let summary = tokio::spawn(async move {
+        let topup_store = run_store.clone();
+        let mut paid_during_run = false;
+        let mut progress = move |done: u64, _total: u64| {
+            if done == 0 && !paid_during_run {
+                paid_during_run = true;
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current()
+                        .block_on(topup_store.record_topup("racer", 1_000_000, "mid-run", "ops", now))
+                        .unwrap();
+                });
+            }
+        };
+        job::run(
+            &run_store,
+            &config.prices,
+            &StoreOnlyPublisher,
+            8 * 3600,
+            request,
+            &mut progress,
+        )
+        .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (summary.paid, summary.overdue, summary.arrears_set),
+        (1, 1, 1),
+        "{summary:?}"
+    );
+    let racer = store.get_account("racer").await.unwrap().unwrap();
+    assert_eq!(racer.arrears, None, "paid during the run: not suspended");
+    assert_eq!(store.balance("racer").await.unwrap(), 0);
+    let owing = store.get_account("owing").await.unwrap().unwrap();
+    assert_eq!(
+        owing.arrears.map(|a| a.reason).as_deref(),
+        Some("overdue bills: 1.00 owed")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topup_during_the_run_counts_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    topup_during_the_run(format!("sqlite://{}", dir.path().join("store.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topup_during_the_run_counts_on_postgres() {
+    let db = PgDatabase::create().await;
+    topup_during_the_run(db.url()).await;
 }

@@ -15,7 +15,7 @@ use crate::billing::pricing::{format_amount, parse_amount};
 use crate::crypto;
 use crate::meter::Month;
 use crate::store::StoreError;
-use crate::store::billing::{LedgerEntry, TopupOutcome};
+use crate::store::billing::{LedgerEntry, Movement, TopupOutcome};
 use crate::store::records::{AccountRecord, AuditEntry, CredentialRecord, CredentialStatus, SuspensionFlag};
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -127,7 +127,7 @@ struct TopupBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AdjustmentBody {
+struct CreditBody {
     amount: String,
     reason: String,
     idempotency_key: String,
@@ -141,30 +141,19 @@ struct RunBody {
     dry_run: bool,
 }
 
-/// After a ledger credit or correction: the answer's status, the entry, whether it was
-/// a repeat, the new balance, and the account, its arrears lifted when the balance is
-/// back at zero or above (credits settle overdue bills oldest first; a debit waits for
-/// the next billing run to set arrears).
-async fn settle(
-    app: &Arc<App>,
-    id: &str,
-    actor: &str,
-    outcome: TopupOutcome,
-) -> Result<(StatusCode, LedgerEntry, bool, i64, AccountRecord), ApiError> {
-    let (status, entry, duplicate) = match outcome {
+/// After a top-up or credit (committed with its audit entry and the account's arrears
+/// flag in one transaction): publishes the flag's change and answers with the status,
+/// the entry, whether it was a repeat, the balance and the account.
+async fn settle(app: &Arc<App>, movement: Movement) -> (StatusCode, LedgerEntry, bool, i64, AccountRecord) {
+    let (status, entry, duplicate) = match movement.outcome {
         TopupOutcome::Recorded(entry) => (StatusCode::CREATED, entry, false),
         TopupOutcome::Duplicate(entry) => (StatusCode::OK, entry, true),
     };
-    let balance = app.store.balance(id).await?;
-    let account = if balance >= 0 {
-        accounts::lift_arrears(app, id, actor).await?
-    } else {
-        app.store
-            .get_account(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("account {id}")))?
-    };
-    Ok((status, entry, duplicate, balance, account))
+    // A repeat publishes too: the first attempt may have died between commit and publish.
+    if movement.account.changed || duplicate {
+        accounts::propagate(app, Change::Account(movement.account.after.clone())).await;
+    }
+    (status, entry, duplicate, movement.balance, movement.account.after)
 }
 
 /// The month before `month`.
@@ -369,8 +358,8 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             if key.is_empty() || key.len() > 200 {
                 return Err(ApiError::bad_request("idempotency_key must be 1-200 characters"));
             }
-            let outcome = app.store.record_topup(id, amount, key, actor, now).await?;
-            let (status, entry, duplicate, balance, account) = settle(app, id, actor, outcome).await?;
+            let movement = app.store.record_topup(id, amount, key, actor, now).await?;
+            let (status, entry, duplicate, balance, account) = settle(app, movement).await;
             Ok(json(
                 status,
                 j!({
@@ -385,23 +374,29 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
                 }),
             ))
         }
-        (&Method::POST, ["accounts", id, "adjustments"]) => {
-            let request: AdjustmentBody = parse(body)?;
+        (&Method::POST, ["accounts", id, "credits"]) => {
+            let request: CreditBody = parse(body)?;
             let amount = parse_amount(&request.amount)
-                .filter(|a| *a != 0)
-                .ok_or_else(|| ApiError::bad_request("amount must be a non-zero decimal string like \"-1.50\""))?;
+                .ok_or_else(|| ApiError::bad_request("amount must be a positive decimal string like \"12.50\""))?;
+            if amount <= 0 {
+                return Err(ApiError::bad_request(
+                    "a credit must be positive: money only moves toward the platform (top-ups, charges, credits); \
+                     there are no refunds or debits",
+                ));
+            }
             let (key, reason) = (request.idempotency_key.trim(), request.reason.trim());
             if key.is_empty() || key.len() > 200 || reason.is_empty() || reason.len() > 500 {
                 return Err(ApiError::bad_request(
                     "idempotency_key (1-200 characters) and reason (1-500) are required",
                 ));
             }
-            let outcome = app.store.record_adjustment(id, amount, reason, key, actor, now).await?;
-            let (status, entry, duplicate, balance, _) = settle(app, id, actor, outcome).await?;
+            let movement = app.store.record_credit(id, amount, reason, key, actor, now).await?;
+            let (status, entry, duplicate, balance, account) = settle(app, movement).await;
             Ok(json(
                 status,
                 j!({"account": id, "ledger_id": entry.id, "amount": format_amount(entry.amount), "reason": reason,
-                    "duplicate": duplicate, "balance": format_amount(balance), "currency": app.config.prices.currency}),
+                    "idempotency_key": key, "duplicate": duplicate, "balance": format_amount(balance),
+                    "currency": app.config.prices.currency, "state": account_view(&account)}),
             ))
         }
         (&Method::GET, ["accounts", id, "balance"]) => {

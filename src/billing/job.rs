@@ -1,22 +1,25 @@
 //! The monthly billing job: for a closed month M, every account with calls not yet on
 //! a bill (M's, and late usage of earlier months) gets one bill for M with a line per
-//! (usage month, action); the charge goes into the ledger in the same transaction; then
-//! accounts whose balance went negative get the `arrears` flag through the same write
-//! path as operator toggles (store, audit, publish), and accounts back at zero or above
-//! lose it.
+//! (usage month, action). The charge, its audit entry and the account's `arrears` flag
+//! go in the same transaction as the bill, the flag decided from the balance read in
+//! that transaction (`billing::ledger`'s one rule), so a top-up committed at any moment
+//! of the run is counted; then the changes are published to every gateway. Accounts no
+//! bill touched are settled the same way, one transaction each, so a stale flag or
+//! reason is repaired.
 //!
 //! Idempotent: an account with a bill for M is skipped (unique (account, month) in the
 //! store, charge keyed by bill id); two runs cannot overlap (a lease in the store, renewed
 //! while the run goes on, taken over once it expires). A finished run is recorded per
 //! month (`billing_runs`), which is what the scheduler (`billing::scheduler`) reads.
-//! Must not edit or delete a bill or a ledger entry, and must not bill an open month.
+//! Must not edit or delete a bill or a ledger entry, must not bill an open month, and
+//! must never charge less than zero: a late line that the month's tiers would price
+//! below what was charged is 0.
 
 use super::pricing::{Price, PriceBook, TierCharge, format_amount};
 use crate::meter::Month;
 use crate::state::StatePublisher;
 use crate::store::billing::{BillRecord, BilledUsage, NewBill, Unbilled};
-use crate::store::records::Suspension;
-use crate::store::{Store, StoreError};
+use crate::store::{AccountChange, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -55,7 +58,8 @@ pub struct BillLine {
     /// The month's tier breakdown, counting every call of the month billed so far.
     pub tiers: Vec<TierCharge>,
     /// Micro-units: price of all the month's calls billed so far, minus what was
-    /// charged for `previously_billed`.
+    /// charged for `previously_billed`, and never below 0 (volume tiers can price more
+    /// calls lower; a late line never lowers what was charged).
     pub amount: i64,
 }
 
@@ -258,7 +262,6 @@ async fn bill_month(
     for row in store.unbilled_through(&month).await? {
         by_account.entry(row.account_id.clone()).or_default().push(row);
     }
-    let mut balances = store.balances().await?;
     let mut bills = Vec::with_capacity(by_account.len());
     for (account, rows) in by_account {
         if already.contains(&account) {
@@ -266,29 +269,40 @@ async fn bill_month(
             continue;
         }
         let bill = price_bill(&account, request, prices, &rows)?;
-        let balance = balances.entry(account.clone()).or_default();
-        *balance -= bill.bill.total;
         summary.bills_created += 1;
         summary.total += bill.bill.total;
-        if *balance >= 0 {
-            summary.paid += 1;
-        } else {
-            summary.overdue += 1;
-        }
         bills.push(bill);
     }
     let total_accounts = bills.len() as u64;
     if request.dry_run {
+        // An estimate: the balances as they are now, before any of these charges.
+        let balances = store.balances().await?;
+        for bill in &bills {
+            if balances.get(&bill.bill.account_id).copied().unwrap_or(0) >= bill.bill.total {
+                summary.paid += 1;
+            } else {
+                summary.overdue += 1;
+            }
+        }
         return Ok(summary);
     }
     let mut done = 0u64;
+    let mut settled = HashSet::with_capacity(bills.len());
     progress(done, total_accounts);
     for chunk in bills.chunks(ACCOUNTS_PER_TRANSACTION) {
-        store.insert_bills(chunk).await?;
+        for billed in store.insert_bills(chunk, &request.actor, request.now).await? {
+            if billed.balance >= 0 {
+                summary.paid += 1;
+            } else {
+                summary.overdue += 1;
+            }
+            count_and_publish(publisher, &billed.change, &mut summary).await?;
+            settled.insert(billed.account_id);
+        }
         done += chunk.len() as u64;
         progress(done, total_accounts);
     }
-    reconcile_arrears(store, publisher, request, &balances, &mut summary).await?;
+    reconcile_arrears(store, publisher, request, &settled, &mut summary).await?;
     Ok(summary)
 }
 
@@ -315,7 +329,7 @@ fn price_bill(
                 })?;
         let (all, tiers) = price.charge(row.calls).ok_or_else(overflow)?;
         let (before, _) = price.charge(row.billed).ok_or_else(overflow)?;
-        let amount = all - before;
+        let amount = (all - before).max(0);
         subtotal = subtotal.checked_add(amount).ok_or_else(overflow)?;
         let calls = row.calls - row.billed;
         lines.push(BillLine {
@@ -356,43 +370,45 @@ fn price_bill(
     })
 }
 
-/// Arrears follow the balance: negative sets the flag, zero or more lifts it. Accounts
+/// Settles the arrears of every account this run did not bill whose flag may be out of
+/// step with its balance (in arrears, or owing), each in its own transaction. Accounts
 /// in arrears are published even when their flag did not change here, so a run that
 /// died between the store and the publish is repaired by the next one.
 async fn reconcile_arrears(
     store: &Store,
     publisher: &dyn StatePublisher,
     request: &RunRequest,
-    balances: &std::collections::HashMap<String, i64>,
+    settled: &HashSet<String>,
     summary: &mut RunSummary,
 ) -> Result<(), BillingError> {
+    let balances = store.balances().await?;
     for account in store.all_accounts().await? {
-        let balance = balances.get(&account.id).copied().unwrap_or(0);
-        let owes = balance < 0;
+        if settled.contains(&account.id) {
+            continue;
+        }
+        let owes = balances.get(&account.id).is_some_and(|b| *b < 0);
         if !owes && account.arrears.is_none() {
             continue;
         }
-        let reason = format!("overdue bills: balance {}", format_amount(balance));
-        let change = store
-            .update_account(&account.id, &request.actor, "billing.arrears", request.now, |a| {
-                if owes && a.arrears.is_none() {
-                    a.arrears = Some(Suspension {
-                        reason: reason.clone(),
-                        since: request.now,
-                    });
-                } else if !owes {
-                    a.arrears = None;
-                }
-                Ok(())
-            })
-            .await?;
-        if change.changed {
-            if owes {
-                summary.arrears_set += 1;
-            } else {
-                summary.arrears_lifted += 1;
-            }
-        }
+        let change = store.settle_arrears(&account.id, &request.actor, request.now).await?;
+        count_and_publish(publisher, &change, summary).await?;
+    }
+    Ok(())
+}
+
+/// Counts a committed arrears change in the summary and publishes it (and any account
+/// in arrears, changed or not).
+async fn count_and_publish(
+    publisher: &dyn StatePublisher,
+    change: &AccountChange,
+    summary: &mut RunSummary,
+) -> Result<(), BillingError> {
+    match (&change.before.arrears, &change.after.arrears) {
+        (None, Some(_)) => summary.arrears_set += 1,
+        (Some(_), None) => summary.arrears_lifted += 1,
+        _ => {}
+    }
+    if change.changed || change.after.arrears.is_some() {
         publish(publisher, &change.after).await?;
     }
     Ok(())

@@ -1,7 +1,12 @@
-//! What the ledger says, derived and never stored: an account's balance and the status
-//! of each bill. Credits settle bills oldest first: a bill is paid once the account's
-//! credits cover every charge up to and including it. Pure: must not do I/O.
+//! What the ledger says, derived and never stored: an account's balance, the status of
+//! each bill and whether the account is in arrears, all from one rule. A bill's charge
+//! is a debit; every other entry (top-ups, credits, and `adjustment` history of either
+//! sign) is funds. Funds settle bills oldest first: a bill is paid while the funds cover
+//! every charge up to and including it. As charges equal bill totals and no total is
+//! negative, the balance is below zero exactly when at least one bill is unpaid, which
+//! is exactly when the account belongs in arrears. Pure: must not do I/O.
 
+use crate::billing::pricing::format_amount;
 use crate::store::billing::{BillRecord, LedgerEntry};
 use serde::Serialize;
 
@@ -9,7 +14,7 @@ use serde::Serialize;
 #[serde(rename_all = "lowercase", tag = "status")]
 pub enum BillStatus {
     /// Settled at `paid_at` (Unix seconds): at issue when the balance covered it, or by
-    /// the top-up that did.
+    /// the top-up or credit that did.
     Paid {
         paid_at: i64,
     },
@@ -20,30 +25,41 @@ pub fn balance(ledger: &[LedgerEntry]) -> i64 {
     ledger.iter().map(|e| e.amount).sum()
 }
 
+/// The arrears suspension's reason for `balance`, `None` when the account owes nothing.
+/// It names the amount owed now, so it changes whenever that amount does.
+pub fn arrears_reason(balance: i64) -> Option<String> {
+    (balance < 0).then(|| format!("overdue bills: {} owed", format_amount(-balance)))
+}
+
+fn is_charge(entry: &LedgerEntry) -> bool {
+    entry.kind == "charge"
+}
+
 /// The status of each bill (`bills` oldest first), from the ledger (oldest first).
 pub fn bill_statuses(bills: &[BillRecord], ledger: &[LedgerEntry]) -> Vec<BillStatus> {
-    // Credits over time: (when, cumulative amount).
-    let mut credits = Vec::new();
+    // Funds over time: (when, cumulative amount); a history debit lowers them.
+    let mut funds = Vec::new();
     let mut cumulative = 0i64;
-    for entry in ledger.iter().filter(|e| e.amount > 0) {
+    for entry in ledger.iter().filter(|e| !is_charge(e)) {
         cumulative += entry.amount;
-        credits.push((entry.at, cumulative));
+        funds.push((entry.at, cumulative));
     }
     let mut needed = 0i64;
     bills
         .iter()
         .map(|bill| {
-            needed += bill.total;
-            if needed <= 0 {
-                return BillStatus::Paid {
-                    paid_at: bill.issued_at,
-                };
+            needed += bill.total.max(0);
+            if cumulative < needed {
+                return BillStatus::Overdue;
             }
-            match credits.iter().find(|(_, sum)| *sum >= needed) {
-                Some((at, _)) => BillStatus::Paid {
-                    paid_at: (*at).max(bill.issued_at),
-                },
-                None => BillStatus::Overdue,
+            // Paid since the last time the funds were short of it (at issue if never).
+            let since = funds
+                .iter()
+                .rposition(|(_, sum)| *sum < needed)
+                .and_then(|short| funds.get(short + 1))
+                .map_or(bill.issued_at, |(at, _)| *at);
+            BillStatus::Paid {
+                paid_at: since.max(bill.issued_at),
             }
         })
         .collect()
@@ -103,6 +119,56 @@ mod tests {
             ]
         );
         assert_eq!(balance(&ledger), 0);
+        assert_eq!(arrears_reason(balance(&ledger)), None);
+    }
+
+    /// A debit that is not a charge (an `adjustment` of the history) takes funds away:
+    /// the bills it uncovers are overdue, so statuses, balance and arrears agree.
+    #[test]
+    fn a_history_debit_uncovers_the_newest_bills() {
+        let bills = [bill("b1", 100, 10), bill("b2", 50, 20)];
+        let mut ledger = vec![entry(150, 5), entry(-100, 10), entry(-50, 20)];
+        ledger.push(LedgerEntry {
+            kind: "adjustment".into(),
+            ..entry(-30, 30)
+        });
+        let statuses = bill_statuses(&bills, &ledger);
+        assert_eq!(statuses, [BillStatus::Paid { paid_at: 10 }, BillStatus::Overdue]);
+        assert_eq!(balance(&ledger), -30);
+        assert_eq!(
+            arrears_reason(balance(&ledger)).as_deref(),
+            Some("overdue bills: 0.00003 owed")
+        );
+        // Paid again from the credit that covered it after the debit, not from before.
+        ledger.push(entry(30, 40));
+        assert_eq!(
+            bill_statuses(&bills, &ledger),
+            [BillStatus::Paid { paid_at: 10 }, BillStatus::Paid { paid_at: 40 }]
+        );
+    }
+
+    /// Whatever the order of entries, a bill is unpaid exactly when the balance is
+    /// below zero after it: the one rule.
+    #[test]
+    fn statuses_and_balance_never_disagree() {
+        let amounts = [30i64, -20, 45, -5, 10, -70, 25, 60, -15];
+        let mut ledger = Vec::new();
+        let mut bills = Vec::new();
+        for (i, amount) in amounts.iter().enumerate() {
+            let at = i as i64 * 10;
+            if *amount < 0 {
+                bills.push(bill(&format!("b{i}"), -amount, at));
+                ledger.push(LedgerEntry {
+                    kind: "charge".into(),
+                    ..entry(*amount, at)
+                });
+            } else {
+                ledger.push(entry(*amount, at));
+            }
+            let unpaid = bill_statuses(&bills, &ledger).contains(&BillStatus::Overdue);
+            assert_eq!(unpaid, balance(&ledger) < 0, "after entry {i}");
+            assert_eq!(arrears_reason(balance(&ledger)).is_some(), unpaid);
+        }
     }
 }
 

@@ -49,6 +49,19 @@ enum AdminCommand {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Record a credit (a goodwill or correction amount in the tenant's favour, with its
+    /// reason); settles overdue bills like a payment. Always positive: nothing is refunded.
+    Credit {
+        account: String,
+        /// In currency units, e.g. 5.00
+        amount: String,
+        /// Why, for the ledger and the audit log.
+        #[arg(long)]
+        reason: String,
+        /// The same key twice records one credit (default: a new random key).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
     /// Show an account's bills (oldest first) and balance.
     Bills { account: String },
     /// Show the audit log, newest first.
@@ -225,6 +238,20 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
             let body = serde_json::json!({"amount": amount, "idempotency_key": key});
             (
                 api.call("POST", &format!("/v1/accounts/{account}/topups"), Some(body))
+                    .await?,
+                topup_text,
+            )
+        }
+        AdminCommand::Credit {
+            account,
+            amount,
+            reason,
+            idempotency_key,
+        } => {
+            let key = idempotency_key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4().simple()));
+            let body = serde_json::json!({"amount": amount, "reason": reason, "idempotency_key": key});
+            (
+                api.call("POST", &format!("/v1/accounts/{account}/credits"), Some(body))
                     .await?,
                 topup_text,
             )

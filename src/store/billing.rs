@@ -1,9 +1,18 @@
 //! The billing tables of the store: bills, billed usage, the ledger, the billing lease
 //! and the record of finished runs. Only inserts on bills, billed usage and the ledger
-//! (the schema refuses UPDATE and DELETE on them). Must not price anything: the job
+//! (the schema refuses UPDATE and DELETE on them, a negative top-up, credit or bill
+//! total, and a positive charge). Every money movement commits in one transaction with
+//! its audit entry and with the account's arrears flag as the balance read in that same
+//! transaction says (`billing::ledger`'s one rule), the account rows locked first so a
+//! concurrent top-up and billing run are ordered. Must not price anything: the job
 //! (`billing::job`) does.
 
-use super::{Store, StoreError, push_placeholders};
+use super::records::{AccountRecord, Suspension};
+use super::{
+    ACCOUNT_COLUMNS, AccountChange, AuditInsert, Backend, Store, StoreError, account_from_row, account_json,
+    bind_account, insert_audit, push_placeholders,
+};
+use crate::billing::ledger::arrears_reason;
 use sqlx::Row;
 use std::collections::HashMap;
 
@@ -33,7 +42,7 @@ pub struct LedgerEntry {
     pub id: i64,
     pub account_id: String,
     pub at: i64,
-    /// "topup", "charge" or "adjustment".
+    /// "topup", "credit", "charge", or "adjustment" (history: no longer written).
     pub kind: String,
     /// Micro-units; credits > 0, debits < 0.
     pub amount: i64,
@@ -75,6 +84,22 @@ pub enum TopupOutcome {
     Recorded(LedgerEntry),
     /// The idempotency key was used before, for the same amount: nothing new recorded.
     Duplicate(LedgerEntry),
+}
+
+/// A top-up or credit as committed: the entry, the balance after it and what its
+/// transaction did to the account's arrears flag.
+pub struct Movement {
+    pub outcome: TopupOutcome,
+    pub balance: i64,
+    pub account: AccountChange,
+}
+
+/// One account as a billing transaction left it.
+pub struct Billed {
+    pub account_id: String,
+    /// After the bill's charge, read in the transaction that inserted it.
+    pub balance: i64,
+    pub change: AccountChange,
 }
 
 /// Rows per multi-row INSERT: 8 parameters a bill row, well under SQLite's limit.
@@ -253,11 +278,23 @@ impl Store {
         Ok(row.try_get("balance")?)
     }
 
-    /// Inserts bills, their billed usage and their charges, all or nothing. A bill whose
-    /// (account, month) exists already makes the whole call fail: the caller skipped
-    /// those, so it means a concurrent run, which the lock should have stopped.
-    pub async fn insert_bills(&self, bills: &[NewBill]) -> Result<(), StoreError> {
+    /// Inserts bills, their billed usage and their charges, audits each charge, then
+    /// sets or clears each account's arrears flag from the balance read in the same
+    /// transaction: all or nothing. A bill whose (account, month) exists already makes
+    /// the whole call fail: the caller skipped those, so it means a concurrent run,
+    /// which the lock should have stopped. `actor` and `now` are the run's.
+    pub async fn insert_bills(&self, bills: &[NewBill], actor: &str, now: i64) -> Result<Vec<Billed>, StoreError> {
+        if let Some(negative) = bills.iter().find(|n| n.bill.total < 0 || n.bill.subtotal < 0) {
+            return Err(StoreError::Invalid(format!(
+                "bill {} has a negative total",
+                negative.bill.id
+            )));
+        }
+        let mut ids: Vec<&str> = bills.iter().map(|n| n.bill.account_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
         let mut tx = self.pool.begin().await?;
+        self.lock_accounts(&mut tx, &ids).await?;
         for chunk in bills.chunks(BILLS_PER_STATEMENT) {
             let mut sql = format!("INSERT INTO bills ({BILL_COLUMNS}) VALUES ");
             push_placeholders(&mut sql, chunk.len(), 8);
@@ -297,6 +334,7 @@ impl Store {
             }
 
             let charged: Vec<&NewBill> = chunk.iter().filter(|n| n.bill.total != 0).collect();
+            let charged_count = charged.len();
             if !charged.is_empty() {
                 let mut sql =
                     "INSERT INTO ledger (account_id, at, kind, amount, bill_id, idempotency_key, actor, note) VALUES "
@@ -316,10 +354,126 @@ impl Store {
                         .bind(format!("bill {} for {}", b.id, b.month));
                 }
                 query.execute(&mut *tx).await?;
+                // Each charge's audit entry, in the same transaction.
+                let mut sql = "INSERT INTO audit_log (at, actor, action, target, before, after) VALUES ".to_string();
+                push_placeholders(&mut sql, charged_count, 6);
+                let mut query = sqlx::query(&sql);
+                for new in chunk.iter().filter(|n| n.bill.total != 0) {
+                    let b = &new.bill;
+                    let after = serde_json::json!({
+                        "kind": "charge", "amount": -b.total, "bill_id": b.id, "month": b.month,
+                    });
+                    query = query
+                        .bind(b.issued_at)
+                        .bind(&new.actor)
+                        .bind("ledger.charge")
+                        .bind(&b.account_id)
+                        .bind(None::<String>)
+                        .bind(after.to_string());
+                }
+                query.execute(&mut *tx).await?;
             }
         }
+        let balances = self.balances_in(&mut tx, &ids).await?;
+        let mut billed = Vec::with_capacity(ids.len());
+        for account in self.accounts_in(&mut tx, &ids).await? {
+            let balance = balances.get(&account.id).copied().unwrap_or(0);
+            let change = settle_arrears_in(&mut tx, account, balance, actor, now).await?;
+            billed.push(Billed {
+                account_id: change.after.id.clone(),
+                balance,
+                change,
+            });
+        }
         tx.commit().await?;
+        Ok(billed)
+    }
+
+    /// Sets, updates or lifts one account's arrears flag from its balance, in one
+    /// transaction: repairs an account no bill of this run touched.
+    pub async fn settle_arrears(&self, account_id: &str, actor: &str, now: i64) -> Result<AccountChange, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // SQLite: a write first, so the transaction holds the write lock before it reads.
+        if self.backend == Backend::Sqlite {
+            sqlx::query("UPDATE accounts SET version = version WHERE id = $1")
+                .bind(account_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.lock_accounts(&mut tx, &[account_id]).await?;
+        let account = self
+            .accounts_in(&mut tx, &[account_id])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
+        let balance = self.balances_in(&mut tx, &[account_id]).await?;
+        let balance = balance.get(account_id).copied().unwrap_or(0);
+        let change = settle_arrears_in(&mut tx, account, balance, actor, now).await?;
+        tx.commit().await?;
+        Ok(change)
+    }
+
+    /// PostgreSQL: locks the accounts' rows (in id order, so two lockers cannot
+    /// deadlock) until the transaction ends. SQLite needs none: its first write takes
+    /// the database's one write lock, and every caller writes before it reads.
+    async fn lock_accounts(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>, ids: &[&str]) -> Result<(), StoreError> {
+        if self.backend != Backend::Postgres || ids.is_empty() {
+            return Ok(());
+        }
+        for part in ids.chunks(BILLS_PER_STATEMENT * 4) {
+            let mut sql = "SELECT id FROM accounts WHERE id IN ".to_string();
+            push_in_list(&mut sql, part.len());
+            sql.push_str(" ORDER BY id FOR UPDATE");
+            let mut query = sqlx::query(&sql);
+            for id in part {
+                query = query.bind(*id);
+            }
+            query.fetch_all(&mut **tx).await?;
+        }
         Ok(())
+    }
+
+    async fn balances_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        ids: &[&str],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let mut balances = HashMap::with_capacity(ids.len());
+        for part in ids.chunks(BILLS_PER_STATEMENT * 4) {
+            let mut sql = "SELECT account_id, CAST(SUM(amount) AS BIGINT) AS balance FROM ledger WHERE account_id IN "
+                .to_string();
+            push_in_list(&mut sql, part.len());
+            sql.push_str(" GROUP BY account_id");
+            let mut query = sqlx::query(&sql);
+            for id in part {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                balances.insert(row.try_get("account_id")?, row.try_get("balance")?);
+            }
+        }
+        Ok(balances)
+    }
+
+    async fn accounts_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        ids: &[&str],
+    ) -> Result<Vec<AccountRecord>, StoreError> {
+        let mut accounts = Vec::with_capacity(ids.len());
+        for part in ids.chunks(BILLS_PER_STATEMENT * 4) {
+            let mut sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id IN ");
+            push_in_list(&mut sql, part.len());
+            sql.push_str(" ORDER BY id");
+            let mut query = sqlx::query(&sql);
+            for id in part {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                accounts.push(account_from_row(&row)?);
+            }
+        }
+        Ok(accounts)
     }
 
     /// Records a payment once per idempotency key (per account). The same key with
@@ -331,7 +485,7 @@ impl Store {
         idempotency_key: &str,
         actor: &str,
         now: i64,
-    ) -> Result<TopupOutcome, StoreError> {
+    ) -> Result<Movement, StoreError> {
         if amount <= 0 {
             return Err(StoreError::Invalid("a top-up amount must be positive".into()));
         }
@@ -339,9 +493,9 @@ impl Store {
             .await
     }
 
-    /// Records an operator's correction (a credit > 0 or a debit < 0, with its reason),
-    /// once per idempotency key. Nothing is ever edited: a correction is a new entry.
-    pub async fn record_adjustment(
+    /// Records an operator's credit (positive, with its reason), once per idempotency
+    /// key. Money never moves out: there is no negative counterpart.
+    pub async fn record_credit(
         &self,
         account_id: &str,
         amount: i64,
@@ -349,22 +503,18 @@ impl Store {
         idempotency_key: &str,
         actor: &str,
         now: i64,
-    ) -> Result<TopupOutcome, StoreError> {
-        if amount == 0 {
-            return Err(StoreError::Invalid("an adjustment amount cannot be zero".into()));
+    ) -> Result<Movement, StoreError> {
+        if amount <= 0 {
+            return Err(StoreError::Invalid(
+                "a credit must be positive: money only moves toward the platform, there are no refunds".into(),
+            ));
         }
-        self.record_entry(
-            account_id,
-            "adjustment",
-            amount,
-            idempotency_key,
-            actor,
-            Some(reason),
-            now,
-        )
-        .await
+        self.record_entry(account_id, "credit", amount, idempotency_key, actor, Some(reason), now)
+            .await
     }
 
+    /// One transaction: the entry, its audit record, and the arrears flag as the
+    /// balance after it says. A repeated key records nothing but still settles the flag.
     #[allow(clippy::too_many_arguments)]
     async fn record_entry(
         &self,
@@ -375,11 +525,11 @@ impl Store {
         actor: &str,
         note: Option<&str>,
         now: i64,
-    ) -> Result<TopupOutcome, StoreError> {
-        if self.get_account(account_id).await?.is_none() {
-            return Err(StoreError::NotFound(format!("account {account_id}")));
-        }
+    ) -> Result<Movement, StoreError> {
         let key = format!("{kind}:{account_id}:{idempotency_key}");
+        let mut tx = self.pool.begin().await?;
+        self.lock_accounts(&mut tx, &[account_id]).await?;
+        // The first statement writes (SQLite: the transaction holds the write lock from here).
         let inserted = sqlx::query(
             "INSERT INTO ledger (account_id, at, kind, amount, bill_id, idempotency_key, actor, note) \
              VALUES ($1, $2, $3, $4, NULL, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",
@@ -391,24 +541,57 @@ impl Store {
         .bind(&key)
         .bind(actor)
         .bind(note)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let Some(account) = self.accounts_in(&mut tx, &[account_id]).await?.pop() else {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound(format!("account {account_id}")));
+        };
         let row = sqlx::query(&format!(
             "SELECT {LEDGER_COLUMNS} FROM ledger WHERE idempotency_key = $1"
         ))
         .bind(&key)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
         let entry = ledger_entry(&row)?;
-        if inserted.rows_affected() == 1 {
-            return Ok(TopupOutcome::Recorded(entry));
-        }
-        if entry.amount != amount {
+        let balance = self.balances_in(&mut tx, &[account_id]).await?;
+        let balance = balance.get(account_id).copied().unwrap_or(0);
+        let outcome = if inserted.rows_affected() == 1 {
+            insert_audit(
+                &mut tx,
+                AuditInsert {
+                    at: now,
+                    actor,
+                    action: if kind == "topup" {
+                        "ledger.topup"
+                    } else {
+                        "ledger.credit"
+                    },
+                    target: account_id,
+                    before: None,
+                    after: Some(serde_json::json!({
+                        "kind": kind, "amount": amount, "ledger_id": entry.id, "idempotency_key": idempotency_key,
+                        "note": note, "balance": balance,
+                    })),
+                },
+            )
+            .await?;
+            TopupOutcome::Recorded(entry)
+        } else if entry.amount != amount {
+            tx.rollback().await?;
             return Err(StoreError::Conflict(format!(
                 "a {kind} with idempotency key {idempotency_key:?} and another amount"
             )));
-        }
-        Ok(TopupOutcome::Duplicate(entry))
+        } else {
+            TopupOutcome::Duplicate(entry)
+        };
+        let account = settle_arrears_in(&mut tx, account, balance, actor, now).await?;
+        tx.commit().await?;
+        Ok(Movement {
+            outcome,
+            balance,
+            account,
+        })
     }
 
     /// An account's ledger, oldest first.
@@ -451,6 +634,80 @@ impl Store {
         .await?;
         rows.iter().map(bill_record).collect()
     }
+}
+
+/// The arrears flag as `balance` says (`billing::ledger::arrears_reason`), written with
+/// its audit entry when it differs from the account's; the caller holds the row's lock.
+/// A changed amount owed rewrites the reason and keeps the date the arrears began.
+async fn settle_arrears_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    before: AccountRecord,
+    balance: i64,
+    actor: &str,
+    now: i64,
+) -> Result<AccountChange, StoreError> {
+    let mut after = before.clone();
+    after.arrears = arrears_reason(balance).map(|reason| Suspension {
+        reason,
+        since: before.arrears.as_ref().map_or(now, |a| a.since),
+    });
+    if after == before {
+        return Ok(AccountChange {
+            before,
+            after,
+            changed: false,
+        });
+    }
+    after.version = before.version + 1;
+    let updated = bind_account(
+        sqlx::query(
+            "UPDATE accounts SET name = $1, activated = $2, activated_at = $3, manual_reason = $4, \
+             manual_since = $5, arrears_reason = $6, arrears_since = $7, rate_limit_qps = $8, version = $9 \
+             WHERE id = $10 AND version = $11",
+        ),
+        &after,
+    )
+    .bind(&after.id)
+    .bind(before.version)
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::Invalid(format!(
+            "account {} changed during a billing transaction; try again",
+            after.id
+        )));
+    }
+    insert_audit(
+        tx,
+        AuditInsert {
+            at: now,
+            actor,
+            action: if after.arrears.is_some() {
+                "billing.arrears"
+            } else {
+                "billing.arrears_lifted"
+            },
+            target: &after.id,
+            before: Some(account_json(&before)),
+            after: Some(account_json(&after)),
+        },
+    )
+    .await?;
+    Ok(AccountChange {
+        before,
+        after,
+        changed: true,
+    })
+}
+
+/// `($1, $2, …)` for `n` values.
+fn push_in_list(sql: &mut String, n: usize) {
+    use std::fmt::Write;
+    sql.push('(');
+    for i in 1..=n {
+        let _ = write!(sql, "{}${i}", if i == 1 { "" } else { ", " });
+    }
+    sql.push(')');
 }
 
 fn bill_record(row: &sqlx::any::AnyRow) -> Result<BillRecord, StoreError> {
