@@ -660,11 +660,7 @@ async fn settle_arrears_in(
     }
     after.version = before.version + 1;
     let updated = bind_account(
-        sqlx::query(
-            "UPDATE accounts SET name = $1, activated = $2, activated_at = $3, manual_reason = $4, \
-             manual_since = $5, arrears_reason = $6, arrears_since = $7, rate_limit_qps = $8, version = $9 \
-             WHERE id = $10 AND version = $11",
-        ),
+        sqlx::query(super::UPDATE_ACCOUNT),
         &after,
     )
     .bind(&after.id)

@@ -235,11 +235,7 @@ impl Store {
             after.version = before.version + 1;
             let mut tx = self.pool.begin().await?;
             let updated = bind_account(
-                sqlx::query(
-                    "UPDATE accounts SET name = $1, activated = $2, activated_at = $3, manual_reason = $4, \
-                     manual_since = $5, arrears_reason = $6, arrears_since = $7, rate_limit_qps = $8, \
-                     credit_limit = $9, version = $10 WHERE id = $11 AND version = $12",
-                ),
+                sqlx::query(UPDATE_ACCOUNT),
                 &after,
             )
             .bind(id)
@@ -655,6 +651,12 @@ fn conflict_or(error: sqlx::Error, what: String) -> StoreError {
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// An account's optimistic update: `bind_account`'s values, then the id and the version
+/// read before.
+pub(crate) const UPDATE_ACCOUNT: &str = "UPDATE accounts SET name = $1, activated = $2, activated_at = $3, \
+     manual_reason = $4, manual_since = $5, arrears_reason = $6, arrears_since = $7, rate_limit_qps = $8, \
+     credit_limit = $9, version = $10 WHERE id = $11 AND version = $12";
 
 /// Binds name … version, in the order the INSERT and the UPDATE of accounts both list them.
 fn bind_account<'q>(query: AnyQuery<'q>, account: &'q AccountRecord) -> AnyQuery<'q> {
