@@ -1,8 +1,11 @@
 //! The billing tables of the store: bills, billed usage, the ledger and the billing-run
 //! lock. Only inserts on bills, billed usage and the ledger (the schema refuses UPDATE
-//! and DELETE on them). Must not price anything: the job (`billing::job`) does.
+//! and DELETE on them). A new bill, and a credit that settles bills, write their
+//! webhook events (`bill.issued`, `bill.paid`, `bill.overdue`) in the same transaction.
+//! Must not price anything: the job (`billing::job`) does.
 
-use super::{Store, StoreError, push_placeholders};
+use super::{Backend, Store, StoreError, outbox, push_placeholders};
+use crate::webhooks::events;
 use sqlx::Row;
 use std::collections::HashMap;
 
@@ -165,6 +168,8 @@ impl Store {
     pub async fn insert_bills(&self, bills: &[NewBill]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for chunk in bills.chunks(BILLS_PER_STATEMENT) {
+            let accounts: Vec<&str> = chunk.iter().map(|n| n.bill.account_id.as_str()).collect();
+            self.lock_accounts(&mut tx, &accounts).await?;
             let mut sql = format!("INSERT INTO bills ({BILL_COLUMNS}) VALUES ");
             push_placeholders(&mut sql, chunk.len(), 8);
             let mut query = sqlx::query(&sql);
@@ -223,9 +228,52 @@ impl Store {
                 }
                 query.execute(&mut *tx).await?;
             }
+
+            // Paid at issue when the balance after the charge covers it.
+            let mut sql = "SELECT account_id, CAST(SUM(amount) AS BIGINT) AS balance FROM ledger WHERE account_id IN "
+                .to_string();
+            push_placeholders(&mut sql, 1, accounts.len());
+            sql.push_str(" GROUP BY account_id");
+            let mut query = sqlx::query(&sql);
+            for account in &accounts {
+                query = query.bind(*account);
+            }
+            let balances: HashMap<String, i64> = query
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get("account_id")?, row.try_get("balance")?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+            let new_events: Vec<events::NewEvent> = chunk
+                .iter()
+                .flat_map(|n| events::bill_issued(&n.bill, balances.get(&n.bill.account_id).copied().unwrap_or(0)))
+                .collect();
+            outbox::insert_events(&mut tx, &new_events).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Orders this transaction after any other one changing the same accounts' money
+    /// (PostgreSQL row locks; SQLite has one writer at a time already), so the balance
+    /// it reads next includes every committed credit and the events it derives from it
+    /// are not missed by a concurrent one.
+    async fn lock_accounts(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        accounts: &[&str],
+    ) -> Result<usize, StoreError> {
+        if self.backend != Backend::Postgres || accounts.is_empty() {
+            return Ok(accounts.len());
+        }
+        let mut sql = "SELECT id FROM accounts WHERE id IN ".to_string();
+        push_placeholders(&mut sql, 1, accounts.len());
+        sql.push_str(" ORDER BY id FOR UPDATE");
+        let mut query = sqlx::query(&sql);
+        for account in accounts {
+            query = query.bind(*account);
+        }
+        Ok(query.fetch_all(&mut **tx).await?.len())
     }
 
     /// Records a payment once per idempotency key (per account). The same key with
@@ -286,6 +334,10 @@ impl Store {
             return Err(StoreError::NotFound(format!("account {account_id}")));
         }
         let key = format!("{kind}:{account_id}:{idempotency_key}");
+        // On SQLite the INSERT comes first: a transaction that read before writing could
+        // not take the write lock after another writer committed.
+        let mut tx = self.pool.begin().await?;
+        self.lock_accounts(&mut tx, &[account_id]).await?;
         let inserted = sqlx::query(
             "INSERT INTO ledger (account_id, at, kind, amount, bill_id, idempotency_key, actor, note) \
              VALUES ($1, $2, $3, $4, NULL, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",
@@ -297,18 +349,24 @@ impl Store {
         .bind(&key)
         .bind(actor)
         .bind(note)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         let row = sqlx::query(&format!(
             "SELECT {LEDGER_COLUMNS} FROM ledger WHERE idempotency_key = $1"
         ))
         .bind(&key)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
         let entry = ledger_entry(&row)?;
         if inserted.rows_affected() == 1 {
+            if entry.amount > 0 {
+                let settled = settled_by(&mut tx, &entry).await?;
+                outbox::insert_events(&mut tx, &settled).await?;
+            }
+            tx.commit().await?;
             return Ok(TopupOutcome::Recorded(entry));
         }
+        tx.rollback().await?;
         if entry.amount != amount {
             return Err(StoreError::Conflict(format!(
                 "a {kind} with idempotency key {idempotency_key:?} and another amount"
@@ -357,6 +415,47 @@ impl Store {
         .await?;
         rows.iter().map(bill_record).collect()
     }
+}
+
+/// `bill.paid` for each bill of the account that `credit` (just inserted, in `tx`)
+/// turned from overdue to paid.
+async fn settled_by(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    credit: &LedgerEntry,
+) -> Result<Vec<events::NewEvent>, StoreError> {
+    use crate::billing::ledger::{BillStatus, bill_statuses};
+    let bills: Vec<BillRecord> = sqlx::query(&format!(
+        "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY month, id"
+    ))
+    .bind(&credit.account_id)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(bill_record)
+    .collect::<Result<_, _>>()?;
+    if bills.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ledger: Vec<LedgerEntry> = sqlx::query(&format!(
+        "SELECT {LEDGER_COLUMNS} FROM ledger WHERE account_id = $1 ORDER BY id"
+    ))
+    .bind(&credit.account_id)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(ledger_entry)
+    .collect::<Result<_, _>>()?;
+    let without: Vec<LedgerEntry> = ledger.iter().filter(|e| e.id != credit.id).cloned().collect();
+    let before = bill_statuses(&bills, &without);
+    let after = bill_statuses(&bills, &ledger);
+    Ok(bills
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter_map(|(bill, (before, after))| match (before, after) {
+            (BillStatus::Overdue, BillStatus::Paid { paid_at }) => Some(events::bill_paid(bill, paid_at)),
+            _ => None,
+        })
+        .collect())
 }
 
 fn bill_record(row: &sqlx::any::AnyRow) -> Result<BillRecord, StoreError> {
