@@ -1098,8 +1098,14 @@ mod tests {
         for (text, key) in [
             ("[webhooks]\nurls = [\"ftp://x/\"]", "webhooks.urls[0]"),
             ("[webhooks]\nretry_for_hours = 23", "webhooks.retry_for_hours"),
-            ("[webhooks]\nlease_seconds = 5\ntimeout_ms = 5000", "webhooks.lease_seconds"),
-            ("[webhooks]\ninitial_backoff_seconds = 60\nmax_backoff_seconds = 30", "webhooks.max_backoff_seconds"),
+            (
+                "[webhooks]\nlease_seconds = 5\ntimeout_ms = 5000",
+                "webhooks.lease_seconds",
+            ),
+            (
+                "[webhooks]\ninitial_backoff_seconds = 60\nmax_backoff_seconds = 30",
+                "webhooks.max_backoff_seconds",
+            ),
         ] {
             assert_eq!(Config::from_toml(text, &env).unwrap_err().key, key, "{text}");
         }

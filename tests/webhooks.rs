@@ -57,7 +57,9 @@ impl Receiver {
         let (state_up, state_refused, state_received) = (up.clone(), refused.clone(), received.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (up, refused, received) = (state_up.clone(), state_refused.clone(), state_received.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
@@ -127,7 +129,12 @@ impl Receiver {
 
 impl Receiver {
     fn ids(&self) -> BTreeSet<String> {
-        self.received.lock().unwrap().iter().map(|r| r.id_header.clone()).collect()
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.id_header.clone())
+            .collect()
     }
 }
 
@@ -207,7 +214,10 @@ async fn until_attempted(gateway: &GatewayHandle, attempts: i64) -> Vec<Value> {
 }
 
 fn types(events: &BTreeMap<String, Value>) -> Vec<String> {
-    let mut kinds: Vec<String> = events.values().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    let mut kinds: Vec<String> = events
+        .values()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
     kinds.sort();
     kinds
 }
@@ -216,7 +226,11 @@ async fn receiver_down_then_back(store_url: Option<String>) {
     let clock = ManualClock::new(MID_OCTOBER);
     let sim = SimHandle::start(|_| {}).await;
     let receiver = Receiver::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), false).await;
-    let text = format!("[upstream]\nurl = \"http://{}\"\n{}", sim.addr, webhooks_toml(&receiver.url()));
+    let text = format!(
+        "[upstream]\nurl = \"http://{}\"\n{}",
+        sim.addr,
+        webhooks_toml(&receiver.url())
+    );
     let mut config = ekyc_gateway::config::Config::from_toml(
         &text,
         &[
@@ -251,13 +265,22 @@ async fn receiver_down_then_back(store_url: Option<String>) {
         seq: 1,
         rows,
     };
-    assert!(apply_usage_batch(&gateway.app.store, &batch, clock.now_unix()).await.unwrap());
+    assert!(
+        apply_usage_batch(&gateway.app.store, &batch, clock.now_unix())
+            .await
+            .unwrap()
+    );
     clock.set(FIRST_OF_NOVEMBER);
     let (status, summary) = admin(&gateway, "POST", "/v1/billing/run", Some(json!({}))).await;
     assert_eq!((status, &summary["overdue"]), (200, &json!(1)), "{summary}");
     // An operator suspends and resumes the payer; the debtor pays.
     let reason = json!({"reason": "KYC review"});
-    assert_eq!(admin(&gateway, "POST", "/v1/accounts/payer/suspend", Some(reason)).await.0, 200);
+    assert_eq!(
+        admin(&gateway, "POST", "/v1/accounts/payer/suspend", Some(reason))
+            .await
+            .0,
+        200
+    );
     assert_eq!(admin(&gateway, "POST", "/v1/accounts/payer/resume", None).await.0, 200);
     topup(&gateway, "debtor", "2.00", "d1").await;
     let late = ekyc_gateway::webhooks::billing_run_late(&gateway.app.store, "2026-10", clock.now_unix(), "test")
@@ -320,12 +343,13 @@ async fn receiver_down_then_back(store_url: Option<String>) {
     let ids: BTreeSet<&str> = delivered.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids, arrived.keys().map(String::as_str).collect(), "each event arrived");
     assert_eq!(types(&arrived), expected);
-    let debtor_bill = arrived
-        .values()
-        .find(|e| e["type"] == "bill.overdue")
-        .unwrap();
+    let debtor_bill = arrived.values().find(|e| e["type"] == "bill.overdue").unwrap();
     assert_eq!(
-        (&debtor_bill["data"]["account"], &debtor_bill["data"]["total"], &debtor_bill["created"]),
+        (
+            &debtor_bill["data"]["account"],
+            &debtor_bill["data"]["total"],
+            &debtor_bill["created"]
+        ),
         (&json!("debtor"), &json!("2.00"), &json!(FIRST_OF_NOVEMBER))
     );
     assert!(outbox(&gateway, "?status=pending").await.is_empty());
@@ -334,7 +358,12 @@ async fn receiver_down_then_back(store_url: Option<String>) {
     // operator's retry sends it again.
     receiver.up.store(false, Ordering::SeqCst);
     let reason = json!({"reason": "chargeback"});
-    assert_eq!(admin(&gateway, "POST", "/v1/accounts/debtor/suspend", Some(reason)).await.0, 200);
+    assert_eq!(
+        admin(&gateway, "POST", "/v1/accounts/debtor/suspend", Some(reason))
+            .await
+            .0,
+        200
+    );
     let failing = poll_until("the new event attempted", Duration::from_secs(20), || async {
         outbox(&gateway, "?status=pending")
             .await
@@ -377,7 +406,10 @@ async fn lease(store: &Store) {
     let event = ekyc_gateway::webhooks::events::billing_run_late("2026-10", 1000, "lease test");
     assert!(store.emit_event(&event).await.unwrap());
     let first = store.claim_events("worker-a", 1000, 30, 10).await.unwrap();
-    assert_eq!(first.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), [event.id.as_str()]);
+    assert_eq!(
+        first.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        [event.id.as_str()]
+    );
     assert!(
         store.claim_events("worker-b", 1010, 30, 10).await.unwrap().is_empty(),
         "leased to worker-a"
@@ -392,8 +424,18 @@ async fn lease(store: &Store) {
         error: None,
         delivered_to: &[],
     };
-    assert!(!store.finish_event(&event.id, "worker-a", 1031, attempt("delivered")).await.unwrap());
-    assert!(store.finish_event(&event.id, "worker-b", 1031, attempt("delivered")).await.unwrap());
+    assert!(
+        !store
+            .finish_event(&event.id, "worker-a", 1031, attempt("delivered"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish_event(&event.id, "worker-b", 1031, attempt("delivered"))
+            .await
+            .unwrap()
+    );
     let done = store.event(&event.id).await.unwrap().unwrap();
     assert_eq!((done.status.as_str(), done.attempts), ("delivered", 1));
     assert!(store.claim_events("worker-c", 9999, 30, 10).await.unwrap().is_empty());
@@ -432,7 +474,13 @@ async fn event_of_a_killed_gateway_is_delivered_by_the_next() {
     let mut env = process_env();
     env.push(("EKYC_WEBHOOK_SECRET", SECRET));
     let mut first = GatewayProcess::start_in(dir.path(), &config, &env).await;
-    let (status, _) = admin_at(first.admin, "POST", "/v1/accounts", Some(json!({"id": "acme", "name": "Acme"}))).await;
+    let (status, _) = admin_at(
+        first.admin,
+        "POST",
+        "/v1/accounts",
+        Some(json!({"id": "acme", "name": "Acme"})),
+    )
+    .await;
     assert_eq!(status, 201);
     let (status, _) = admin_at(
         first.admin,
@@ -494,7 +542,10 @@ async fn documented_python_recipe_verifies_a_delivery() {
          sys.exit(0 if ok and not bad else 1)\n",
         body = event.payload
     );
-    let out = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}{}",

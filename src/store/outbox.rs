@@ -51,8 +51,8 @@ pub(crate) async fn insert_events(
     events: &[NewEvent],
 ) -> Result<(), sqlx::Error> {
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-        let mut sql =
-            "INSERT INTO webhook_events (id, type, created_at, payload, next_attempt_at, retry_from) VALUES ".to_string();
+        let mut sql = "INSERT INTO webhook_events (id, type, created_at, payload, next_attempt_at, retry_from) VALUES "
+            .to_string();
         push_placeholders(&mut sql, chunk.len(), 6);
         sql.push_str(" ON CONFLICT (id) DO NOTHING");
         let mut query = sqlx::query(&sql);
@@ -74,15 +74,21 @@ impl Store {
     /// Puts one event in the outbox on its own (for causes that are not a store
     /// change, such as a late billing run). False: an event with its id exists.
     pub async fn emit_event(&self, event: &NewEvent) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let before: i64 = sqlx::query("SELECT COUNT(*) AS n FROM webhook_events WHERE id = $1")
-            .bind(&event.id)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
-        insert_events(&mut tx, std::slice::from_ref(event)).await?;
-        tx.commit().await?;
-        Ok(before == 0)
+        // One statement, no read before it: on SQLite a transaction that reads first
+        // cannot write once another writer (a delivery worker) has committed.
+        let done = sqlx::query(
+            "INSERT INTO webhook_events (id, type, created_at, payload, next_attempt_at, retry_from) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&event.id)
+        .bind(event.kind)
+        .bind(event.created_at)
+        .bind(&event.payload)
+        .bind(event.created_at)
+        .bind(event.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Claims up to `limit` due events for `holder` until `now + lease_seconds`, oldest
@@ -117,7 +123,13 @@ impl Store {
 
     /// Records an attempt on an event `holder` claimed. False: the lease was lost to
     /// another worker meanwhile, which then owns the outcome.
-    pub async fn finish_event(&self, id: &str, holder: &str, now: i64, attempt: Attempt<'_>) -> Result<bool, StoreError> {
+    pub async fn finish_event(
+        &self,
+        id: &str,
+        holder: &str,
+        now: i64,
+        attempt: Attempt<'_>,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE webhook_events SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
              last_attempt_at = $3, last_error = $4, delivered_at = $5, delivered_to = $6, locked_until = 0, \
@@ -138,26 +150,25 @@ impl Store {
 
     /// Newest first; `status` filters.
     pub async fn list_events(&self, status: Option<&str>, limit: i64) -> Result<Vec<EventRecord>, StoreError> {
-        let rows = match status {
-            Some(status) => {
-                sqlx::query(&format!(
+        let rows =
+            match status {
+                Some(status) => sqlx::query(&format!(
                     "SELECT {EVENT_COLUMNS} FROM webhook_events WHERE status = $1 ORDER BY created_at DESC, id DESC \
                      LIMIT $2"
                 ))
                 .bind(status)
                 .bind(limit)
                 .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM webhook_events ORDER BY created_at DESC, id DESC LIMIT $1"
-                ))
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
+                .await?,
+                None => {
+                    sqlx::query(&format!(
+                        "SELECT {EVENT_COLUMNS} FROM webhook_events ORDER BY created_at DESC, id DESC LIMIT $1"
+                    ))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
         rows.iter().map(event_record).collect()
     }
 

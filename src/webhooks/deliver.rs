@@ -183,7 +183,12 @@ where
     let connection = tokio::spawn(connection);
     let response = sender.send_request(request).await?;
     let status = response.status();
-    let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     connection.abort();
     if status.is_success() {
         return Ok(());

@@ -67,7 +67,7 @@ fn bill_data(bill: &BillRecord) -> Value {
 pub fn bill_issued(bill: &BillRecord, balance: i64) -> Vec<NewEvent> {
     let paid = balance >= 0;
     let mut issued = bill_data(bill);
-    issued["status"] = if paid { "paid" } else { "overdue" }.into();
+    issued["status"] = (if paid { "paid" } else { "overdue" }).into();
     let mut events = vec![NewEvent::new(
         stable_id(&format!("{BILL_ISSUED}:{}", bill.id)),
         BILL_ISSUED,
@@ -93,12 +93,7 @@ pub fn bill_issued(bill: &BillRecord, balance: i64) -> Vec<NewEvent> {
 pub fn bill_paid(bill: &BillRecord, paid_at: i64) -> NewEvent {
     let mut data = bill_data(bill);
     data["paid_at"] = paid_at.into();
-    NewEvent::new(
-        stable_id(&format!("{BILL_PAID}:{}", bill.id)),
-        BILL_PAID,
-        paid_at,
-        data,
-    )
+    NewEvent::new(stable_id(&format!("{BILL_PAID}:{}", bill.id)), BILL_PAID, paid_at, data)
 }
 
 /// What an account change causes: `account.suspended` for each suspension flag set,
@@ -205,7 +200,10 @@ mod tests {
             reason: "fraud".into(),
             since: 6,
         });
-        assert_eq!(kinds(&account_changed(&open, &arrears, "billing", 5)), [ACCOUNT_SUSPENDED]);
+        assert_eq!(
+            kinds(&account_changed(&open, &arrears, "billing", 5)),
+            [ACCOUNT_SUSPENDED]
+        );
         assert_eq!(kinds(&account_changed(&arrears, &both, "op", 6)), [ACCOUNT_SUSPENDED]);
         assert!(
             account_changed(&both, &arrears, "op", 7).is_empty(),

@@ -60,9 +60,18 @@ mod tests {
             "t=1700000000,v1=38877139021993b830af32feea6e18a8da83eb2f6e49ee50bd9e4cf4ca4d3789"
         );
         assert!(verify("whsec_test", &value, br#"{"a":1}"#, 1_700_000_100, 300));
-        assert!(!verify("whsec_test", &value, br#"{"a":2}"#, 1_700_000_100, 300), "body changed");
-        assert!(!verify("other", &value, br#"{"a":1}"#, 1_700_000_100, 300), "wrong secret");
-        assert!(!verify("whsec_test", &value, br#"{"a":1}"#, 1_700_000_301, 300), "too old");
+        assert!(
+            !verify("whsec_test", &value, br#"{"a":2}"#, 1_700_000_100, 300),
+            "body changed"
+        );
+        assert!(
+            !verify("other", &value, br#"{"a":1}"#, 1_700_000_100, 300),
+            "wrong secret"
+        );
+        assert!(
+            !verify("whsec_test", &value, br#"{"a":1}"#, 1_700_000_301, 300),
+            "too old"
+        );
         assert!(!verify("whsec_test", "v1=00", br#"{"a":1}"#, 1_700_000_000, 300));
     }
 }
