@@ -73,6 +73,7 @@ struct RawConfig {
     rate_limit: RawRateLimit,
     meter: RawMeter,
     billing: RawBilling,
+    webhooks: RawWebhooks,
     runtime: RawRuntime,
     actions: Option<BTreeMap<String, RawAction>>,
 }
@@ -291,6 +292,35 @@ fn parse_time_of_day(text: &str) -> Option<u32> {
     (hours < 24 && minutes < 60).then_some(hours * 3600 + minutes * 60)
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWebhooks {
+    /// Endpoints every event is POSTed to; none: events are kept in the outbox only.
+    urls: Vec<String>,
+    timeout_ms: u64,
+    poll_interval_ms: u64,
+    initial_backoff_seconds: u64,
+    max_backoff_seconds: u64,
+    retry_for_hours: u64,
+    lease_seconds: u64,
+    batch_size: u64,
+}
+
+impl Default for RawWebhooks {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            timeout_ms: 10_000,
+            poll_interval_ms: 1000,
+            initial_backoff_seconds: 10,
+            max_backoff_seconds: 3600,
+            retry_for_hours: 72,
+            lease_seconds: 60,
+            batch_size: 50,
+        }
+    }
+}
+
 fn parse_price(key: &str, raw: &RawPrice) -> Result<(String, Price), ConfigError> {
     let from = raw.from.clone().unwrap_or_else(|| "0000-01".into());
     if crate::meter::Month::parse(&from).is_none() {
@@ -478,6 +508,8 @@ pub struct Config {
     pub master_key: Arc<MasterKey>,
     /// Bearer tokens of the admin API with the names the audit log records.
     pub admin_tokens: Vec<AdminToken>,
+    /// Webhook endpoints, secret and delivery timing.
+    pub webhooks: WebhookConfig,
 }
 
 /// Credit control (`billing::credit`).
@@ -524,6 +556,92 @@ pub struct StateConfig {
     pub resync_interval: Duration,
     pub max_staleness: Duration,
     pub stale_policy: StalePolicy,
+}
+
+/// Where and how webhook events are delivered (`[webhooks]`, docs/WEBHOOKS.md).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// http(s) endpoints; empty: no delivery worker runs.
+    pub urls: Vec<String>,
+    /// Signs every delivery (env `EKYC_WEBHOOK_SECRET`, required with `urls`).
+    pub secret: Option<WebhookSecret>,
+    /// One POST, connection to answer.
+    pub timeout: Duration,
+    /// How often a worker looks for due events.
+    pub poll_interval: Duration,
+    /// The wait after the first failed attempt, doubled after each further one up to
+    /// `max_backoff_seconds`.
+    pub initial_backoff_seconds: i64,
+    pub max_backoff_seconds: i64,
+    /// An event still failing this long after it was created is marked failed.
+    pub retry_for_seconds: i64,
+    /// How long a claimed event is a worker's own before another may take it.
+    pub lease_seconds: i64,
+    /// Events claimed at a time.
+    pub batch_size: i64,
+}
+
+#[derive(Clone)]
+pub struct WebhookSecret(pub String);
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(<redacted>)")
+    }
+}
+
+impl RawWebhooks {
+    fn validate(self, env: &dyn Env) -> Result<WebhookConfig, ConfigError> {
+        for (i, url) in self.urls.iter().enumerate() {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|e| ConfigError::new(format!("webhooks.urls[{i}]"), format!("{url:?} is not a URL ({e})")))?;
+            let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+            if !scheme_ok || uri.host().is_none() {
+                return Err(ConfigError::new(
+                    format!("webhooks.urls[{i}]"),
+                    "must be http://host[:port]/path or https://host[:port]/path",
+                ));
+            }
+        }
+        let secret = env.var("EKYC_WEBHOOK_SECRET").map(WebhookSecret);
+        if !self.urls.is_empty() && secret.as_ref().is_none_or(|s| s.0.len() < 16) {
+            return Err(ConfigError::new(
+                "EKYC_WEBHOOK_SECRET",
+                "webhooks.urls is set: the signing secret (at least 16 characters) must be in this environment variable",
+            ));
+        }
+        let range = |key: &str, value: u64, min: u64, max: u64| {
+            if value < min || value > max {
+                Err(ConfigError::new(
+                    format!("webhooks.{key}"),
+                    format!("{value} is outside {min}..={max}"),
+                ))
+            } else {
+                Ok(value)
+            }
+        };
+        let timeout_ms = range("timeout_ms", self.timeout_ms, 100, 600_000)?;
+        let lease = range("lease_seconds", self.lease_seconds, 1, 86_400)?;
+        if lease * 1000 <= timeout_ms {
+            return Err(ConfigError::new(
+                "webhooks.lease_seconds",
+                "must be longer than webhooks.timeout_ms, or another worker could send an event still in flight",
+            ));
+        }
+        let initial = range("initial_backoff_seconds", self.initial_backoff_seconds, 1, 86_400)?;
+        Ok(WebhookConfig {
+            urls: self.urls,
+            secret,
+            timeout: Duration::from_millis(timeout_ms),
+            poll_interval: Duration::from_millis(range("poll_interval_ms", self.poll_interval_ms, 10, 3_600_000)?),
+            initial_backoff_seconds: initial as i64,
+            max_backoff_seconds: range("max_backoff_seconds", self.max_backoff_seconds, initial, 86_400)? as i64,
+            retry_for_seconds: range("retry_for_hours", self.retry_for_hours, 24, 24 * 30)? as i64 * 3600,
+            lease_seconds: lease as i64,
+            batch_size: range("batch_size", self.batch_size, 1, 10_000)? as i64,
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -866,7 +984,10 @@ impl Config {
         }
         let master_key = Arc::new(master_key);
 
+        let webhooks = raw.webhooks.validate(env)?;
+
         Ok(Config {
+            webhooks,
             store_url,
             state,
             master_key,
@@ -1081,6 +1202,35 @@ mod tests {
         assert_eq!(err.key, "EKYC_MASTER_KEY");
         let c = Config::from_toml("", &ENV).unwrap();
         assert!(!format!("{c:?}").contains("platform-key"));
+    }
+
+    #[test]
+    fn webhooks_need_a_secret_and_sane_timing() {
+        let c = Config::from_toml("", &ENV).unwrap();
+        assert!(c.webhooks.urls.is_empty());
+        assert_eq!(c.webhooks.retry_for_seconds, 72 * 3600);
+        let with_urls = "[webhooks]\nurls = [\"https://hooks.example.com/ekyc\"]\n";
+        let err = Config::from_toml(with_urls, &ENV).unwrap_err();
+        assert_eq!(err.key, "EKYC_WEBHOOK_SECRET");
+        let mut env = ENV.to_vec();
+        env.push(("EKYC_WEBHOOK_SECRET", "whsec_0123456789abcdef"));
+        let c = Config::from_toml(with_urls, &env).unwrap();
+        assert_eq!(c.webhooks.urls, ["https://hooks.example.com/ekyc"]);
+        assert!(!format!("{c:?}").contains("whsec_0123456789abcdef"));
+        for (text, key) in [
+            ("[webhooks]\nurls = [\"ftp://x/\"]", "webhooks.urls[0]"),
+            ("[webhooks]\nretry_for_hours = 23", "webhooks.retry_for_hours"),
+            (
+                "[webhooks]\nlease_seconds = 5\ntimeout_ms = 5000",
+                "webhooks.lease_seconds",
+            ),
+            (
+                "[webhooks]\ninitial_backoff_seconds = 60\nmax_backoff_seconds = 30",
+                "webhooks.max_backoff_seconds",
+            ),
+        ] {
+            assert_eq!(Config::from_toml(text, &env).unwrap_err().key, key, "{text}");
+        }
     }
 
     #[test]

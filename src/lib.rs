@@ -18,6 +18,7 @@
 //! | `catalog` | the actions this gateway sells |
 //! | `meter`   | billable-call counters, the journal, the billable check, the flusher |
 //! | `billing` | prices, the monthly billing job, ledger, balance and bill status |
+//! | `webhooks` | billing events for the operator's endpoints: built, signed, delivered from the store's outbox |
 //! | `admin`   | the admin listener: health, readiness, metrics |
 //! | `console` | the tenants' (`/console/`) and operators' (`/ui/`) web pages, embedded |
 //! | `metrics` | Prometheus counters, lock-free and sharded per worker on the hot path |
@@ -51,4 +52,5 @@ pub mod tc3;
 pub mod tenant_desk;
 pub mod tencent;
 pub mod tls;
+pub mod webhooks;
 pub mod workers;

@@ -500,6 +500,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             let views: Vec<Value> = entries.iter().map(audit_view).collect();
             Ok(json(StatusCode::OK, j!({"entries": views})))
         }
+        (_, ["webhooks", rest @ ..]) => super::webhooks::route(app, method, rest, query).await,
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

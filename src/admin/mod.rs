@@ -5,6 +5,7 @@
 //! is the data listener's job.
 
 pub mod api;
+pub mod webhooks;
 
 use crate::app::App;
 use bytes::Bytes;

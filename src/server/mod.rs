@@ -94,6 +94,11 @@ pub async fn serve(
         let scheduler = crate::billing::scheduler::Scheduler::new(app.clone());
         tokio::spawn(scheduler.run(stop_rx.clone()));
     }
+    if let Some(deliverer) =
+        crate::webhooks::deliver::Deliverer::new(app.store.clone(), app.clock.clone(), &app.config.webhooks)?
+    {
+        tokio::spawn(deliverer.run(stop_rx.clone()));
+    }
     let data_graceful = Arc::new(GracefulShutdown::new());
     let admin_graceful = Arc::new(GracefulShutdown::new());
 

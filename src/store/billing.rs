@@ -5,14 +5,16 @@
 //! its audit entry and with the account's arrears flag as the balance read in that same
 //! transaction says (`billing::ledger`'s one rule), the account rows locked first so a
 //! concurrent top-up and billing run are ordered. Must not price anything: the job
-//! (`billing::job`) does.
+//! (`billing::job`) does. A new bill, a credit that settles bills and an arrears change
+//! write their webhook events in the same transaction.
 
 use super::records::{AccountRecord, Suspension};
 use super::{
     ACCOUNT_COLUMNS, AccountChange, AuditInsert, Backend, Store, StoreError, account_from_row, account_json,
-    bind_account, insert_audit, push_placeholders,
+    bind_account, insert_audit, outbox, push_placeholders,
 };
 use crate::billing::ledger::arrears_reason;
+use crate::webhooks::events;
 use sqlx::Row;
 use std::collections::HashMap;
 
@@ -296,6 +298,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         self.lock_accounts(&mut tx, &ids).await?;
         for chunk in bills.chunks(BILLS_PER_STATEMENT) {
+            let accounts: Vec<&str> = chunk.iter().map(|n| n.bill.account_id.as_str()).collect();
+            self.lock_accounts(&mut tx, &accounts).await?;
             let mut sql = format!("INSERT INTO bills ({BILL_COLUMNS}) VALUES ");
             push_placeholders(&mut sql, chunk.len(), 8);
             let mut query = sqlx::query(&sql);
@@ -373,6 +377,27 @@ impl Store {
                 }
                 query.execute(&mut *tx).await?;
             }
+
+            // Paid at issue when the balance after the charge covers it.
+            let mut sql = "SELECT account_id, CAST(SUM(amount) AS BIGINT) AS balance FROM ledger WHERE account_id IN "
+                .to_string();
+            push_placeholders(&mut sql, 1, accounts.len());
+            sql.push_str(" GROUP BY account_id");
+            let mut query = sqlx::query(&sql);
+            for account in &accounts {
+                query = query.bind(*account);
+            }
+            let balances: HashMap<String, i64> = query
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get("account_id")?, row.try_get("balance")?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+            let new_events: Vec<events::NewEvent> = chunk
+                .iter()
+                .flat_map(|n| events::bill_issued(&n.bill, balances.get(&n.bill.account_id).copied().unwrap_or(0)))
+                .collect();
+            outbox::insert_events(&mut tx, &new_events).await?;
         }
         let balances = self.balances_in(&mut tx, &ids).await?;
         let mut billed = Vec::with_capacity(ids.len());
@@ -576,6 +601,10 @@ impl Store {
                 },
             )
             .await?;
+            if entry.amount > 0 {
+                let settled = settled_by(&mut tx, &entry).await?;
+                outbox::insert_events(&mut tx, &settled).await?;
+            }
             TopupOutcome::Recorded(entry)
         } else if entry.amount != amount {
             tx.rollback().await?;
@@ -659,14 +688,11 @@ async fn settle_arrears_in(
         });
     }
     after.version = before.version + 1;
-    let updated = bind_account(
-        sqlx::query(super::UPDATE_ACCOUNT),
-        &after,
-    )
-    .bind(&after.id)
-    .bind(before.version)
-    .execute(&mut **tx)
-    .await?;
+    let updated = bind_account(sqlx::query(super::UPDATE_ACCOUNT), &after)
+        .bind(&after.id)
+        .bind(before.version)
+        .execute(&mut **tx)
+        .await?;
     if updated.rows_affected() == 0 {
         return Err(StoreError::Invalid(format!(
             "account {} changed during a billing transaction; try again",
@@ -689,6 +715,7 @@ async fn settle_arrears_in(
         },
     )
     .await?;
+    outbox::insert_events(tx, &events::account_changed(&before, &after, actor, now)).await?;
     Ok(AccountChange {
         before,
         after,
@@ -704,6 +731,47 @@ fn push_in_list(sql: &mut String, n: usize) {
         let _ = write!(sql, "{}${i}", if i == 1 { "" } else { ", " });
     }
     sql.push(')');
+}
+
+/// `bill.paid` for each bill of the account that `credit` (just inserted, in `tx`)
+/// turned from overdue to paid.
+async fn settled_by(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    credit: &LedgerEntry,
+) -> Result<Vec<events::NewEvent>, StoreError> {
+    use crate::billing::ledger::{BillStatus, bill_statuses};
+    let bills: Vec<BillRecord> = sqlx::query(&format!(
+        "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY month, id"
+    ))
+    .bind(&credit.account_id)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(bill_record)
+    .collect::<Result<_, _>>()?;
+    if bills.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ledger: Vec<LedgerEntry> = sqlx::query(&format!(
+        "SELECT {LEDGER_COLUMNS} FROM ledger WHERE account_id = $1 ORDER BY id"
+    ))
+    .bind(&credit.account_id)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(ledger_entry)
+    .collect::<Result<_, _>>()?;
+    let without: Vec<LedgerEntry> = ledger.iter().filter(|e| e.id != credit.id).cloned().collect();
+    let before = bill_statuses(&bills, &without);
+    let after = bill_statuses(&bills, &ledger);
+    Ok(bills
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter_map(|(bill, (before, after))| match (before, after) {
+            (BillStatus::Overdue, BillStatus::Paid { paid_at }) => Some(events::bill_paid(bill, paid_at)),
+            _ => None,
+        })
+        .collect())
 }
 
 fn bill_record(row: &sqlx::any::AnyRow) -> Result<BillRecord, StoreError> {

@@ -2,10 +2,12 @@
 //! usage, bills and the ledger. One implementation over sqlx's `Any`
 //! driver serves PostgreSQL (production) and SQLite (the embedded default), chosen by the
 //! URL; the queries are written once in the SQL both understand, the schema twice
-//! (`migrations/postgres`, `migrations/sqlite`), applied at start. Must not be called on
-//! the request hot path: gateways read state from their in-memory mirror.
+//! (`migrations/postgres`, `migrations/sqlite`), applied at start. Changes that cause a
+//! webhook event write it to the outbox (`outbox`) in their own transaction. Must not
+//! be called on the request hot path: gateways read state from their in-memory mirror.
 
 pub mod billing;
+pub mod outbox;
 pub mod records;
 
 use records::{AccountRecord, AuditEntry, CredentialRecord, CredentialStatus, Suspension};
@@ -234,14 +236,11 @@ impl Store {
             }
             after.version = before.version + 1;
             let mut tx = self.pool.begin().await?;
-            let updated = bind_account(
-                sqlx::query(UPDATE_ACCOUNT),
-                &after,
-            )
-            .bind(id)
-            .bind(before.version)
-            .execute(&mut *tx)
-            .await?;
+            let updated = bind_account(sqlx::query(UPDATE_ACCOUNT), &after)
+                .bind(id)
+                .bind(before.version)
+                .execute(&mut *tx)
+                .await?;
             if updated.rows_affected() == 0 {
                 continue; // another writer got there first
             }
@@ -257,6 +256,8 @@ impl Store {
                 },
             )
             .await?;
+            let events = crate::webhooks::events::account_changed(&before, &after, actor, now);
+            outbox::insert_events(&mut tx, &events).await?;
             tx.commit().await?;
             return Ok(AccountChange {
                 before,
