@@ -283,6 +283,23 @@ async fn a_month_not_billed_by_the_end_of_the_3rd_is_late_and_readiness_stays_gr
     poll_until("October to be reported late", DEADLINE, || metrics_at(1, 0)).await;
     let (status, body) = get(&format!("http://{}/readyz", gateway.admin)).await;
     assert_eq!(status, 200, "serving matters more: {body:?}");
+    // The billing.run_late webhook is in the outbox, once for the month.
+    let (_, events) = admin(&gateway, "GET", "/v1/webhooks/events", None).await;
+    let late: Vec<&serde_json::Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "billing.run_late")
+        .collect();
+    assert_eq!(late.len(), 1, "{events}");
+    let (_, event) = admin(
+        &gateway,
+        "GET",
+        &format!("/v1/webhooks/events/{}", late[0]["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(event["payload"]["data"]["month"], "2026-10", "{event}");
 
     // The hung run is gone: the next check bills October and the alarm clears.
     store.unlock_billing("hung-run").await.unwrap();

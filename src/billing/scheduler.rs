@@ -85,7 +85,7 @@ impl Scheduler {
     async fn tick(&mut self) -> Result<(), BillingError> {
         let now = self.app.clock.now_unix();
         let check = self.check(now).await?;
-        self.raise_alarms(&check.late);
+        self.raise_alarms(&check.late, now).await;
         let mut ran = false;
         for month in check.due {
             let request = RunRequest {
@@ -125,7 +125,7 @@ impl Scheduler {
         if ran {
             // The gauges follow the runs at once, not a check later.
             let check = self.check(now).await?;
-            self.raise_alarms(&check.late);
+            self.raise_alarms(&check.late, now).await;
         }
         Ok(())
     }
@@ -172,16 +172,26 @@ impl Scheduler {
         Ok(check)
     }
 
-    fn raise_alarms(&mut self, late: &[Month]) {
+    async fn raise_alarms(&mut self, late: &[Month], now: i64) {
         for &month in late {
-            if self.reported_late.insert(month) {
+            if !self.reported_late.contains(&month) {
                 let deadline = deadline(month, self.app.config.meter.billing_utc_offset_seconds);
                 tracing::error!(
                     %month,
                     deadline,
                     "billing run late: the month is not billed by the end of the 3rd (billing time zone); see ekyc_gateway_billing_month_late"
                 );
-                emit_run_late(&self.app, month, deadline);
+                // The event id is the month's: a late month is told once, by whichever
+                // gateway sees it first. Reported only once it is in the outbox.
+                let detail = format!("not billed by the end of the 3rd (deadline {deadline})");
+                match crate::webhooks::billing_run_late(&self.app.store, &month.to_string(), now, &detail).await {
+                    Ok(_) => {
+                        self.reported_late.insert(month);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %month, "could not record the billing.run_late event; retried at the next check")
+                    }
+                }
             }
         }
     }
@@ -190,13 +200,6 @@ impl Scheduler {
 /// When `month` is late: the end of the 3rd of the next month, billing time zone.
 fn deadline(month: Month, offset_seconds: i32) -> i64 {
     Month(month.0 + 1).start_unix(offset_seconds) + BILLING_DAYS * 86_400
-}
-
-/// Where the `billing.run_late` event is emitted: once per month and process, when the
-/// month is first seen late. The webhook outbox hooks in here; today the error log and
-/// the gauge are the alarm.
-fn emit_run_late(_app: &App, month: Month, deadline: i64) {
-    tracing::debug!(%month, deadline, "billing.run_late");
 }
 
 #[cfg(test)]
