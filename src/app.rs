@@ -48,7 +48,7 @@ impl App {
         let upstream = UpstreamClient::new(&config.upstream, config.limits.max_body_bytes)?;
         let metrics = Metrics::new(&catalog);
         let rate_limits = RateLimits::new(config.default_rate_limit_qps, &config.actions);
-        let store = Arc::new(Store::connect(&config.store_url).await?);
+        let store = Arc::new(Store::open(&config.store_url, config.store_migrate_url.as_deref()).await?);
         let mirror = Arc::new(StateMirror::new(config.master_key.clone()));
         let (publisher, freshness, cache_sync): (Arc<dyn StatePublisher>, _, _) = match &config.state.redis_url {
             None => {

@@ -82,13 +82,55 @@ struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawStore {
     url: String,
+    migrate_url: Option<String>,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         Self {
             url: "sqlite://./data/billing.db".into(),
+            migrate_url: None,
         }
+    }
+}
+
+/// The billing store's URLs, all a batch job on the store needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreUrls {
+    /// The gateway's own connection.
+    pub url: String,
+    /// The schema owner's, for migrations (see `Config::store_migrate_url`).
+    pub migrate_url: Option<String>,
+}
+
+impl RawStore {
+    fn validate(self, env: &dyn Env) -> Result<StoreUrls, ConfigError> {
+        let store_url = env.var("EKYC_STORE_URL").unwrap_or(self.url);
+        if !(store_url.starts_with("sqlite://")
+            || store_url.starts_with("postgres://")
+            || store_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new(
+                "store.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        let store_migrate_url = env.var("EKYC_STORE_MIGRATE_URL").or(self.migrate_url);
+        if store_migrate_url.is_some() && !store_url.starts_with("postgres") {
+            return Err(ConfigError::new(
+                "store.migrate_url",
+                "is for PostgreSQL (the schema owner's URL); a SQLite store migrates itself",
+            ));
+        }
+        if let Some(url) = &store_migrate_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::new("store.migrate_url", "must start with postgres://"));
+        }
+        Ok(StoreUrls {
+            url: store_url,
+            migrate_url: store_migrate_url,
+        })
     }
 }
 
@@ -503,6 +545,10 @@ pub struct Config {
     pub pin_worker_threads: bool,
     /// `postgres://…` or `sqlite://path` (env `EKYC_STORE_URL` wins over the file).
     pub store_url: String,
+    /// The schema owner's `postgres://` URL (`store.migrate_url`, env
+    /// `EKYC_STORE_MIGRATE_URL`): migrations run under it and `store_url`'s role is
+    /// granted only what it needs. `None`: `store_url` applies the migrations itself.
+    pub store_migrate_url: Option<String>,
     pub state: StateConfig,
     /// Seals SecretKeys at rest (env `EKYC_MASTER_KEY`).
     pub master_key: Arc<MasterKey>,
@@ -733,6 +779,15 @@ impl Config {
         Self::validate(raw, env)
     }
 
+    /// Only the `[store]` section of the file at `path`, validated, for commands that
+    /// need nothing else (`migrate`): no upstream secrets or master key required.
+    pub fn load_store_urls(path: &Path, env: &dyn Env) -> Result<StoreUrls, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::new("(file)", e.message().to_string()))?;
+        raw.store.validate(env)
+    }
+
     fn validate(raw: RawConfig, env: &dyn Env) -> Result<Self, ConfigError> {
         let addr = |key: &str, value: &str| {
             value
@@ -930,16 +985,10 @@ impl Config {
             ));
         }
 
-        let store_url = env.var("EKYC_STORE_URL").unwrap_or(raw.store.url);
-        if !(store_url.starts_with("sqlite://")
-            || store_url.starts_with("postgres://")
-            || store_url.starts_with("postgresql://"))
-        {
-            return Err(ConfigError::new(
-                "store.url",
-                "must start with sqlite:// or postgres://",
-            ));
-        }
+        let StoreUrls {
+            url: store_url,
+            migrate_url: store_migrate_url,
+        } = raw.store.validate(env)?;
         let redis_url = env
             .var("EKYC_REDIS_URL")
             .or(raw.state.redis_url)
@@ -989,6 +1038,7 @@ impl Config {
         Ok(Config {
             webhooks,
             store_url,
+            store_migrate_url,
             state,
             master_key,
             admin_tokens,

@@ -67,7 +67,9 @@ async fn topup(gateway: &GatewayHandle, id: &str, amount: &str, key: &str) -> (u
     .await
 }
 
-async fn lifecycle(store_url: Option<String>) {
+/// `store_url`: the gateway's store (default SQLite); `owner_url`: the schema owner's,
+/// where the gateway runs as a role of its own.
+async fn lifecycle(store_url: Option<String>, owner_url: Option<String>) {
     let clock = ManualClock::new(MID_OCTOBER);
     let sim_clock = clock.clone();
     let sim = SimHandle::start(move |c| c.clock = Arc::new(sim_clock)).await;
@@ -75,6 +77,7 @@ async fn lifecycle(store_url: Option<String>) {
     if let Some(url) = store_url {
         config.store_url = url;
     }
+    config.store_migrate_url = owner_url.clone();
     let gateway = GatewayHandle::start_with(config, Arc::new(clock.clone())).await;
     let payer = tenant(&gateway, "payer").await;
     let debtor = tenant(&gateway, "debtor").await;
@@ -325,18 +328,84 @@ async fn lifecycle(store_url: Option<String>) {
     ] {
         assert!(execute_raw(&gateway.app, sql).await.is_err(), "{sql} must be refused");
     }
+    if let Some(owner_url) = owner_url {
+        // The gateway's own role cannot lift the guards: only the owner may, and does.
+        for sql in [
+            "DROP TRIGGER ledger_append_only ON ledger",
+            "ALTER TABLE bills DISABLE TRIGGER ALL",
+            "ALTER TABLE ledger DROP CONSTRAINT ledger_money_only_in",
+            "TRUNCATE audit_log",
+            "CREATE TABLE scratch (x BIGINT)",
+            "DELETE FROM _sqlx_migrations",
+        ] {
+            let refused = execute_raw(&gateway.app, sql).await.unwrap_err();
+            assert!(
+                refused.to_string().contains("must be owner") || refused.to_string().contains("permission denied"),
+                "{sql}: {refused}"
+            );
+        }
+        use sqlx::Connection;
+        let mut owner = sqlx::AnyConnection::connect(&owner_url).await.unwrap();
+        let mut tx = owner.begin().await.unwrap();
+        sqlx::Executor::execute(&mut *tx, "DROP TRIGGER ledger_append_only ON ledger")
+            .await
+            .expect("the owner may");
+        tx.rollback().await.unwrap();
+    }
     gateway.shutdown().await;
 }
 
 #[tokio::test]
 async fn billing_lifecycle_on_sqlite() {
-    lifecycle(None).await;
+    lifecycle(None, None).await;
 }
 
 #[tokio::test]
 async fn billing_lifecycle_on_postgres() {
     let db = PgDatabase::create().await;
-    lifecycle(Some(db.url())).await;
+    lifecycle(Some(db.url()), None).await;
+}
+
+/// Production's shape: migrations as the schema owner (`store.migrate_url`), the gateway
+/// as a role that may append bills and ledger entries but not edit them or drop the
+/// triggers that refuse edits.
+#[tokio::test]
+async fn billing_lifecycle_on_postgres_with_an_owner_and_a_gateway_role() {
+    let (_db, roles) = PgDatabase::create_with_roles().await;
+    lifecycle(Some(roles.gateway_url), Some(roles.owner_url)).await;
+}
+
+/// The gateway's role alone cannot migrate a fresh schema: it says what to set. `migrate`
+/// with the owner's URL does it, after which the gateway's role serves on its own.
+#[tokio::test]
+async fn a_gateway_role_without_the_owner_url_is_told_to_migrate_and_migrate_fixes_it() {
+    let (_db, roles) = PgDatabase::create_with_roles().await;
+    let refused = ekyc_gateway::store::Store::connect(&roles.gateway_url)
+        .await
+        .err()
+        .expect("a fresh schema and a role that may not create tables");
+    assert!(refused.to_string().contains("migrate_url"), "{refused}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "[store]\nurl = \"postgres://ignored@127.0.0.1/x\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ekyc-gateway"))
+        .args(["migrate", "--config", config.to_str().unwrap()])
+        .env("EKYC_STORE_URL", &roles.gateway_url)
+        .env("EKYC_STORE_MIGRATE_URL", &roles.owner_url)
+        .env_remove("EKYC_UPSTREAM_SECRET_ID")
+        .env_remove("EKYC_MASTER_KEY")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains(&format!("role {} granted", roles.gateway_role)),
+        "{stdout}"
+    );
+    let store = ekyc_gateway::store::Store::connect(&roles.gateway_url).await.unwrap();
+    store.ping().await.unwrap();
+    assert!(store.all_accounts().await.unwrap().is_empty());
 }
 
 /// The demo walkthrough of docs/BILLING.md, as a user types it: `demo`, `billing run`

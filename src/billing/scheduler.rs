@@ -30,9 +30,20 @@ pub struct Scheduler {
     actor: String,
     /// Months found needing a run, and the month they were looked for in: the usage
     /// table is read once per process and month, the run records at every check.
-    plan: Option<(Month, BTreeSet<Month>)>,
+    plan: Option<Plan>,
     /// Months already reported late by this process (one error log and event each).
     reported_late: HashSet<Month>,
+}
+
+/// The months still to run, as read at the start of `current`.
+struct Plan {
+    current: Month,
+    /// Oldest first; the previous month always, with or without calls.
+    months: BTreeSet<Month>,
+    /// Of those, the months with calls: only these can be late. An empty month is run
+    /// for its record, but a gateway installed mid-month has nothing to bill for the
+    /// month before and no alarm to raise for it.
+    with_usage: BTreeSet<Month>,
 }
 
 /// What one look at the clock and the store found.
@@ -141,26 +152,31 @@ impl Scheduler {
         })?;
         let previous = Month(current.0.saturating_sub(1));
         let store = &self.app.store;
-        if self.plan.as_ref().is_none_or(|(seen_in, _)| *seen_in != current) {
-            let mut months: BTreeSet<Month> = store
+        if self.plan.as_ref().is_none_or(|plan| plan.current != current) {
+            let with_usage: BTreeSet<Month> = store
                 .months_missing_a_run(&current.to_string())
                 .await?
                 .iter()
                 .filter_map(|m| Month::parse(m))
                 .collect();
+            let mut months = with_usage.clone();
             months.insert(previous);
-            self.plan = Some((current, months));
+            self.plan = Some(Plan {
+                current,
+                months,
+                with_usage,
+            });
         }
         let runs = store.billing_runs().await?;
         let done: HashSet<Month> = runs.iter().filter_map(|r| Month::parse(&r.month)).collect();
         let metrics = &self.app.plane.metrics;
         let last = done.iter().max().map_or(0, |m| i64::from(m.year() * 100 + m.number()));
         metrics.billing_last_month_billed.set(last);
-        let (_, months) = self.plan.as_mut().expect("set above");
-        months.retain(|m| !done.contains(m));
+        let plan = self.plan.as_mut().expect("set above");
+        plan.months.retain(|m| !done.contains(m));
         let mut check = Check::default();
-        for &month in months.iter() {
-            if now >= deadline(month, offset) {
+        for &month in plan.months.iter() {
+            if now >= deadline(month, offset) && plan.with_usage.contains(&month) {
                 check.late.push(month);
             }
             let run_at = current.start_unix(offset) + i64::from(self.app.config.scheduler.run_at_seconds);

@@ -72,7 +72,7 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 
 pub async fn run(args: BillingArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_ref())?;
-    let store = Store::connect(&config.store_url).await?;
+    let store = Store::open(&config.store_url, config.store_migrate_url.as_deref()).await?;
     let now = SystemClock.now_unix();
     match args.command {
         BillingCommand::Run { month, dry_run, json } => {

@@ -18,7 +18,7 @@ pub async fn rotate(config: PathBuf) -> anyhow::Result<()> {
             "note: EKYC_MASTER_KEY_PREVIOUS is not set; only keys already sealed by EKYC_MASTER_KEY can be opened"
         );
     }
-    let store = Store::connect(&config.store_url).await?;
+    let store = Store::open(&config.store_url, config.store_migrate_url.as_deref()).await?;
     let changed = store
         .reseal_credentials(&config.master_key, "rotate-master-key", SystemClock.now_unix())
         .await?;

@@ -76,6 +76,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Apply the billing store's migrations (as `[store] migrate_url`, the schema owner,
+    /// where set) and grant `[store] url`'s role what the gateway needs. `serve` and
+    /// `billing` do the same at start; this runs it alone, e.g. before an upgrade.
+    Migrate {
+        /// The gateway's configuration; only its [store] section is read.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Everything on one machine with embedded defaults: simulator, gateway, demo account.
     Demo {
         /// Data listener address.
@@ -150,6 +158,27 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::Billing(args) => exit(billing::run(args).await),
         Command::RotateMasterKey { config } => exit(keys::rotate(config).await),
+        Command::Migrate { config } => {
+            let urls = match Config::load_store_urls(&config, &ProcessEnv) {
+                Ok(urls) => urls,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let owner_url = urls.migrate_url.as_deref().unwrap_or(&urls.url);
+            exit(
+                crate::store::Store::migrate(owner_url, Some(&urls.url))
+                    .await
+                    .map(|report| {
+                        println!("schema at {} migrations", report.applied);
+                        if let Some(role) = report.granted_to {
+                            println!("role {role} granted the gateway's rights");
+                        }
+                    })
+                    .map_err(Into::into),
+            )
+        }
         Command::Admin(args) => match admin::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -53,6 +53,23 @@ pub struct UsageBatch {
     pub rows: Vec<UsageRow>,
 }
 
+/// What `Store::migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Migrations the schema has now.
+    pub applied: usize,
+    /// The gateway's role, where it differs from the owner and was granted its rights.
+    pub granted_to: Option<String>,
+}
+
+/// The user a `postgres://` URL connects as (`postgres` when it names none, as libpq).
+fn postgres_user(url: &str) -> String {
+    use std::str::FromStr;
+    sqlx::postgres::PgConnectOptions::from_str(url)
+        .map(|options| options.get_username().to_string())
+        .unwrap_or_default()
+}
+
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
@@ -115,11 +132,137 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        match backend {
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
+        let store = Self { pool, backend };
+        let pending = store.pending_migrations().await?;
+        if pending > 0 && store.backend == Backend::Postgres {
+            // Asked before running: a failed run would leave sqlx's advisory lock held by
+            // a pooled connection, and the owner's `migrate` would wait on it.
+            let may_create: bool = sqlx::query("SELECT has_schema_privilege(current_schema(), 'CREATE')")
+                .fetch_one(&store.pool)
+                .await?
+                .try_get(0)?;
+            if !may_create {
+                store.pool.close().await;
+                return Err(StoreError::Invalid(format!(
+                    "{pending} store migrations are pending and this role may not apply them: set [store] \
+                     migrate_url (EKYC_STORE_MIGRATE_URL) to the schema owner's URL or run `ekyc-gateway migrate` with it"
+                )));
+            }
         }
-        Ok(Self { pool, backend })
+        if pending > 0 {
+            store.migrator().run(&store.pool).await.map_err(|e| match e {
+                // A gateway role that may not create tables: the schema is the owner's job.
+                sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(db))
+                    if db.code().as_deref() == Some("42501") =>
+                {
+                    StoreError::Invalid(format!(
+                        "{pending} store migrations are pending and this role may not apply them ({}): \
+                         set [store] migrate_url (EKYC_STORE_MIGRATE_URL) to the owner's URL or run \
+                         `ekyc-gateway migrate` with it",
+                        db.message()
+                    ))
+                }
+                other => StoreError::Migrate(other),
+            })?;
+        }
+        Ok(store)
+    }
+
+    /// Applies the migrations as the schema's owner (`owner_url`) and, where the gateway
+    /// connects as another role (`gateway_url`), grants that role only what serving and
+    /// billing need: it reads and writes the working tables, appends to the append-only
+    /// ones (bills, billed usage, the ledger, the audit log) and can neither change their
+    /// rows nor drop their triggers, which only the owner may. Idempotent: run again after
+    /// each upgrade, as tables added later need their grants.
+    pub async fn migrate(owner_url: &str, gateway_url: Option<&str>) -> Result<MigrationReport, StoreError> {
+        let owner = Self::connect(owner_url).await?;
+        let owner_role = postgres_user(owner_url);
+        let granted_to = match gateway_url.map(postgres_user) {
+            Some(role) if owner.backend == Backend::Postgres && role != owner_role => {
+                owner.grant_gateway_role(&role).await?;
+                Some(role)
+            }
+            _ => None,
+        };
+        let applied = owner.migrator().iter().count();
+        owner.pool.close().await;
+        Ok(MigrationReport { applied, granted_to })
+    }
+
+    /// Opens the store as a serving or billing process does: migrations first under the
+    /// owner's URL where one is configured, then the connection under `url`.
+    pub async fn open(url: &str, migrate_url: Option<&str>) -> Result<Self, StoreError> {
+        if let Some(owner_url) = migrate_url {
+            Self::migrate(owner_url, Some(url)).await?;
+        }
+        Self::connect(url).await
+    }
+
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+        static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+        match self.backend {
+            Backend::Postgres => &POSTGRES,
+            Backend::Sqlite => &SQLITE,
+        }
+    }
+
+    /// Migrations this binary has that the database has not applied. Read without
+    /// creating anything, so a role that may not create tables can tell it is up to date;
+    /// an applied migration whose text changed since is an error, as sqlx's own check.
+    async fn pending_migrations(&self) -> Result<usize, StoreError> {
+        let exists_sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()"
+            }
+            Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        };
+        let exists: i64 = sqlx::query(exists_sql).fetch_one(&self.pool).await?.try_get(0)?;
+        let mut applied = std::collections::HashMap::new();
+        if exists > 0 {
+            for row in sqlx::query("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?
+            {
+                let version: i64 = row.try_get(0)?;
+                let checksum: Vec<u8> = row.try_get(1)?;
+                applied.insert(version, checksum);
+            }
+        }
+        let mut pending = 0;
+        for migration in self.migrator().iter() {
+            match applied.get(&migration.version) {
+                Some(checksum) if checksum[..] != migration.checksum[..] => {
+                    return Err(StoreError::Migrate(sqlx::migrate::MigrateError::VersionMismatch(
+                        migration.version,
+                    )));
+                }
+                Some(_) => {}
+                None => pending += 1,
+            }
+        }
+        Ok(pending)
+    }
+
+    async fn grant_gateway_role(&self, role: &str) -> Result<(), StoreError> {
+        if role.is_empty() || !role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StoreError::Invalid(format!(
+                "the gateway's database role {role:?} must be letters, digits and _"
+            )));
+        }
+        let append_only = "bills, billed_usage, ledger, audit_log";
+        let mut tx = self.pool.begin().await?;
+        for statement in [
+            format!("GRANT USAGE ON SCHEMA public TO {role}"),
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
+            format!("REVOKE UPDATE, DELETE, TRUNCATE ON {append_only} FROM {role}"),
+            format!("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON _sqlx_migrations FROM {role}"),
+            format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"),
+        ] {
+            tx.execute(statement.as_str()).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

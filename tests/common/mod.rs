@@ -278,7 +278,9 @@ impl GatewayHandle {
 
 /// Creates the activated test tenant and its credential in the config's store.
 pub async fn seed_tenant(config: &Config) {
-    let store = ekyc_gateway::store::Store::connect(&config.store_url).await.unwrap();
+    let store = ekyc_gateway::store::Store::open(&config.store_url, config.store_migrate_url.as_deref())
+        .await
+        .unwrap();
     ekyc_gateway::demo::ensure_account_with_credential(
         &store,
         &config.master_key,
@@ -534,6 +536,16 @@ impl Drop for RedisServer {
 pub struct PgDatabase {
     pub name: String,
     admin_conninfo: String,
+    /// Roles made for this database alone (`create_with_roles`), dropped after it.
+    roles: Vec<String>,
+}
+
+/// The two roles of a production PostgreSQL store (see docs/OPERATIONS.md): the schema
+/// owner, which migrations run as, and the gateway's, granted only what it needs.
+pub struct PgRoles {
+    pub owner_url: String,
+    pub gateway_url: String,
+    pub gateway_role: String,
 }
 
 impl PgDatabase {
@@ -546,7 +558,52 @@ impl PgDatabase {
             .expect("PostgreSQL must be running (scripts/test starts it)");
         tokio::spawn(connection);
         client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-        Self { name, admin_conninfo }
+        Self {
+            name,
+            admin_conninfo,
+            roles: Vec::new(),
+        }
+    }
+
+    /// A fresh database owned by a fresh owner role, with a second fresh role for the
+    /// gateway that has no rights on it yet (migrations grant them).
+    pub async fn create_with_roles() -> (Self, PgRoles) {
+        let mut db = Self::create().await;
+        let suffix = &db.name["ekyc_test_".len()..];
+        let (owner, gateway) = (format!("ekyc_owner_{suffix}"), format!("ekyc_gw_{suffix}"));
+        db.admin_sql(&format!(
+            "CREATE ROLE {owner} LOGIN PASSWORD 'ekyc-test'; CREATE ROLE {gateway} LOGIN PASSWORD 'ekyc-test'; \
+             ALTER DATABASE {0} OWNER TO {owner}; REVOKE ALL ON DATABASE {0} FROM PUBLIC; \
+             GRANT CONNECT ON DATABASE {0} TO {gateway}",
+            db.name
+        ))
+        .await;
+        // PostgreSQL before 15 lets every role create in `public`; the owner's alone here.
+        db.admin_sql_in_database("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            .await;
+        db.admin_sql_in_database(&format!("ALTER SCHEMA public OWNER TO {owner}"))
+            .await;
+        db.roles = vec![owner.clone(), gateway.clone()];
+        let url = db.url();
+        let with_user = |role: &str| {
+            let (_, rest) = url.split_once('@').unwrap();
+            format!("postgres://{role}:ekyc-test@{rest}")
+        };
+        let roles = PgRoles {
+            owner_url: with_user(&owner),
+            gateway_url: with_user(&gateway),
+            gateway_role: gateway,
+        };
+        (db, roles)
+    }
+
+    /// Runs SQL as the server's admin user inside this database.
+    pub async fn admin_sql_in_database(&self, sql: &str) {
+        let (client, connection) = tokio_postgres::connect(&self.conninfo(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client.batch_execute(sql).await.unwrap();
     }
 
     /// Runs SQL as the server's admin user (e.g. to cut the database off).
@@ -608,7 +665,7 @@ impl PgDatabase {
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        let (conninfo, name) = (self.admin_conninfo.clone(), self.name.clone());
+        let (conninfo, name, roles) = (self.admin_conninfo.clone(), self.name.clone(), self.roles.clone());
         // Drop cannot await; a short-lived runtime on its own thread does the cleanup.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -621,6 +678,9 @@ impl Drop for PgDatabase {
                     let _ = client
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .await;
+                    for role in roles {
+                        let _ = client.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await;
+                    }
                 }
             });
         })
