@@ -8,6 +8,15 @@ ALTER TABLE bills ADD COLUMN due_at BIGINT;
 ALTER TABLE bills DISABLE TRIGGER bills_append_only;
 UPDATE bills SET due_at = issued_at;
 ALTER TABLE bills ENABLE TRIGGER bills_append_only;
+-- A writer that does not name a due date (a gateway of the previous version during a
+-- rolling upgrade) bills as it always did: due when issued.
+CREATE FUNCTION ekyc_bill_due_default() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.due_at := COALESCE(NEW.due_at, NEW.issued_at);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER bills_due_default BEFORE INSERT ON bills
+    FOR EACH ROW EXECUTE FUNCTION ekyc_bill_due_default();
 ALTER TABLE bills ALTER COLUMN due_at SET NOT NULL;
 ALTER TABLE bills ADD CONSTRAINT bills_due_after_issue CHECK (due_at >= issued_at);
 -- The due sweep looks for bills whose due date (or reminder day) has come.

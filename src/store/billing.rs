@@ -111,6 +111,10 @@ pub struct Billed {
 const BILLS_PER_STATEMENT: usize = 400;
 
 const BILL_COLUMNS: &str = "id, account_id, month, currency, subtotal, total, lines, issued_at, due_at";
+/// The same, as read: a bill written without a due date (by a gateway of the previous
+/// version, on SQLite, which cannot default it) was due when issued.
+const BILL_SELECT: &str =
+    "id, account_id, month, currency, subtotal, total, lines, issued_at, COALESCE(due_at, issued_at) AS due_at";
 const LEDGER_COLUMNS: &str = "id, account_id, at, kind, amount, bill_id, idempotency_key, actor, note";
 
 impl Store {
@@ -663,7 +667,7 @@ impl Store {
     /// An account's bills, oldest first.
     pub async fn bills(&self, account_id: &str) -> Result<Vec<BillRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY month, id"
+            "SELECT {BILL_SELECT} FROM bills WHERE account_id = $1 ORDER BY month, id"
         ))
         .bind(account_id)
         .fetch_all(&self.pool)
@@ -672,7 +676,7 @@ impl Store {
     }
 
     pub async fn bill(&self, id: &str) -> Result<Option<BillRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {BILL_COLUMNS} FROM bills WHERE id = $1"))
+        let row = sqlx::query(&format!("SELECT {BILL_SELECT} FROM bills WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -682,7 +686,7 @@ impl Store {
     /// Every bill of `month`, by account.
     pub async fn bills_of_month(&self, month: &str) -> Result<Vec<BillRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {BILL_COLUMNS} FROM bills WHERE month = $1 ORDER BY account_id"
+            "SELECT {BILL_SELECT} FROM bills WHERE month = $1 ORDER BY account_id"
         ))
         .bind(month)
         .fetch_all(&self.pool)
@@ -802,7 +806,7 @@ async fn books_in(conn: &mut sqlx::AnyConnection, ids: &[&str]) -> Result<HashMa
             entry.balance = row.try_get("balance")?;
             entry.funds = row.try_get("funds")?;
         }
-        let mut sql = format!("SELECT {BILL_COLUMNS} FROM bills WHERE account_id IN ");
+        let mut sql = format!("SELECT {BILL_SELECT} FROM bills WHERE account_id IN ");
         push_in_list(&mut sql, part.len());
         sql.push_str(" ORDER BY account_id, month, id");
         let mut query = sqlx::query(&sql);
@@ -825,7 +829,7 @@ async fn settled_by(
 ) -> Result<Vec<events::NewEvent>, StoreError> {
     use crate::billing::ledger::{BillStatus, bill_statuses};
     let bills: Vec<BillRecord> = sqlx::query(&format!(
-        "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY month, id"
+        "SELECT {BILL_SELECT} FROM bills WHERE account_id = $1 ORDER BY month, id"
     ))
     .bind(&credit.account_id)
     .fetch_all(&mut **tx)
