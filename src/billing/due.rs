@@ -116,14 +116,8 @@ impl DueSweep {
                     if amount_due <= 0 || now >= bill.due_at {
                         continue;
                     }
-                    // The nearest reminder day reached (the list is largest first): a
-                    // gateway that was down over the 3-day mark sends only the 1-day one.
-                    let reached = reminder_days
-                        .iter()
-                        .rev()
-                        .find(|days| now >= bill.due_at - i64::from(**days) * 86_400);
-                    if let Some(days) = reached {
-                        reminders.push(events::bill_reminder(bill, *days, books.balance, amount_due, now));
+                    if let Some(days) = reminder_reached(reminder_days, bill.due_at, now) {
+                        reminders.push(events::bill_reminder(bill, days, books.balance, amount_due, now));
                     }
                 }
             }
@@ -180,5 +174,36 @@ impl DueSweep {
             .oldest_pending_seconds
             .set(oldest.map_or(0, |created| (now - created).max(0)));
         Ok(())
+    }
+}
+
+/// The reminder day (of `days`, largest first) an unpaid bill due at `due_at` has
+/// reached at `now`: the nearest one, so a gateway that was down over the 3-day mark
+/// sends only the 1-day one. None before the first, and from the due date on.
+fn reminder_reached(days: &[u32], due_at: i64, now: i64) -> Option<u32> {
+    if now >= due_at {
+        return None;
+    }
+    days.iter()
+        .rev()
+        .find(|d| now >= due_at - i64::from(**d) * 86_400)
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nearest_reminder_day_reached() {
+        let due = 10 * 86_400;
+        let days = [3, 1];
+        assert_eq!(reminder_reached(&days, due, due - 3 * 86_400 - 1), None);
+        assert_eq!(reminder_reached(&days, due, due - 3 * 86_400), Some(3));
+        assert_eq!(reminder_reached(&days, due, due - 86_400 - 1), Some(3));
+        assert_eq!(reminder_reached(&days, due, due - 86_400), Some(1));
+        assert_eq!(reminder_reached(&days, due, due - 1), Some(1));
+        assert_eq!(reminder_reached(&days, due, due), None, "overdue, not reminded");
+        assert_eq!(reminder_reached(&[], due, due - 1), None);
     }
 }

@@ -249,17 +249,8 @@ mod tests {
     #[test]
     fn an_unpaid_bill_is_open_until_its_due_date() {
         let bills = [due(bill("b1", 100, 10), 50), due(bill("b2", 40, 20), 80)];
-        let ledger = vec![
-            LedgerEntry {
-                kind: "charge".into(),
-                ..entry(-100, 10)
-            },
-            entry(30, 15),
-            LedgerEntry {
-                kind: "charge".into(),
-                ..entry(-40, 20)
-            },
-        ];
+        // `entry` makes a negative amount a charge.
+        let ledger = vec![entry(-100, 10), entry(30, 15), entry(-40, 20)];
         let f = funds(&ledger);
         assert_eq!(bill_statuses(&bills, &ledger, 49), [BillStatus::Open, BillStatus::Open]);
         assert_eq!(overdue_owed(&bills, f, 49), 0, "nothing past due: no arrears");
@@ -282,11 +273,7 @@ mod tests {
     #[test]
     fn paid_before_the_due_date_is_never_overdue() {
         let bills = [due(bill("b1", 100, 10), 50)];
-        let mut ledger = vec![LedgerEntry {
-            kind: "charge".into(),
-            ..entry(-100, 10)
-        }];
-        ledger.push(entry(100, 20));
+        let ledger = vec![entry(-100, 10), entry(100, 20)];
         for now in [10, 49, 50, 10_000] {
             assert_eq!(bill_statuses(&bills, &ledger, now), [BillStatus::Paid { paid_at: 20 }]);
             assert_eq!(overdue_owed(&bills, funds(&ledger), now), 0);
