@@ -1,12 +1,15 @@
 //! The billing tables of the store: bills, billed usage, the ledger, the billing lease
 //! and the record of finished runs. Only inserts on bills, billed usage and the ledger
 //! (the schema refuses UPDATE and DELETE on them, a negative top-up, credit or bill
-//! total, and a positive charge). Every money movement commits in one transaction with
-//! its audit entry and with the account's arrears flag as the balance read in that same
-//! transaction says (`billing::ledger`'s one rule), the account rows locked first so a
-//! concurrent top-up and billing run are ordered. Must not price anything: the job
-//! (`billing::job`) does. A new bill, a credit that settles bills and an arrears change
-//! write their webhook events in the same transaction.
+//! total, and a positive charge; a bill's due date is written with it). Every money
+//! movement commits in one transaction with its audit entry and with the account's
+//! arrears flag as the books read in that same transaction say (balance, funds and the
+//! bills with their due dates: `billing::ledger`'s one rule at the transaction's `now`),
+//! the account rows locked first so a concurrent top-up, billing run and due sweep are
+//! ordered. Must not price anything: the job (`billing::job`) does; must not decide a
+//! flag from anything read outside the transaction that writes it. A new bill, a credit
+//! that settles bills and an arrears change write their webhook events in the same
+//! transaction.
 
 use super::records::{AccountRecord, Suspension};
 use super::{
