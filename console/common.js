@@ -60,7 +60,9 @@ function table(headers, rows, numeric) {
 }
 
 function statusBadge(status) {
-  const kind = { paid: "ok", overdue: "bad", open: "warn" }[String(status).toLowerCase()] || "warn";
+  // Bills (paid, open, overdue) and webhook events (delivered, pending, failed).
+  const kind = { paid: "ok", overdue: "bad", open: "warn", delivered: "ok", pending: "warn", failed: "bad" }[
+    String(status).toLowerCase()] || "warn";
   return el("span", { class: "badge " + kind }, status);
 }
 

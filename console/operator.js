@@ -82,8 +82,9 @@ async function loadAccount() {
   clear($("chart")).append(barChart(daily.days.map((d) => ({ label: d.day, value: d.calls })), `Calls per day of ${id}`),
     el("p", { class: "muted" }, `${daily.days.reduce((n, d) => n + d.calls, 0).toLocaleString()} calls in 30 days`));
 
-  clear($("bills-table")).append(table(["Bill", "Month", "Total", "Status", "Issued"],
-    bills.bills.slice().reverse().map((b) => [b.id, b.month, `${b.total} ${b.currency}`, statusBadge(b.status), when(b.issued_at)]),
+  clear($("bills-table")).append(table(["Bill", "Month", "Total", "Status", "Issued", "Due"],
+    bills.bills.slice().reverse().map((b) =>
+      [b.id, b.month, `${b.total} ${b.currency}`, statusBadge(b.status), when(b.issued_at), when(b.due_at)]),
     [2]));
 
   clear($("audit-table")).append(table(["When", "Who", "What"],
@@ -99,6 +100,37 @@ async function loadUsage() {
     el("p", { class: "muted" }, `${usage.total.toLocaleString()} calls in ${usage.month}`));
 }
 
+/** The webhook outbox, newest first: what each event is, where its delivery stands,
+    and a retry for any of them (the delivery workers send it; this page sends nothing). */
+async function loadWebhooks() {
+  $("webhooks-error").textContent = "";
+  const status = $("webhooks-status").value;
+  const answer = await api("GET", "/webhooks/events?limit=100" + (status ? "&status=" + status : ""));
+  $("webhooks-endpoints").textContent = answer.endpoints.length
+    ? "Endpoints: " + answer.endpoints.join(", ")
+    : "No endpoint configured: events wait in the outbox.";
+  const rows = answer.events.map((e) => [
+    when(e.created_at),
+    e.type,
+    statusBadge(e.status),
+    String(e.attempts),
+    e.status === "delivered" ? "delivered " + when(e.delivered_at) : e.status === "pending" ? "next " + when(e.next_attempt_at) : "",
+    el("span", { class: "error-text", title: e.id }, e.last_error || ""),
+    el("button", { class: "retry", "data-event": e.id, onclick: () => retryWebhook(e.id) }, "Retry"),
+  ]);
+  clear($("webhooks-table")).append(table(["Created", "Type", "Status", "Attempts", "Delivery", "Last error", ""], rows, [3]));
+}
+
+async function retryWebhook(id) {
+  $("webhooks-error").textContent = "";
+  try {
+    await api("POST", `/webhooks/events/${encodeURIComponent(id)}/retry`);
+    await loadWebhooks();
+  } catch (e) {
+    $("webhooks-error").textContent = e.message;
+  }
+}
+
 async function act(work) {
   showError("");
   try {
@@ -112,6 +144,7 @@ async function act(work) {
 function signedIn() {
   showSignedIn(true, "operator");
   loadAccounts().catch((e) => showError(e.message));
+  loadWebhooks().catch((e) => { $("webhooks-error").textContent = e.message; });
 }
 
 function signOut(message) {
@@ -140,6 +173,9 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
   $("signout").addEventListener("click", () => signOut(""));
+  const refreshWebhooks = () => loadWebhooks().catch((e) => { $("webhooks-error").textContent = e.message; });
+  $("webhooks-form").addEventListener("submit", (event) => { event.preventDefault(); refreshWebhooks(); });
+  $("webhooks-status").addEventListener("change", refreshWebhooks);
   $("suspend-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const reason = $("suspend-reason").value.trim();

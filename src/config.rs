@@ -307,6 +307,16 @@ struct RawBilling {
     run_at: String,
     /// How often the scheduler looks at the clock and the store; default 30 s.
     scheduler_interval_ms: u64,
+    /// Days between a bill's issue and its due date; default 0 (due when issued).
+    grace_days: u32,
+    /// Days before a due date on which an unpaid bill gets a `bill.reminder` event;
+    /// default none.
+    reminder_days: Vec<u32>,
+    /// Available funds (balance minus the unbilled running amount) below which an
+    /// account gets a `balance.low` event; unset: no such event.
+    balance_low_threshold: Option<String>,
+    /// How often each gateway's due sweep runs; default 30 s.
+    due_check_interval_ms: u64,
 }
 
 impl Default for RawBilling {
@@ -320,6 +330,10 @@ impl Default for RawBilling {
             scheduler: true,
             run_at: "02:00".into(),
             scheduler_interval_ms: 30_000,
+            grace_days: 0,
+            reminder_days: Vec::new(),
+            balance_low_threshold: None,
+            due_check_interval_ms: 30_000,
         }
     }
 }
@@ -539,6 +553,8 @@ pub struct Config {
     pub credit: CreditConfig,
     /// The monthly billing run this gateway starts by itself.
     pub scheduler: SchedulerConfig,
+    /// Due dates, reminders and the low-balance notice (`billing::due`).
+    pub due: DueConfig,
     /// Data-plane threads (`runtime.worker_threads`; 0: one per core).
     pub worker_threads: usize,
     /// Each data-plane thread pinned to one allowed CPU (`runtime.pin_threads`).
@@ -592,6 +608,21 @@ pub struct SchedulerConfig {
     pub run_at_seconds: u32,
     /// How often the scheduler looks at the clock and the store (and the first retry
     /// after a failed run; retries back off from there).
+    pub interval: Duration,
+}
+
+/// Due dates and the notices around them (`billing::due`).
+#[derive(Debug, Clone)]
+pub struct DueConfig {
+    /// Seconds from a bill's issue to its due date (`billing.grace_days` days; 0: due
+    /// when issued, arrears at once).
+    pub grace_seconds: i64,
+    /// Days before the due date on which an unpaid bill gets `bill.reminder`,
+    /// largest first, without repeats.
+    pub reminder_days: Vec<u32>,
+    /// Micro-units; `balance.low` when available funds fall below it. `None`: off.
+    pub balance_low_threshold: Option<i64>,
+    /// How often every gateway's due sweep looks at the bills and balances.
     pub interval: Duration,
 }
 
@@ -1087,6 +1118,36 @@ impl Config {
                     3_600_000,
                 )?,
             },
+            due: DueConfig {
+                grace_seconds: within("billing.grace_days", u64::from(raw.billing.grace_days), 0, 366)? as i64 * 86_400,
+                reminder_days: {
+                    let mut days = raw.billing.reminder_days.clone();
+                    if let Some(bad) = days.iter().find(|d| **d == 0 || **d > 366) {
+                        return Err(ConfigError::new(
+                            "billing.reminder_days",
+                            format!("{bad}: each must be 1 to 366 days before the due date"),
+                        ));
+                    }
+                    days.sort_unstable_by(|a, b| b.cmp(a));
+                    days.dedup();
+                    days
+                },
+                balance_low_threshold: match &raw.billing.balance_low_threshold {
+                    None => None,
+                    Some(text) => Some(parse_amount(text).filter(|m| *m > 0).ok_or_else(|| {
+                        ConfigError::new(
+                            "billing.balance_low_threshold",
+                            "must be a positive decimal amount like \"20.00\"",
+                        )
+                    })?),
+                },
+                interval: ms(
+                    "billing.due_check_interval_ms",
+                    raw.billing.due_check_interval_ms,
+                    10,
+                    3_600_000,
+                )?,
+            },
             worker_threads: within("runtime.worker_threads", raw.runtime.worker_threads, 0, 1024)?,
             pin_worker_threads: raw.runtime.pin_threads,
             default_rate_limit_qps: raw.rate_limit.default_qps,
@@ -1164,6 +1225,33 @@ mod tests {
         assert!(c.scheduler.enabled);
         assert_eq!(c.scheduler.run_at_seconds, 2 * 3600);
         assert_eq!(c.scheduler.interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_due_date_keys() {
+        let c = Config::from_toml("", &ENV).unwrap();
+        assert_eq!(c.due.grace_seconds, 0, "due when issued by default");
+        assert!(c.due.reminder_days.is_empty());
+        assert_eq!(c.due.balance_low_threshold, None);
+        assert_eq!(c.due.interval, Duration::from_secs(30));
+        let c = Config::from_toml(
+            "[billing]\ngrace_days = 3\nreminder_days = [1, 3, 1]\nbalance_low_threshold = \"20.50\"\ndue_check_interval_ms = 50\n",
+            &ENV,
+        )
+        .unwrap();
+        assert_eq!(c.due.grace_seconds, 3 * 86_400);
+        assert_eq!(c.due.reminder_days, [3, 1], "largest first, once each");
+        assert_eq!(c.due.balance_low_threshold, Some(20_500_000));
+        assert_eq!(c.due.interval, Duration::from_millis(50));
+        for (bad, key) in [
+            ("grace_days = 400", "billing.grace_days"),
+            ("reminder_days = [0]", "billing.reminder_days"),
+            ("balance_low_threshold = \"-1\"", "billing.balance_low_threshold"),
+            ("balance_low_threshold = \"lots\"", "billing.balance_low_threshold"),
+        ] {
+            let err = Config::from_toml(&format!("[billing]\n{bad}\n"), &ENV).unwrap_err();
+            assert_eq!(err.key, key, "{bad}");
+        }
     }
 
     #[test]

@@ -264,6 +264,22 @@ pub struct Metrics {
     /// Runs this gateway's scheduler finished, and attempts that failed.
     pub billing_scheduled_runs_ok: Counter,
     pub billing_scheduled_runs_failed: Counter,
+    pub webhooks: WebhookMetrics,
+}
+
+/// The webhook outbox's metrics: handles onto the registry's, so the delivery worker
+/// keeps a clone.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookMetrics {
+    /// Events in the outbox still to deliver (all gateways'), and the age of the
+    /// oldest: set by the due sweep and after each delivery round.
+    pub events_pending: Gauge,
+    pub oldest_pending_seconds: Gauge,
+    /// This gateway's delivery worker: events delivered, attempts that failed, events
+    /// given up on (`failed`, the retry window over).
+    pub events_delivered: Counter,
+    pub attempts_failed: Counter,
+    pub events_given_up: Counter,
 }
 
 impl Metrics {
@@ -380,6 +396,32 @@ impl Metrics {
             "Billing runs this gateway's scheduler finished (ok) or attempted and failed (failed)",
             runs,
         );
+        let webhooks = WebhookMetrics::default();
+        registry.register(
+            "webhook_events_pending",
+            "Webhook events in the outbox not yet delivered nor given up, over all gateways",
+            webhooks.events_pending.clone(),
+        );
+        registry.register(
+            "webhook_oldest_pending_seconds",
+            "Age of the oldest webhook event still pending (0: none)",
+            webhooks.oldest_pending_seconds.clone(),
+        );
+        registry.register(
+            "webhook_events_delivered",
+            "Webhook events this gateway delivered to every endpoint",
+            webhooks.events_delivered.clone(),
+        );
+        registry.register(
+            "webhook_attempts_failed",
+            "Webhook delivery attempts by this gateway that some endpoint did not accept",
+            webhooks.attempts_failed.clone(),
+        );
+        registry.register(
+            "webhook_events_given_up",
+            "Webhook events this gateway marked failed: still refused at the end of the retry window",
+            webhooks.events_given_up.clone(),
+        );
         Self {
             registry,
             requests,
@@ -402,6 +444,7 @@ impl Metrics {
             billing_last_month_billed,
             billing_scheduled_runs_ok,
             billing_scheduled_runs_failed,
+            webhooks,
         }
     }
 

@@ -116,7 +116,7 @@ impl TenantDesk for StoreDesk {
             let (app, _turn) = self.turn().await?;
             let bills = app.store.bills(account_id).await.map_err(store_error)?;
             let ledger = app.store.ledger(account_id).await.map_err(store_error)?;
-            let statuses = crate::billing::ledger::bill_statuses(&bills, &ledger);
+            let statuses = crate::billing::ledger::bill_statuses(&bills, &ledger, app.clock.now_unix());
             Ok(BillsView {
                 bills: bills.into_iter().zip(statuses).collect(),
                 balance: crate::billing::ledger::balance(&ledger),

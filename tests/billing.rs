@@ -552,6 +552,7 @@ async fn concurrent_runs_bill_once_and_the_lock_holds() {
         now,
         dry_run: false,
         actor: "test".into(),
+        grace_seconds: 0,
     };
     assert!(store.try_lock_billing("someone-else", now, 3600).await.unwrap());
     let locked = job::run(
@@ -743,6 +744,7 @@ async fn topup_during_the_run(store_url: String) {
         now,
         dry_run: false,
         actor: "billing".into(),
+        grace_seconds: 0,
     };
     let run_store = store.clone();
     let summary = tokio::spawn(async move {

@@ -74,6 +74,7 @@ async fn billing_100k_accounts_by_5_actions() {
         now: 1_793_462_400 + 3600,
         dry_run: false,
         actor: "bench".into(),
+        grace_seconds: 0,
     };
     let started = std::time::Instant::now();
     let summary = job::run(&store, &prices, &StoreOnlyPublisher, 8 * 3600, request, &mut |_, _| {})

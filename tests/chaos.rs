@@ -256,6 +256,7 @@ async fn chaos_reconciliation() {
             now: after_the_last_month,
             dry_run: false,
             actor: "chaos".into(),
+            grace_seconds: 0,
         };
         let summary = job::run(
             &store,

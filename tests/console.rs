@@ -370,6 +370,41 @@ async fn a_top_up_clears_an_overdue_bill_and_lifts_the_suspension() {
         wait_text(&operator_page, "#audit-table", "account.").await?;
         save_screenshot(&operator_page, "operator-account").await;
 
+        // The webhook events of all this with their delivery state (no endpoint here:
+        // pending); one marked failed is sent again by its Retry button.
+        wait_text(&operator_page, "#webhooks-table", "bill.overdue").await?;
+        wait_text(&operator_page, "#webhooks-endpoints", "No endpoint configured").await?;
+        let overdue = gateway
+            .app
+            .store
+            .list_events(None, 100)
+            .await?
+            .into_iter()
+            .find(|e| e.kind == "bill.overdue")
+            .ok_or_else(|| anyhow::anyhow!("no bill.overdue event"))?;
+        execute_raw(
+            &gateway.app,
+            &format!(
+                "UPDATE webhook_events SET status = 'failed' WHERE id = '{}'",
+                overdue.id
+            ),
+        )
+        .await?;
+        operator_page
+            .find(Locator::Css("#webhooks-status"))
+            .await?
+            .select_by_value("failed")
+            .await?;
+        wait_text(&operator_page, "#webhooks-table", "failed").await?;
+        save_screenshot(&operator_page, "operator-webhooks").await;
+        click(&operator_page, "button.retry").await?;
+        poll_until("the retried event pending", Duration::from_secs(10), || async {
+            let event = gateway.app.store.event(&overdue.id).await.ok().flatten()?;
+            (event.status == "pending").then_some(())
+        })
+        .await;
+        wait_text(&operator_page, "#webhooks-table", "None.").await?;
+
         tenant_page.refresh().await?;
         wait_text(&tenant_page, "#bills-table", "paid").await?;
         wait_hidden(&tenant_page, "#banner").await?;

@@ -3,9 +3,10 @@
 //! it after it was down for a while, each signed as docs/WEBHOOKS.md says a receiver
 //! checks it; retries back off exponentially on the injected clock, stop as failed
 //! after the retry window and start again on an operator's retry; a lease keeps two
-//! workers from sending one event together; and an event committed by a gateway
-//! process killed before it could deliver is delivered by the next process. On SQLite
-//! and PostgreSQL.
+//! workers from sending one event together; the delivery metrics count what was
+//! delivered, refused and given up on; and an event committed by a gateway process
+//! killed before it could deliver is delivered by the next process. On SQLite and
+//! PostgreSQL.
 
 mod common;
 
@@ -239,6 +240,9 @@ async fn receiver_down_then_back(store_url: Option<String>) {
             ("EKYC_MASTER_KEY", MASTER_KEY),
             ("EKYC_ADMIN_TOKEN", ADMIN_TOKEN),
             ("EKYC_WEBHOOK_SECRET", SECRET),
+            // Billed by hand below; a scheduler on this clock would report September
+            // late (a billing.run_late the test does not expect).
+            ("EKYC_BILLING_SCHEDULER", "off"),
         ],
     )
     .unwrap();
@@ -353,6 +357,29 @@ async fn receiver_down_then_back(store_url: Option<String>) {
         (&json!("debtor"), &json!("2.00"), &json!(FIRST_OF_NOVEMBER))
     );
     assert!(outbox(&gateway, "?status=pending").await.is_empty());
+    // The delivery metrics: every event delivered once, two refused rounds before.
+    let metrics = gateway.metrics().await;
+    let value = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name}: {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        value("ekyc_gateway_webhook_events_delivered_total "),
+        expected.len() as u64
+    );
+    assert!(value("ekyc_gateway_webhook_attempts_failed_total ") >= 2 * expected.len() as u64);
+    assert_eq!(value("ekyc_gateway_webhook_events_given_up_total "), 0);
+    poll_until("the pending gauge at 0", Duration::from_secs(20), || async {
+        gateway
+            .metrics()
+            .await
+            .contains("ekyc_gateway_webhook_events_pending 0\n")
+            .then_some(())
+    })
+    .await;
 
     // An event whose endpoint stays down past the retry window is marked failed; an
     // operator's retry sends it again.
@@ -388,6 +415,13 @@ async fn receiver_down_then_back(store_url: Option<String>) {
     })
     .await;
     assert!(receiver.ids().contains(&id));
+    assert!(
+        gateway
+            .metrics()
+            .await
+            .contains("ekyc_gateway_webhook_events_given_up_total 1\n"),
+        "the event given up on is counted"
+    );
     gateway.shutdown().await;
 }
 

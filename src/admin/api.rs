@@ -405,10 +405,9 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             }
             let ledger = app.store.ledger(id).await?;
             let bills = app.store.bills(id).await?;
-            let overdue = bill_statuses(&bills, &ledger)
-                .iter()
-                .filter(|s| **s == BillStatus::Overdue)
-                .count();
+            let statuses = bill_statuses(&bills, &ledger, now);
+            let overdue = statuses.iter().filter(|s| **s == BillStatus::Overdue).count();
+            let open = statuses.iter().filter(|s| **s == BillStatus::Open).count();
             let entries: Vec<Value> = ledger
                 .iter()
                 .rev()
@@ -421,7 +420,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             Ok(json(
                 StatusCode::OK,
                 j!({"account": id, "balance": format_amount(balance(&ledger)), "currency": app.config.prices.currency,
-                    "overdue_bills": overdue, "ledger": entries}),
+                    "overdue_bills": overdue, "open_bills": open, "ledger": entries}),
             ))
         }
         (&Method::GET, ["accounts", id, "bills"]) => {
@@ -432,7 +431,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             let bills = app.store.bills(id).await?;
             let views: Vec<Value> = bills
                 .iter()
-                .zip(bill_statuses(&bills, &ledger))
+                .zip(bill_statuses(&bills, &ledger, now))
                 .map(|(b, s)| bill_json(b, s))
                 .collect();
             Ok(json(
@@ -450,7 +449,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             let bills = app.store.bills(&bill.account_id).await?;
             let status = bills
                 .iter()
-                .zip(bill_statuses(&bills, &ledger))
+                .zip(bill_statuses(&bills, &ledger, now))
                 .find(|(b, _)| b.id == bill.id)
                 .map_or(BillStatus::Overdue, |(_, s)| s);
             Ok(json(StatusCode::OK, bill_json(&bill, status)))
@@ -466,6 +465,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
                 now,
                 dry_run: request.dry_run,
                 actor: actor.to_string(),
+                grace_seconds: app.config.due.grace_seconds,
             };
             let summary = crate::billing::job::run(
                 &app.store,

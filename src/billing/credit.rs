@@ -50,25 +50,7 @@ pub async fn refresh(app: &App) -> Result<CreditSweep, StoreError> {
         return Ok(CreditSweep::default());
     }
     let balances = app.store.balances().await?;
-    // (account, month, action) → (calls counted, calls billed)
-    let mut usage: HashMap<(String, String, String), (u64, u64)> = HashMap::new();
-    for row in app.store.unbilled_through(&month).await? {
-        usage.insert((row.account_id, row.month, row.action), (row.calls, row.billed));
-    }
-    for row in plane.counters.pending_rows() {
-        let (calls, _) = usage.entry((row.account_id, row.month, row.action)).or_default();
-        *calls += row.calls;
-    }
-    let mut running: HashMap<String, i64> = HashMap::new();
-    for ((account, month, action), (calls, billed)) in usage {
-        let amount = prices.price(&action, &month).map_or(0, |price| {
-            let all = price.charge(calls).map_or(i64::MAX, |(micros, _)| micros);
-            let before = price.charge(billed).map_or(0, |(micros, _)| micros);
-            all.saturating_sub(before).max(0)
-        });
-        let sum = running.entry(account).or_default();
-        *sum = sum.saturating_add(amount);
-    }
+    let running = running_amounts(app, &month).await?;
     let highest_price = plane
         .credit_prices
         .iter()
@@ -92,6 +74,34 @@ pub async fn refresh(app: &App) -> Result<CreditSweep, StoreError> {
     }
     plane.metrics.credit_exhausted_accounts.set(sweep.exhausted as i64);
     Ok(sweep)
+}
+
+/// Each account's unbilled running amount (micro-units): every call not yet on a bill
+/// through `month`, priced as the billing job would, from the store's counts plus this
+/// gateway's not yet flushed. Balance minus this is what the account has available
+/// (credit control's headroom before the limit, and the due sweep's `balance.low`).
+pub async fn running_amounts(app: &App, month: &str) -> Result<HashMap<String, i64>, StoreError> {
+    let prices = &app.config.prices;
+    // (account, month, action) → (calls counted, calls billed)
+    let mut usage: HashMap<(String, String, String), (u64, u64)> = HashMap::new();
+    for row in app.store.unbilled_through(month).await? {
+        usage.insert((row.account_id, row.month, row.action), (row.calls, row.billed));
+    }
+    for row in app.plane.counters.pending_rows() {
+        let (calls, _) = usage.entry((row.account_id, row.month, row.action)).or_default();
+        *calls += row.calls;
+    }
+    let mut running: HashMap<String, i64> = HashMap::new();
+    for ((account, month, action), (calls, billed)) in usage {
+        let amount = prices.price(&action, &month).map_or(0, |price| {
+            let all = price.charge(calls).map_or(i64::MAX, |(micros, _)| micros);
+            let before = price.charge(billed).map_or(0, |(micros, _)| micros);
+            all.saturating_sub(before).max(0)
+        });
+        let sum = running.entry(account).or_default();
+        *sum = sum.saturating_add(amount);
+    }
+    Ok(running)
 }
 
 /// The background task: a check every `interval` until shutdown. A failed check keeps

@@ -1,6 +1,6 @@
 //! The monthly billing job: for a closed month M, every account with calls not yet on
 //! a bill (M's, and late usage of earlier months) gets one bill for M with a line per
-//! (usage month, action). The charge, its audit entry and the account's `arrears` flag
+//! (usage month, action), due `billing.grace_days` after issue. The charge, its audit entry and the account's `arrears` flag
 //! go in the same transaction as the bill, the flag decided from the balance read in
 //! that transaction (`billing::ledger`'s one rule), so a top-up committed at any moment
 //! of the run is counted; then the changes are published to every gateway. Accounts no
@@ -94,6 +94,9 @@ pub struct RunRequest {
     pub dry_run: bool,
     /// Who runs it, for the audit log and the ledger.
     pub actor: String,
+    /// From issue to due date (`billing.grace_days`): the new bills are due at
+    /// `now + grace_seconds`.
+    pub grace_seconds: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -109,7 +112,11 @@ pub struct RunSummary {
     pub total: i64,
     /// New bills covered by the balance at issue.
     pub paid: u64,
+    /// New bills unpaid and due at issue (no grace).
     pub overdue: u64,
+    /// New bills unpaid with a due date still to come (the due sweep suspends for them
+    /// if it passes unpaid).
+    pub open: u64,
     pub arrears_set: u64,
     pub arrears_lifted: u64,
 }
@@ -118,7 +125,7 @@ impl std::fmt::Display for RunSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}billing {}: {} bills created ({} already billed), total {} {}, {} paid, {} overdue; arrears set on {}, lifted on {}",
+            "{}billing {}: {} bills created ({} already billed), total {} {}, {} paid, {} overdue{}; arrears set on {}, lifted on {}",
             if self.dry_run { "[dry run] " } else { "" },
             self.month,
             self.bills_created,
@@ -127,6 +134,10 @@ impl std::fmt::Display for RunSummary {
             self.currency,
             self.paid,
             self.overdue,
+            match self.open {
+                0 => String::new(),
+                open => format!(", {open} open (due later)"),
+            },
             self.arrears_set,
             self.arrears_lifted
         )
@@ -280,8 +291,10 @@ async fn bill_month(
         for bill in &bills {
             if balances.get(&bill.bill.account_id).copied().unwrap_or(0) >= bill.bill.total {
                 summary.paid += 1;
-            } else {
+            } else if bill.bill.due_at <= request.now {
                 summary.overdue += 1;
+            } else {
+                summary.open += 1;
             }
         }
         return Ok(summary);
@@ -293,8 +306,10 @@ async fn bill_month(
         for billed in store.insert_bills(chunk, &request.actor, request.now).await? {
             if billed.balance >= 0 {
                 summary.paid += 1;
-            } else {
+            } else if request.grace_seconds <= 0 {
                 summary.overdue += 1;
+            } else {
+                summary.open += 1;
             }
             count_and_publish(publisher, &billed.change, &mut summary).await?;
             settled.insert(billed.account_id);
@@ -364,6 +379,7 @@ fn price_bill(
             total,
             lines: serde_json::to_string(&lines).expect("bill lines serialize"),
             issued_at: request.now,
+            due_at: request.now + request.grace_seconds.max(0),
         },
         billed,
         actor: request.actor.clone(),

@@ -2,9 +2,13 @@
 //! each bill and whether the account is in arrears, all from one rule. A bill's charge
 //! is a debit; every other entry (top-ups, credits, and `adjustment` history of either
 //! sign) is funds. Funds settle bills oldest first: a bill is paid while the funds cover
-//! every charge up to and including it. As charges equal bill totals and no total is
-//! negative, the balance is below zero exactly when at least one bill is unpaid, which
-//! is exactly when the account belongs in arrears. Pure: must not do I/O.
+//! every charge up to and including it. An unpaid bill is open until its due date
+//! (`due_at`, `billing.grace_days` after issue) and overdue from then on. The account
+//! belongs in arrears exactly when it owes something overdue: the unpaid part of its
+//! overdue bills (plus any shortfall of the funds themselves below zero, which only an
+//! `adjustment` debit of the history can cause, and which was due when written). With
+//! no grace every unpaid bill is overdue at once, so that is a balance below zero.
+//! Pure: must not do I/O or read the clock (`now` is the caller's).
 
 use crate::billing::pricing::format_amount;
 use crate::store::billing::{BillRecord, LedgerEntry};
@@ -15,49 +19,107 @@ use serde::Serialize;
 pub enum BillStatus {
     /// Settled at `paid_at` (Unix seconds): at issue when the balance covered it, or by
     /// the top-up or credit that did.
-    Paid {
-        paid_at: i64,
-    },
+    Paid { paid_at: i64 },
+    /// Unpaid, its due date not reached yet: no arrears for it.
+    Open,
+    /// Unpaid and past its due date: the account is in arrears.
     Overdue,
+}
+
+impl BillStatus {
+    pub fn is_unpaid(self) -> bool {
+        !matches!(self, BillStatus::Paid { .. })
+    }
+
+    /// The lowercase name the admin API and the webhooks use.
+    pub fn name(self) -> &'static str {
+        match self {
+            BillStatus::Paid { .. } => "paid",
+            BillStatus::Open => "open",
+            BillStatus::Overdue => "overdue",
+        }
+    }
 }
 
 pub fn balance(ledger: &[LedgerEntry]) -> i64 {
     ledger.iter().map(|e| e.amount).sum()
 }
 
-/// The arrears suspension's reason for `balance`, `None` when the account owes nothing.
-/// It names the amount owed now, so it changes whenever that amount does.
-pub fn arrears_reason(balance: i64) -> Option<String> {
-    (balance < 0).then(|| format!("overdue bills: {} owed", format_amount(-balance)))
+/// Everything but the charges: what settles bills.
+pub fn funds(ledger: &[LedgerEntry]) -> i64 {
+    ledger.iter().filter(|e| !is_charge(e)).map(|e| e.amount).sum()
+}
+
+/// The arrears suspension's reason for `owed` (what is owed overdue, micro-units),
+/// `None` when nothing is. It names the amount owed now, so it changes whenever that
+/// amount does.
+pub fn arrears_reason(owed: i64) -> Option<String> {
+    (owed > 0).then(|| format!("overdue bills: {} owed", format_amount(owed)))
 }
 
 fn is_charge(entry: &LedgerEntry) -> bool {
     entry.kind == "charge"
 }
 
-/// The status of each bill (`bills` oldest first), from the ledger (oldest first).
-pub fn bill_statuses(bills: &[BillRecord], ledger: &[LedgerEntry]) -> Vec<BillStatus> {
+/// Whether each bill (`bills` oldest first) is unpaid, and by how much, when `funds`
+/// settle them oldest first.
+fn unpaid_parts(bills: &[BillRecord], funds: i64) -> impl Iterator<Item = (&BillRecord, bool, i64)> {
+    let mut needed = 0i64;
+    bills.iter().map(move |bill| {
+        let total = bill.total.max(0);
+        let covered_before = (funds - needed).clamp(0, total);
+        needed += total;
+        (bill, funds < needed, total - covered_before)
+    })
+}
+
+/// What the account owes overdue at `now`: the unpaid part of every bill past its due
+/// date, plus the funds' own shortfall below zero. Positive: the account belongs in
+/// arrears (`arrears_reason`).
+pub fn overdue_owed(bills: &[BillRecord], funds: i64, now: i64) -> i64 {
+    let overdue: i64 = unpaid_parts(bills, funds)
+        .filter(|(bill, unpaid, _)| *unpaid && now >= bill.due_at)
+        .map(|(_, _, part)| part)
+        .sum();
+    overdue.saturating_add((-funds).max(0))
+}
+
+/// What each unpaid bill still lacks (micro-units), `bills` oldest first; 0 for a
+/// paid one.
+pub fn amounts_due(bills: &[BillRecord], funds: i64) -> Vec<i64> {
+    unpaid_parts(bills, funds)
+        .map(|(_, unpaid, part)| if unpaid { part } else { 0 })
+        .collect()
+}
+
+/// The status of each bill (`bills` oldest first) at `now`, from the ledger (oldest
+/// first).
+pub fn bill_statuses(bills: &[BillRecord], ledger: &[LedgerEntry], now: i64) -> Vec<BillStatus> {
     // Funds over time: (when, cumulative amount); a history debit lowers them.
-    let mut funds = Vec::new();
+    let mut history = Vec::new();
     let mut cumulative = 0i64;
     for entry in ledger.iter().filter(|e| !is_charge(e)) {
         cumulative += entry.amount;
-        funds.push((entry.at, cumulative));
+        history.push((entry.at, cumulative));
     }
     let mut needed = 0i64;
-    bills
-        .iter()
-        .map(|bill| {
+    unpaid_parts(bills, cumulative)
+        .map(|(bill, unpaid, _)| {
             needed += bill.total.max(0);
-            if cumulative < needed {
-                return BillStatus::Overdue;
+            if unpaid {
+                return if now >= bill.due_at {
+                    BillStatus::Overdue
+                } else {
+                    BillStatus::Open
+                };
             }
-            // Paid since the last time the funds were short of it (at issue if never).
-            let since = funds
-                .iter()
-                .rposition(|(_, sum)| *sum < needed)
-                .and_then(|short| funds.get(short + 1))
-                .map_or(bill.issued_at, |(at, _)| *at);
+            // Paid since the last time the funds were short of it; before the first
+            // entry they were zero, short of any bill with a total (at issue if never).
+            let since = match history.iter().rposition(|(_, sum)| *sum < needed) {
+                Some(short) => history.get(short + 1).map_or(bill.issued_at, |(at, _)| *at),
+                None if needed > 0 => history.first().map_or(bill.issued_at, |(at, _)| *at),
+                None => bill.issued_at,
+            };
             BillStatus::Paid {
                 paid_at: since.max(bill.issued_at),
             }
@@ -69,6 +131,9 @@ pub fn bill_statuses(bills: &[BillRecord], ledger: &[LedgerEntry]) -> Vec<BillSt
 mod tests {
     use super::*;
 
+    /// Past every due date of the tests that do not move it.
+    const NOW: i64 = 1_000;
+
     fn bill(id: &str, total: i64, issued_at: i64) -> BillRecord {
         BillRecord {
             id: id.into(),
@@ -79,7 +144,12 @@ mod tests {
             total,
             lines: "[]".into(),
             issued_at,
+            due_at: issued_at,
         }
+    }
+
+    fn due(bill: BillRecord, due_at: i64) -> BillRecord {
+        BillRecord { due_at, ..bill }
     }
 
     fn entry(amount: i64, at: i64) -> LedgerEntry {
@@ -101,7 +171,7 @@ mod tests {
         let bills = [bill("b1", 100, 10), bill("b2", 50, 20), bill("b3", 0, 30)];
         let mut ledger = vec![entry(120, 5), entry(-100, 10), entry(-50, 20)];
         assert_eq!(
-            bill_statuses(&bills, &ledger),
+            bill_statuses(&bills, &ledger, NOW),
             [
                 BillStatus::Paid { paid_at: 10 },
                 BillStatus::Overdue,
@@ -111,7 +181,7 @@ mod tests {
         assert_eq!(balance(&ledger), -30);
         ledger.push(entry(30, 40));
         assert_eq!(
-            bill_statuses(&bills, &ledger),
+            bill_statuses(&bills, &ledger, NOW),
             [
                 BillStatus::Paid { paid_at: 10 },
                 BillStatus::Paid { paid_at: 40 },
@@ -119,7 +189,7 @@ mod tests {
             ]
         );
         assert_eq!(balance(&ledger), 0);
-        assert_eq!(arrears_reason(balance(&ledger)), None);
+        assert_eq!(arrears_reason(overdue_owed(&bills, funds(&ledger), NOW)), None);
     }
 
     /// A debit that is not a charge (an `adjustment` of the history) takes funds away:
@@ -132,17 +202,17 @@ mod tests {
             kind: "adjustment".into(),
             ..entry(-30, 30)
         });
-        let statuses = bill_statuses(&bills, &ledger);
+        let statuses = bill_statuses(&bills, &ledger, NOW);
         assert_eq!(statuses, [BillStatus::Paid { paid_at: 10 }, BillStatus::Overdue]);
         assert_eq!(balance(&ledger), -30);
         assert_eq!(
-            arrears_reason(balance(&ledger)).as_deref(),
+            arrears_reason(overdue_owed(&bills, funds(&ledger), NOW)).as_deref(),
             Some("overdue bills: 0.00003 owed")
         );
         // Paid again from the credit that covered it after the debit, not from before.
         ledger.push(entry(30, 40));
         assert_eq!(
-            bill_statuses(&bills, &ledger),
+            bill_statuses(&bills, &ledger, NOW),
             [BillStatus::Paid { paid_at: 10 }, BillStatus::Paid { paid_at: 40 }]
         );
     }
@@ -165,9 +235,74 @@ mod tests {
             } else {
                 ledger.push(entry(*amount, at));
             }
-            let unpaid = bill_statuses(&bills, &ledger).contains(&BillStatus::Overdue);
+            let unpaid = bill_statuses(&bills, &ledger, NOW).contains(&BillStatus::Overdue);
             assert_eq!(unpaid, balance(&ledger) < 0, "after entry {i}");
-            assert_eq!(arrears_reason(balance(&ledger)).is_some(), unpaid);
+            assert_eq!(
+                arrears_reason(overdue_owed(&bills, funds(&ledger), NOW)).is_some(),
+                unpaid
+            );
+        }
+    }
+
+    /// Grace: an unpaid bill is open until its due date, overdue from it; what is owed
+    /// overdue (the arrears) counts only bills past due, oldest first.
+    #[test]
+    fn an_unpaid_bill_is_open_until_its_due_date() {
+        let bills = [due(bill("b1", 100, 10), 50), due(bill("b2", 40, 20), 80)];
+        // `entry` makes a negative amount a charge.
+        let ledger = vec![entry(-100, 10), entry(30, 15), entry(-40, 20)];
+        let f = funds(&ledger);
+        assert_eq!(bill_statuses(&bills, &ledger, 49), [BillStatus::Open, BillStatus::Open]);
+        assert_eq!(overdue_owed(&bills, f, 49), 0, "nothing past due: no arrears");
+        assert_eq!(arrears_reason(overdue_owed(&bills, f, 49)), None);
+        assert_eq!(
+            bill_statuses(&bills, &ledger, 50),
+            [BillStatus::Overdue, BillStatus::Open]
+        );
+        assert_eq!(overdue_owed(&bills, f, 50), 70, "b1's unpaid part only");
+        assert_eq!(
+            arrears_reason(overdue_owed(&bills, f, 50)).as_deref(),
+            Some("overdue bills: 0.00007 owed")
+        );
+        assert_eq!(overdue_owed(&bills, f, 80), 110, "both past due: the balance");
+        assert_eq!(overdue_owed(&bills, f, 80), -balance(&ledger));
+        assert_eq!(amounts_due(&bills, f), [70, 40]);
+    }
+
+    /// A payment before the due date pays the bill: never overdue, whatever `now`.
+    #[test]
+    fn paid_before_the_due_date_is_never_overdue() {
+        let bills = [due(bill("b1", 100, 10), 50)];
+        let ledger = vec![entry(-100, 10), entry(100, 20)];
+        for now in [10, 49, 50, 10_000] {
+            assert_eq!(bill_statuses(&bills, &ledger, now), [BillStatus::Paid { paid_at: 20 }]);
+            assert_eq!(overdue_owed(&bills, funds(&ledger), now), 0);
+        }
+    }
+
+    /// No grace (due at issue): what is owed overdue is exactly minus a negative
+    /// balance, as it always was.
+    #[test]
+    fn without_grace_the_arrears_are_the_negative_balance() {
+        let amounts = [30i64, -20, 45, -5, 10, -70, 25, 60, -15, -100];
+        let mut ledger = Vec::new();
+        let mut bills = Vec::new();
+        for (i, amount) in amounts.iter().enumerate() {
+            let at = i as i64 * 10;
+            if *amount < 0 {
+                bills.push(bill(&format!("b{i}"), -amount, at));
+                ledger.push(LedgerEntry {
+                    kind: "charge".into(),
+                    ..entry(*amount, at)
+                });
+            } else {
+                ledger.push(entry(*amount, at));
+            }
+            assert_eq!(
+                overdue_owed(&bills, funds(&ledger), at),
+                (-balance(&ledger)).max(0),
+                "after entry {i}"
+            );
         }
     }
 }
@@ -189,9 +324,9 @@ pub mod views {
                 value
             })
             .collect();
-        let (status_name, paid_at) = match status {
-            BillStatus::Paid { paid_at } => ("paid", Some(paid_at)),
-            BillStatus::Overdue => ("overdue", None),
+        let paid_at = match status {
+            BillStatus::Paid { paid_at } => Some(paid_at),
+            _ => None,
         };
         json!({
             "id": bill.id,
@@ -201,9 +336,10 @@ pub mod views {
             "subtotal": format_amount(bill.subtotal),
             "total": format_amount(bill.total),
             "total_micros": bill.total,
-            "status": status_name,
+            "status": status.name(),
             "paid_at": paid_at,
             "issued_at": bill.issued_at,
+            "due_at": bill.due_at,
             "lines": lines,
         })
     }
@@ -213,6 +349,7 @@ pub mod views {
         let lines: Vec<BillLine> = serde_json::from_str(&bill.lines).unwrap_or_default();
         let (status_name, paid_at) = match status {
             BillStatus::Paid { paid_at } => ("Paid", Some(paid_at)),
+            BillStatus::Open => ("Open", None),
             BillStatus::Overdue => ("Overdue", None),
         };
         json!({
@@ -223,6 +360,7 @@ pub mod views {
             "Status": status_name,
             "PaidAt": paid_at,
             "IssuedAt": bill.issued_at,
+            "DueAt": bill.due_at,
             "Lines": lines.iter().map(|l| json!({
                 "Action": l.action,
                 "Month": l.month,

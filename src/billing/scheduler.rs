@@ -104,6 +104,7 @@ impl Scheduler {
                 now,
                 dry_run: false,
                 actor: self.actor.clone(),
+                grace_seconds: self.app.config.due.grace_seconds,
             };
             let outcome = job::run_unless_done(
                 &self.app.store,

@@ -111,6 +111,7 @@ pub async fn run(args: BillingArgs) -> anyhow::Result<()> {
                 now,
                 dry_run,
                 actor: "billing-job".into(),
+                grace_seconds: config.due.grace_seconds,
             };
             let summary = job::run(
                 &store,

@@ -94,9 +94,13 @@ pub async fn serve(
         let scheduler = crate::billing::scheduler::Scheduler::new(app.clone());
         tokio::spawn(scheduler.run(stop_rx.clone()));
     }
+    // Every gateway sweeps, scheduler or not: a due date passes whether or not this
+    // gateway bills.
+    tokio::spawn(crate::billing::due::DueSweep::new(app.clone()).run(stop_rx.clone()));
     if let Some(deliverer) =
         crate::webhooks::deliver::Deliverer::new(app.store.clone(), app.clock.clone(), &app.config.webhooks)?
     {
+        let deliverer = deliverer.with_metrics(app.plane.metrics.webhooks.clone());
         tokio::spawn(deliverer.run(stop_rx.clone()));
     }
     let data_graceful = Arc::new(GracefulShutdown::new());

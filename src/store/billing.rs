@@ -1,19 +1,22 @@
 //! The billing tables of the store: bills, billed usage, the ledger, the billing lease
 //! and the record of finished runs. Only inserts on bills, billed usage and the ledger
 //! (the schema refuses UPDATE and DELETE on them, a negative top-up, credit or bill
-//! total, and a positive charge). Every money movement commits in one transaction with
-//! its audit entry and with the account's arrears flag as the balance read in that same
-//! transaction says (`billing::ledger`'s one rule), the account rows locked first so a
-//! concurrent top-up and billing run are ordered. Must not price anything: the job
-//! (`billing::job`) does. A new bill, a credit that settles bills and an arrears change
-//! write their webhook events in the same transaction.
+//! total, and a positive charge; a bill's due date is written with it). Every money
+//! movement commits in one transaction with its audit entry and with the account's
+//! arrears flag as the books read in that same transaction say (balance, funds and the
+//! bills with their due dates: `billing::ledger`'s one rule at the transaction's `now`),
+//! the account rows locked first so a concurrent top-up, billing run and due sweep are
+//! ordered. Must not price anything: the job (`billing::job`) does; must not decide a
+//! flag from anything read outside the transaction that writes it. A new bill, a credit
+//! that settles bills and an arrears change write their webhook events in the same
+//! transaction.
 
 use super::records::{AccountRecord, Suspension};
 use super::{
     ACCOUNT_COLUMNS, AccountChange, AuditInsert, Backend, Store, StoreError, account_from_row, account_json,
     bind_account, insert_audit, outbox, push_placeholders,
 };
-use crate::billing::ledger::arrears_reason;
+use crate::billing::ledger::{self, arrears_reason};
 use crate::webhooks::events;
 use sqlx::Row;
 use std::collections::HashMap;
@@ -29,6 +32,9 @@ pub struct BillRecord {
     pub total: i64,
     pub lines: String,
     pub issued_at: i64,
+    /// When it must be paid by: `issued_at` plus `billing.grace_days`. Unpaid after
+    /// this, the bill is overdue and the account in arrears.
+    pub due_at: i64,
 }
 
 /// Calls a bill charged for one (usage month, action).
@@ -104,10 +110,14 @@ pub struct Billed {
     pub change: AccountChange,
 }
 
-/// Rows per multi-row INSERT: 8 parameters a bill row, well under SQLite's limit.
+/// Rows per multi-row INSERT: 9 parameters a bill row, well under SQLite's limit.
 const BILLS_PER_STATEMENT: usize = 400;
 
-const BILL_COLUMNS: &str = "id, account_id, month, currency, subtotal, total, lines, issued_at";
+const BILL_COLUMNS: &str = "id, account_id, month, currency, subtotal, total, lines, issued_at, due_at";
+/// The same, as read: a bill written without a due date (by a gateway of the previous
+/// version, on SQLite, which cannot default it) was due when issued.
+const BILL_SELECT: &str =
+    "id, account_id, month, currency, subtotal, total, lines, issued_at, COALESCE(due_at, issued_at) AS due_at";
 const LEDGER_COLUMNS: &str = "id, account_id, at, kind, amount, bill_id, idempotency_key, actor, note";
 
 impl Store {
@@ -301,7 +311,7 @@ impl Store {
             let accounts: Vec<&str> = chunk.iter().map(|n| n.bill.account_id.as_str()).collect();
             self.lock_accounts(&mut tx, &accounts).await?;
             let mut sql = format!("INSERT INTO bills ({BILL_COLUMNS}) VALUES ");
-            push_placeholders(&mut sql, chunk.len(), 8);
+            push_placeholders(&mut sql, chunk.len(), 9);
             let mut query = sqlx::query(&sql);
             for new in chunk {
                 let b = &new.bill;
@@ -313,7 +323,8 @@ impl Store {
                     .bind(b.subtotal)
                     .bind(b.total)
                     .bind(&b.lines)
-                    .bind(b.issued_at);
+                    .bind(b.issued_at)
+                    .bind(b.due_at);
             }
             query.execute(&mut *tx).await?;
 
@@ -399,11 +410,12 @@ impl Store {
                 .collect();
             outbox::insert_events(&mut tx, &new_events).await?;
         }
-        let balances = self.balances_in(&mut tx, &ids).await?;
+        let mut books = books_in(&mut tx, &ids).await?;
         let mut billed = Vec::with_capacity(ids.len());
         for account in self.accounts_in(&mut tx, &ids).await? {
-            let balance = balances.get(&account.id).copied().unwrap_or(0);
-            let change = settle_arrears_in(&mut tx, account, balance, actor, now).await?;
+            let books = books.remove(&account.id).unwrap_or_default();
+            let balance = books.balance;
+            let change = settle_arrears_in(&mut tx, account, &books, actor, now).await?;
             billed.push(Billed {
                 account_id: change.after.id.clone(),
                 balance,
@@ -431,9 +443,11 @@ impl Store {
             .await?
             .pop()
             .ok_or_else(|| StoreError::NotFound(format!("account {account_id}")))?;
-        let balance = self.balances_in(&mut tx, &[account_id]).await?;
-        let balance = balance.get(account_id).copied().unwrap_or(0);
-        let change = settle_arrears_in(&mut tx, account, balance, actor, now).await?;
+        let books = books_in(&mut tx, &[account_id])
+            .await?
+            .remove(account_id)
+            .unwrap_or_default();
+        let change = settle_arrears_in(&mut tx, account, &books, actor, now).await?;
         tx.commit().await?;
         Ok(change)
     }
@@ -456,28 +470,6 @@ impl Store {
             query.fetch_all(&mut **tx).await?;
         }
         Ok(())
-    }
-
-    async fn balances_in(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        ids: &[&str],
-    ) -> Result<HashMap<String, i64>, StoreError> {
-        let mut balances = HashMap::with_capacity(ids.len());
-        for part in ids.chunks(BILLS_PER_STATEMENT * 4) {
-            let mut sql = "SELECT account_id, CAST(SUM(amount) AS BIGINT) AS balance FROM ledger WHERE account_id IN "
-                .to_string();
-            push_in_list(&mut sql, part.len());
-            sql.push_str(" GROUP BY account_id");
-            let mut query = sqlx::query(&sql);
-            for id in part {
-                query = query.bind(*id);
-            }
-            for row in query.fetch_all(&mut **tx).await? {
-                balances.insert(row.try_get("account_id")?, row.try_get("balance")?);
-            }
-        }
-        Ok(balances)
     }
 
     async fn accounts_in(
@@ -579,8 +571,11 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let entry = ledger_entry(&row)?;
-        let balance = self.balances_in(&mut tx, &[account_id]).await?;
-        let balance = balance.get(account_id).copied().unwrap_or(0);
+        let books = books_in(&mut tx, &[account_id])
+            .await?
+            .remove(account_id)
+            .unwrap_or_default();
+        let balance = books.balance;
         let outcome = if inserted.rows_affected() == 1 {
             insert_audit(
                 &mut tx,
@@ -614,13 +609,51 @@ impl Store {
         } else {
             TopupOutcome::Duplicate(entry)
         };
-        let account = settle_arrears_in(&mut tx, account, balance, actor, now).await?;
+        let account = settle_arrears_in(&mut tx, account, &books, actor, now).await?;
         tx.commit().await?;
         Ok(Movement {
             outcome,
             balance,
             account,
         })
+    }
+
+    /// The accounts the due sweep must look at: those in arrears (the flag may be lifted
+    /// or its amount be stale) and those with a negative balance (they have an unpaid
+    /// bill, which may have come due), each with its arrears reason now.
+    pub async fn due_candidates(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, arrears_reason FROM accounts WHERE arrears_reason IS NOT NULL \
+             OR id IN (SELECT account_id FROM ledger GROUP BY account_id HAVING SUM(amount) < 0) ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("arrears_reason")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// The books (balance, funds, bills) of `ids`, read without locks: what the due
+    /// sweep decides from before it settles an account under its lock.
+    pub async fn books(&self, ids: &[&str]) -> Result<HashMap<String, Books>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        books_in(&mut conn, ids).await
+    }
+
+    /// The id of each account's latest top-up or credit (accounts never funded are
+    /// absent): what a `balance.low` notice is keyed on.
+    pub async fn latest_fundings(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT account_id, CAST(MAX(id) AS BIGINT) AS id FROM ledger WHERE kind IN ('topup', 'credit') \
+             GROUP BY account_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("account_id")?, row.try_get("id")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// An account's ledger, oldest first.
@@ -637,7 +670,7 @@ impl Store {
     /// An account's bills, oldest first.
     pub async fn bills(&self, account_id: &str) -> Result<Vec<BillRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY month, id"
+            "SELECT {BILL_SELECT} FROM bills WHERE account_id = $1 ORDER BY month, id"
         ))
         .bind(account_id)
         .fetch_all(&self.pool)
@@ -646,7 +679,7 @@ impl Store {
     }
 
     pub async fn bill(&self, id: &str) -> Result<Option<BillRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {BILL_COLUMNS} FROM bills WHERE id = $1"))
+        let row = sqlx::query(&format!("SELECT {BILL_SELECT} FROM bills WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -656,7 +689,7 @@ impl Store {
     /// Every bill of `month`, by account.
     pub async fn bills_of_month(&self, month: &str) -> Result<Vec<BillRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {BILL_COLUMNS} FROM bills WHERE month = $1 ORDER BY account_id"
+            "SELECT {BILL_SELECT} FROM bills WHERE month = $1 ORDER BY account_id"
         ))
         .bind(month)
         .fetch_all(&self.pool)
@@ -665,18 +698,22 @@ impl Store {
     }
 }
 
-/// The arrears flag as `balance` says (`billing::ledger::arrears_reason`), written with
-/// its audit entry when it differs from the account's; the caller holds the row's lock.
-/// A changed amount owed rewrites the reason and keeps the date the arrears began.
+/// The arrears flag as the account's `books` say at `now` (`billing::ledger`'s one
+/// rule: what is owed on bills past their due date), written with its audit entry when
+/// it differs from the account's; the caller holds the row's lock. A changed amount
+/// owed rewrites the reason and keeps the date the arrears began. When the flag is set
+/// or its amount changes, each bill overdue now gets its `bill.overdue` event (once per
+/// bill: a stable id), so a bill whose due date passed unpaid is told in the
+/// transaction that suspends for it.
 async fn settle_arrears_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     before: AccountRecord,
-    balance: i64,
+    books: &Books,
     actor: &str,
     now: i64,
 ) -> Result<AccountChange, StoreError> {
     let mut after = before.clone();
-    after.arrears = arrears_reason(balance).map(|reason| Suspension {
+    after.arrears = arrears_reason(ledger::overdue_owed(&books.bills, books.funds, now)).map(|reason| Suspension {
         reason,
         since: before.arrears.as_ref().map_or(now, |a| a.since),
     });
@@ -715,7 +752,17 @@ async fn settle_arrears_in(
         },
     )
     .await?;
-    outbox::insert_events(tx, &events::account_changed(&before, &after, actor, now)).await?;
+    let mut new_events = Vec::new();
+    if after.arrears.is_some() {
+        let due = ledger::amounts_due(&books.bills, books.funds);
+        for (bill, amount_due) in books.bills.iter().zip(due) {
+            if amount_due > 0 && now >= bill.due_at {
+                new_events.push(events::bill_overdue(bill, books.balance, amount_due, now));
+            }
+        }
+    }
+    new_events.extend(events::account_changed(&before, &after, actor, now));
+    outbox::insert_events(tx, &new_events).await?;
     Ok(AccountChange {
         before,
         after,
@@ -733,15 +780,59 @@ fn push_in_list(sql: &mut String, n: usize) {
     sql.push(')');
 }
 
+/// What the one rule reads of an account: its balance, its funds (every entry but the
+/// charges) and its bills, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct Books {
+    pub balance: i64,
+    pub funds: i64,
+    pub bills: Vec<BillRecord>,
+}
+
+/// The books of `ids`, read on `conn` (a transaction's, or a pooled connection for a
+/// look without locks); an account without entries or bills has empty ones.
+async fn books_in(conn: &mut sqlx::AnyConnection, ids: &[&str]) -> Result<HashMap<String, Books>, StoreError> {
+    let mut books: HashMap<String, Books> = HashMap::with_capacity(ids.len());
+    for part in ids.chunks(BILLS_PER_STATEMENT * 4) {
+        let mut sql = "SELECT account_id, CAST(SUM(amount) AS BIGINT) AS balance, \
+                       CAST(SUM(CASE WHEN kind = 'charge' THEN 0 ELSE amount END) AS BIGINT) AS funds \
+                       FROM ledger WHERE account_id IN "
+            .to_string();
+        push_in_list(&mut sql, part.len());
+        sql.push_str(" GROUP BY account_id");
+        let mut query = sqlx::query(&sql);
+        for id in part {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let entry = books.entry(row.try_get("account_id")?).or_default();
+            entry.balance = row.try_get("balance")?;
+            entry.funds = row.try_get("funds")?;
+        }
+        let mut sql = format!("SELECT {BILL_SELECT} FROM bills WHERE account_id IN ");
+        push_in_list(&mut sql, part.len());
+        sql.push_str(" ORDER BY account_id, month, id");
+        let mut query = sqlx::query(&sql);
+        for id in part {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let bill = bill_record(&row)?;
+            books.entry(bill.account_id.clone()).or_default().bills.push(bill);
+        }
+    }
+    Ok(books)
+}
+
 /// `bill.paid` for each bill of the account that `credit` (just inserted, in `tx`)
-/// turned from overdue to paid.
+/// turned from unpaid (open or overdue) to paid.
 async fn settled_by(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     credit: &LedgerEntry,
 ) -> Result<Vec<events::NewEvent>, StoreError> {
     use crate::billing::ledger::{BillStatus, bill_statuses};
     let bills: Vec<BillRecord> = sqlx::query(&format!(
-        "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY month, id"
+        "SELECT {BILL_SELECT} FROM bills WHERE account_id = $1 ORDER BY month, id"
     ))
     .bind(&credit.account_id)
     .fetch_all(&mut **tx)
@@ -762,13 +853,13 @@ async fn settled_by(
     .map(ledger_entry)
     .collect::<Result<_, _>>()?;
     let without: Vec<LedgerEntry> = ledger.iter().filter(|e| e.id != credit.id).cloned().collect();
-    let before = bill_statuses(&bills, &without);
-    let after = bill_statuses(&bills, &ledger);
+    let before = bill_statuses(&bills, &without, credit.at);
+    let after = bill_statuses(&bills, &ledger, credit.at);
     Ok(bills
         .iter()
         .zip(before.iter().zip(after))
-        .filter_map(|(bill, (before, after))| match (before, after) {
-            (BillStatus::Overdue, BillStatus::Paid { paid_at }) => Some(events::bill_paid(bill, paid_at)),
+        .filter_map(|(bill, (before, after))| match (before.is_unpaid(), after) {
+            (true, BillStatus::Paid { paid_at }) => Some(events::bill_paid(bill, paid_at)),
             _ => None,
         })
         .collect())
@@ -784,6 +875,7 @@ fn bill_record(row: &sqlx::any::AnyRow) -> Result<BillRecord, StoreError> {
         total: row.try_get("total")?,
         lines: row.try_get("lines")?,
         issued_at: row.try_get("issued_at")?,
+        due_at: row.try_get("due_at")?,
     })
 }
 

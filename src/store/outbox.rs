@@ -91,6 +91,47 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Puts in the outbox those of `events` whose id is not there yet; returns how many
+    /// it added. For causes a periodic look raises again and again (reminders, low
+    /// balances): the ids are read first, so a look that finds nothing new writes
+    /// nothing; two gateways racing on a new one still make one row (the id is the key).
+    pub async fn emit_events_once(&self, events: &[NewEvent]) -> Result<u64, StoreError> {
+        let mut added = 0;
+        for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+            let mut sql = "SELECT id FROM webhook_events WHERE id IN (".to_string();
+            for i in 1..=chunk.len() {
+                sql.push_str(&format!("{}${i}", if i == 1 { "" } else { ", " }));
+            }
+            sql.push(')');
+            let mut query = sqlx::query(&sql);
+            for event in chunk {
+                query = query.bind(&event.id);
+            }
+            let existing: std::collections::HashSet<String> = query
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|row| row.try_get("id"))
+                .collect::<Result<_, sqlx::Error>>()?;
+            for event in chunk.iter().filter(|e| !existing.contains(&e.id)) {
+                added += u64::from(self.emit_event(event).await?);
+            }
+        }
+        Ok(added)
+    }
+
+    /// Events not yet delivered nor failed, and the creation time of the oldest: the
+    /// outbox gauges.
+    pub async fn pending_events(&self) -> Result<(i64, Option<i64>), StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS pending, MIN(created_at) AS oldest FROM webhook_events \
+             WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("pending")?, row.try_get("oldest")?))
+    }
+
     /// Claims up to `limit` due events for `holder` until `now + lease_seconds`, oldest
     /// first. An event claimed by a worker that died is claimable again once its lease
     /// has run out.

@@ -30,6 +30,8 @@ pub struct Deliverer {
     /// Names this worker's leases.
     holder: String,
     tls: tokio_rustls::TlsConnector,
+    /// Where the outcomes are counted (`with_metrics`); none in a bare worker.
+    metrics: Option<crate::metrics::WebhookMetrics>,
 }
 
 impl Deliverer {
@@ -46,7 +48,15 @@ impl Deliverer {
             secret: secret.0.clone(),
             holder: format!("webhooks-{}", uuid::Uuid::new_v4().simple()),
             tls,
+            metrics: None,
         }))
+    }
+
+    /// Counts deliveries, failed attempts and events given up on in `metrics`, and
+    /// keeps its outbox gauges current after each round.
+    pub fn with_metrics(mut self, metrics: crate::metrics::WebhookMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Delivers until `stop` turns true; an event in flight then is finished first.
@@ -86,6 +96,16 @@ impl Deliverer {
         for result in futures_util::future::join_all(attempts).await {
             result?;
         }
+        if let Some(metrics) = &self.metrics
+            && claimed > 0
+        {
+            let (pending, oldest) = self.store.pending_events().await?;
+            let now = self.clock.now_unix();
+            metrics.events_pending.set(pending);
+            metrics
+                .oldest_pending_seconds
+                .set(oldest.map_or(0, |created| (now - created).max(0)));
+        }
         Ok(claimed)
     }
 
@@ -111,6 +131,16 @@ impl Deliverer {
             Some(_) if now >= event.retry_from + self.config.retry_for_seconds => ("failed", now),
             Some(_) => ("pending", now + self.backoff(event.attempts + 1)),
         };
+        if let Some(metrics) = &self.metrics {
+            match status {
+                "delivered" => metrics.events_delivered.inc(),
+                "failed" => {
+                    metrics.attempts_failed.inc();
+                    metrics.events_given_up.inc()
+                }
+                _ => metrics.attempts_failed.inc(),
+            };
+        }
         match status {
             "delivered" => tracing::debug!(id = %event.id, kind = %event.kind, "webhook delivered"),
             "failed" => tracing::error!(id = %event.id, kind = %event.kind, error = ?error,

@@ -14,6 +14,8 @@ pub const BILL_OVERDUE: &str = "bill.overdue";
 pub const ACCOUNT_SUSPENDED: &str = "account.suspended";
 pub const ACCOUNT_REACTIVATED: &str = "account.reactivated";
 pub const BILLING_RUN_LATE: &str = "billing.run_late";
+pub const BILL_REMINDER: &str = "bill.reminder";
+pub const BALANCE_LOW: &str = "balance.low";
 
 /// An event to put in the outbox: `payload` is the exact body every attempt sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,16 +60,26 @@ fn bill_data(bill: &BillRecord) -> Value {
         "total": format_amount(bill.total),
         "total_micros": bill.total,
         "issued_at": bill.issued_at,
+        "due_at": bill.due_at,
     })
 }
 
 /// What a new bill causes: `bill.issued`, then `bill.paid` when the account's balance
-/// after the charge (`balance`, micro-units) covers it, else `bill.overdue` (a bill is
-/// due when issued).
+/// after the charge (`balance`, micro-units) covers it; else, when the bill is due at
+/// issue (no grace), `bill.overdue`. An unpaid bill with a later due date is `open`:
+/// its `bill.overdue` comes from the due sweep if the date passes unpaid.
 pub fn bill_issued(bill: &BillRecord, balance: i64) -> Vec<NewEvent> {
     let paid = balance >= 0;
+    let overdue = !paid && bill.due_at <= bill.issued_at;
     let mut issued = bill_data(bill);
-    issued["status"] = (if paid { "paid" } else { "overdue" }).into();
+    issued["status"] = (if paid {
+        "paid"
+    } else if overdue {
+        "overdue"
+    } else {
+        "open"
+    })
+    .into();
     let mut events = vec![NewEvent::new(
         stable_id(&format!("{BILL_ISSUED}:{}", bill.id)),
         BILL_ISSUED,
@@ -76,17 +88,76 @@ pub fn bill_issued(bill: &BillRecord, balance: i64) -> Vec<NewEvent> {
     )];
     if paid {
         events.push(bill_paid(bill, bill.issued_at));
-    } else {
-        let mut overdue = bill_data(bill);
-        overdue["balance"] = format_amount(balance).into();
-        events.push(NewEvent::new(
-            stable_id(&format!("{BILL_OVERDUE}:{}", bill.id)),
-            BILL_OVERDUE,
-            bill.issued_at,
-            overdue,
-        ));
+    } else if overdue {
+        // At issue the whole bill is unpaid: balances settle older bills first.
+        events.push(bill_overdue(bill, balance, bill.total, bill.issued_at));
     }
     events
+}
+
+/// `bill.overdue`: `bill` is past its due date at `now` and still lacks `amount_due`
+/// (micro-units); `balance` is the account's. Once per bill, whoever notices it first
+/// (the bill's insert when it is due at issue, else a gateway's due sweep).
+pub fn bill_overdue(bill: &BillRecord, balance: i64, amount_due: i64, now: i64) -> NewEvent {
+    let mut data = bill_data(bill);
+    data["balance"] = format_amount(balance).into();
+    data["amount_due"] = format_amount(amount_due).into();
+    NewEvent::new(
+        stable_id(&format!("{BILL_OVERDUE}:{}", bill.id)),
+        BILL_OVERDUE,
+        now,
+        data,
+    )
+}
+
+/// `bill.reminder`: `bill` is unpaid and due in `days_before` days (`billing.reminder_days`).
+/// Once per bill and number of days, whichever gateway's sweep raises it.
+pub fn bill_reminder(bill: &BillRecord, days_before: u32, balance: i64, amount_due: i64, now: i64) -> NewEvent {
+    let mut data = bill_data(bill);
+    data["days_before"] = days_before.into();
+    data["balance"] = format_amount(balance).into();
+    data["amount_due"] = format_amount(amount_due).into();
+    NewEvent::new(
+        stable_id(&format!("{BILL_REMINDER}:{}:{days_before}", bill.id)),
+        BILL_REMINDER,
+        now,
+        data,
+    )
+}
+
+/// The figures of a `balance.low` event (micro-units).
+pub struct LowBalance<'a> {
+    pub account: &'a str,
+    /// Balance minus the unbilled running amount.
+    pub available: i64,
+    pub balance: i64,
+    pub running: i64,
+    pub threshold: i64,
+    /// The id of the account's latest top-up or credit (0: none yet): the crossing this
+    /// event is about. A new top-up re-arms the notice.
+    pub funded_by: i64,
+    pub currency: &'a str,
+}
+
+/// `balance.low`: the account's available funds are below `billing.balance_low_threshold`.
+/// Its id is (account, latest top-up or credit), so it is sent once per crossing by N
+/// gateways without any state of its own, and again only after the account is funded.
+pub fn balance_low(low: &LowBalance<'_>, now: i64) -> NewEvent {
+    NewEvent::new(
+        stable_id(&format!("{BALANCE_LOW}:{}:{}", low.account, low.funded_by)),
+        BALANCE_LOW,
+        now,
+        json!({
+            "account": low.account,
+            "currency": low.currency,
+            "available": format_amount(low.available),
+            "available_micros": low.available,
+            "balance": format_amount(low.balance),
+            "unbilled": format_amount(low.running),
+            "threshold": format_amount(low.threshold),
+            "funded_by": low.funded_by,
+        }),
+    )
 }
 
 /// `bill.paid`: once per bill, whether paid at issue or by a later credit.
@@ -164,6 +235,7 @@ mod tests {
             total,
             lines: "[]".into(),
             issued_at: 100,
+            due_at: 100,
         }
     }
 
@@ -185,6 +257,49 @@ mod tests {
             (&json!("bill.overdue"), &json!("1.00"), &json!("-0.000001"))
         );
         assert_eq!(body["id"], short[1].id.as_str());
+    }
+
+    #[test]
+    fn with_grace_an_unpaid_bill_is_open_at_issue_and_told_overdue_later() {
+        let graced = BillRecord {
+            due_at: 100 + 3 * 86_400,
+            ..bill(1_000_000)
+        };
+        let issued = bill_issued(&graced, -1_000_000);
+        assert_eq!(kinds(&issued), [BILL_ISSUED], "no bill.overdue before the due date");
+        let body: Value = serde_json::from_str(&issued[0].payload).unwrap();
+        assert_eq!(
+            (&body["data"]["status"], &body["data"]["due_at"]),
+            (&json!("open"), &json!(259_300))
+        );
+        let later = bill_overdue(&graced, -1_000_000, 1_000_000, 300_000);
+        assert_eq!(
+            later.id,
+            bill_issued(&bill(1_000_000), -1)[1].id,
+            "one bill.overdue per bill"
+        );
+        let reminders = [3, 1].map(|days| bill_reminder(&graced, days, -1, 1, 5));
+        assert_ne!(reminders[0].id, reminders[1].id);
+        assert_eq!(
+            reminders[0].id,
+            bill_reminder(&graced, 3, -2, 2, 6).id,
+            "one per bill and day"
+        );
+    }
+
+    #[test]
+    fn balance_low_is_once_per_funding() {
+        let low = |funded_by, available| LowBalance {
+            account: "a",
+            available,
+            balance: 0,
+            running: 0,
+            threshold: 10,
+            funded_by,
+            currency: "USD",
+        };
+        assert_eq!(balance_low(&low(7, 5), 1).id, balance_low(&low(7, 2), 9).id);
+        assert_ne!(balance_low(&low(7, 5), 1).id, balance_low(&low(8, 5), 1).id);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Webhooks: signed notices of billing events (`bill.issued`, `bill.paid`,
-//! `bill.overdue`, `account.suspended`, `account.reactivated`, `billing.run_late`) to
-//! the operator's endpoints. Events are values built here (`events`) and written by the
+//! `bill.overdue`, `bill.reminder`, `account.suspended`, `account.reactivated`,
+//! `balance.low`, `billing.run_late`) to the operator's endpoints. Events are values built here (`events`) and written by the
 //! store into its outbox in the transaction of the change that causes them; the
 //! delivery worker (`deliver`) sends them from there, signed (`sign`), at least once.
 //! Must not be called from the data plane.
