@@ -324,7 +324,10 @@ impl Default for RawWebhooks {
 }
 
 fn parse_price(key: &str, raw: &RawPrice) -> Result<(String, Price), ConfigError> {
-    let from = raw.from.clone().unwrap_or_else(|| "0000-01".into());
+    let from = raw
+        .from
+        .clone()
+        .unwrap_or_else(|| crate::billing::pricing::ALWAYS.into());
     if crate::meter::Month::parse(&from).is_none() {
         return Err(ConfigError::new(format!("{key}.from"), "must look like 2026-01"));
     }

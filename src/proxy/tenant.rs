@@ -2,11 +2,14 @@
 //! itself, so tenants use the same credentials and SDK (`CommonClient`) as for eKYC
 //! calls. `ActivateService` is the "Activate Now" button (works while not activated);
 //! `DescribeServiceStatus` tells whether and why the account is refused (works while
-//! suspended). Never forwarded, never billed.
+//! suspended); `DescribeCallUsage` and `DescribeBills` show the month's calls and the
+//! bills with their lines; `DescribePriceList` the prices in force for a month. Never
+//! forwarded, never billed.
 //!
 //! This module reads the parameters and writes the answers; what they say comes from
 //! the control plane through a `TenantDesk` (implemented by `crate::tenant_desk`), the
-//! data plane's only way to what the billing store holds. Must not reach the store.
+//! data plane's only way to what the billing store holds, except the price list, which
+//! is configuration the plane holds itself. Must not reach the store.
 
 use crate::admin::api::rfc3339;
 use crate::billing::ledger::BillStatus;
@@ -116,6 +119,7 @@ pub enum TenantAction {
     DescribeServiceStatus,
     DescribeCallUsage,
     DescribeBills,
+    DescribePriceList,
 }
 
 impl TenantAction {
@@ -125,6 +129,7 @@ impl TenantAction {
             "DescribeServiceStatus" => Some(TenantAction::DescribeServiceStatus),
             "DescribeCallUsage" => Some(TenantAction::DescribeCallUsage),
             "DescribeBills" => Some(TenantAction::DescribeBills),
+            "DescribePriceList" => Some(TenantAction::DescribePriceList),
             _ => None,
         }
     }
@@ -139,13 +144,11 @@ pub async fn handle(
     let desk = &*plane.tenants;
     let fields = match action {
         TenantAction::DescribeCallUsage => {
-            let month = match params.text("Month")? {
-                None => Month::of(plane.clock.now_unix(), plane.settings.billing_utc_offset_seconds)
-                    .ok_or(GatewayError::ClockOutOfRange)?,
-                Some(text) => Month::parse(&text).ok_or(GatewayError::InvalidParameter("Month must be YYYY-MM"))?,
-            };
+            let month = month_param(plane, params)?;
             call_usage(month, desk.usage(account_id, month).await?)
         }
+        // From the plane's own configuration: no turn at the desk.
+        TenantAction::DescribePriceList => price_list(plane, month_param(plane, params)?),
         TenantAction::DescribeBills => describe_bills(desk.bills(account_id).await?),
         TenantAction::ActivateService => account_fields(desk.activate(account_id).await?, false),
         TenantAction::DescribeServiceStatus => account_fields(desk.status(account_id).await?, true),
@@ -154,6 +157,51 @@ pub async fn handle(
         fields,
         &tencent::new_request_id(),
     )))
+}
+
+/// The `Month` parameter ("YYYY-MM"), by default this month in the billing time zone.
+fn month_param(plane: &DataPlane, params: Params<'_>) -> Result<Month, GatewayError> {
+    match params.text("Month")? {
+        None => Month::of(plane.clock.now_unix(), plane.settings.billing_utc_offset_seconds)
+            .ok_or(GatewayError::ClockOutOfRange),
+        Some(text) => Month::parse(&text).ok_or(GatewayError::InvalidParameter("Month must be YYYY-MM")),
+    }
+}
+
+/// `DescribePriceList {"Month":"YYYY-MM"}` (default: this billing month): per action of
+/// the catalog, the price in force for the month, the month it took effect (`null`:
+/// always, or the default price), its mode and tiers. A free action says so; a
+/// billable one without a price that month has `PricingMode` null (its calls of that
+/// month cannot be billed).
+fn price_list(plane: &DataPlane, month: Month) -> Map<String, Value> {
+    use crate::billing::ledger::views::{effective_from, price_api3};
+    let month_text = month.to_string();
+    let rows: Vec<Value> = plane
+        .catalog
+        .names()
+        .zip(&plane.billable)
+        .map(|(action, billable)| {
+            let (mode, from, tiers) = match plane.prices.price_in_force(action, &month_text) {
+                _ if !billable => (Value::from("Free"), Value::Null, Vec::new()),
+                None => (Value::Null, Value::Null, Vec::new()),
+                Some((from, price)) => {
+                    let (mode, tiers) = price_api3(price);
+                    (mode.into(), effective_from(from), tiers)
+                }
+            };
+            json!({"Action": action, "Billable": billable, "PricingMode": mode, "EffectiveFrom": from, "Tiers": tiers})
+        })
+        .collect();
+    let mut fields = Map::new();
+    fields.insert("Month".into(), month.to_string().into());
+    fields.insert("Currency".into(), plane.prices.currency.clone().into());
+    fields.insert(
+        "TotalRounding".into(),
+        crate::billing::pricing::format_amount(plane.prices.total_rounding).into(),
+    );
+    fields.insert("TotalCount".into(), rows.len().into());
+    fields.insert("PriceList".into(), rows.into());
+    fields
 }
 
 /// `ActivateService` and `DescribeServiceStatus` (`with_standing`: also whether and why
