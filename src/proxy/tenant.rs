@@ -149,7 +149,9 @@ pub async fn handle(
         }
         // From the plane's own configuration: no turn at the desk.
         TenantAction::DescribePriceList => price_list(plane, month_param(plane, params)?),
-        TenantAction::DescribeBills => describe_bills(desk.bills(account_id).await?),
+        TenantAction::DescribeBills => {
+            describe_bills(desk.bills(account_id).await?, plane.settings.billing_utc_offset_seconds)
+        }
         TenantAction::ActivateService => account_fields(desk.activate(account_id).await?, false),
         TenantAction::DescribeServiceStatus => account_fields(desk.status(account_id).await?, true),
     };
@@ -265,8 +267,9 @@ fn call_usage(month: Month, usage: PricedUsage) -> Map<String, Value> {
 }
 
 /// `DescribeBills`: the tenant's bills, newest first, with their status, and the
-/// balance. Answered while suspended: a tenant in arrears must see what it owes.
-fn describe_bills(view: BillsView) -> Map<String, Value> {
+/// balance. Answered while suspended: a tenant in arrears must see what it owes. With
+/// the billing time zone, in which months (and so an invoice's dates) are reckoned.
+fn describe_bills(view: BillsView, utc_offset_seconds: i32) -> Map<String, Value> {
     let rows: Vec<Value> = view
         .bills
         .iter()
@@ -279,7 +282,25 @@ fn describe_bills(view: BillsView) -> Map<String, Value> {
         "Balance".into(),
         crate::billing::pricing::format_amount(view.balance).into(),
     );
+    fields.insert("BillingUtcOffset".into(), utc_offset(utc_offset_seconds).into());
     fields.insert("TotalCount".into(), rows.len().into());
     fields.insert("Bills".into(), rows.into());
     fields
+}
+
+/// Seconds east of UTC as `+08:00` / `-05:30`, as `meter.billing_utc_offset` is written.
+fn utc_offset(seconds: i32) -> String {
+    let sign = if seconds < 0 { '-' } else { '+' };
+    let minutes = seconds.unsigned_abs() / 60;
+    format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn offsets_are_written_as_the_config_writes_them() {
+        assert_eq!(super::utc_offset(8 * 3600), "+08:00");
+        assert_eq!(super::utc_offset(-(5 * 3600 + 1800)), "-05:30");
+        assert_eq!(super::utc_offset(0), "+00:00");
+    }
 }
