@@ -2,9 +2,12 @@
 //! (chromedriver, Debian's `chromium-driver`; `scripts/test` installs both). A tenant
 //! activates the service with the Activate Now button and the official SDK's next
 //! call passes; an operator suspends the account and the tenant's page shows the
-//! banner; a top-up clears an overdue bill and lifts the arrears suspension. Every
-//! page is saved as a PNG under target/console-screenshots/, prefixed FAILED- when
-//! the scenario failed.
+//! banner; a top-up clears an overdue bill and lifts the arrears suspension; a bill's
+//! invoice, printed through WebDriver's Print Page, is one A4 or Letter page with the
+//! invoice and none of the console (read back with poppler-utils' `pdftotext` and
+//! `pdfinfo`, which `scripts/test` installs too). Screenshots (PNG) and the printed
+//! PDFs go under target/console-screenshots/, a screenshot prefixed FAILED- when its
+//! scenario failed.
 
 mod common;
 
