@@ -99,11 +99,19 @@ function callRange(from, to) {
 async function loadPrices() {
   const list = await tenantCall("DescribePriceList");
   $("prices-month").textContent = list.Month;
-  const rows = [];
+  // Actions priced alike share a row (the built-in catalog is two dozen actions at one price).
+  const groups = new Map();
   for (const p of list.PriceList) {
-    if (p.PricingMode === "Free") { rows.push([p.Action, "Free", "every call", "0", ""]); continue; }
-    if (p.PricingMode === null) { rows.push([p.Action, "No price this month", "", "", ""]); continue; }
-    p.Tiers.forEach((t, i) => rows.push([i ? "" : p.Action, i ? "" : p.PricingMode, callRange(t.FromCall, t.ToCall),
+    const key = JSON.stringify([p.PricingMode, p.EffectiveFrom, p.Tiers]);
+    if (!groups.has(key)) groups.set(key, { ...p, actions: [] });
+    groups.get(key).actions.push(p.Action);
+  }
+  const rows = [];
+  for (const p of groups.values()) {
+    const actions = p.actions.join(", ");
+    if (p.PricingMode === "Free") { rows.push([actions, "Free", "every call", "0", ""]); continue; }
+    if (p.PricingMode === null) { rows.push([actions, "No price this month", "", "", ""]); continue; }
+    p.Tiers.forEach((t, i) => rows.push([i ? "" : actions, i ? "" : p.PricingMode, callRange(t.FromCall, t.ToCall),
       `${t.UnitPrice} ${list.Currency}`, i ? "" : (p.EffectiveFrom || "always")]));
   }
   clear($("prices-table")).append(table(["Action", "Pricing", "Calls of the month", "Unit price", "In force since"], rows, [3]));
