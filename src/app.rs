@@ -110,6 +110,7 @@ impl App {
                 billable,
                 credit_prices: (0..config.actions.len()).map(|_| Default::default()).collect(),
                 settings: PlaneSettings::of(&config),
+                prices: Arc::new(config.prices.clone()),
                 tenants: Arc::new(crate::tenant_desk::StoreDesk::new(app.clone())),
             };
             Self {

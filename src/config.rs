@@ -291,7 +291,8 @@ impl Default for RawRuntime {
 #[serde(deny_unknown_fields, default)]
 struct RawBilling {
     currency: String,
-    /// Flat price per call of any action without `prices`; unset: such actions cannot be billed.
+    /// Flat price per call of any action without `prices`; unset (the default): every
+    /// billable action needs prices of its own (`Config::check_prices`).
     default_unit: Option<String>,
     /// Bill totals are rounded half up to a multiple of this (default "0.01").
     total_rounding: String,
@@ -323,7 +324,8 @@ impl Default for RawBilling {
     fn default() -> Self {
         Self {
             currency: "USD".into(),
-            default_unit: Some("0.10".into()),
+            // No price nobody wrote down: a gateway must not bill at a made-up rate.
+            default_unit: None,
             total_rounding: "0.01".into(),
             credit_limit: None,
             credit_check_interval_ms: 2000,
@@ -378,7 +380,10 @@ impl Default for RawWebhooks {
 }
 
 fn parse_price(key: &str, raw: &RawPrice) -> Result<(String, Price), ConfigError> {
-    let from = raw.from.clone().unwrap_or_else(|| "0000-01".into());
+    let from = raw
+        .from
+        .clone()
+        .unwrap_or_else(|| crate::billing::pricing::ALWAYS.into());
     if crate::meter::Month::parse(&from).is_none() {
         return Err(ConfigError::new(format!("{key}.from"), "must look like 2026-01"));
     }
@@ -789,6 +794,32 @@ impl Env for Vec<(&str, &str)> {
 }
 
 impl Config {
+    /// Whether every billable action of the catalog has a price: prices of its own or
+    /// `billing.default_unit`. Checked by the commands that bill (`serve`, `billing
+    /// run`), not by parsing, so a file read for another purpose (key rotation, tests of
+    /// other sections) needs no price list. A price from a later month is still a price:
+    /// the months before it are refused when billed (`BillingError::NoPrice`).
+    pub fn check_prices(&self) -> Result<(), ConfigError> {
+        if self.prices.default.is_some() {
+            return Ok(());
+        }
+        let unpriced = self
+            .actions
+            .iter()
+            .find(|a| a.billable && self.prices.actions.get(&a.name).is_none_or(|p| p.is_empty()));
+        match unpriced {
+            None => Ok(()),
+            Some(action) => Err(ConfigError::new(
+                format!("actions.{}.prices", action.name),
+                format!(
+                    "billable action {0} has no price: add [[actions.{0}.prices]], set billing.default_unit for \
+                     every action without prices of its own, or mark it billable = false",
+                    action.name
+                ),
+            )),
+        }
+    }
+
     pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
@@ -1177,6 +1208,9 @@ impl Config {
 }
 
 #[cfg(test)]
+mod keys;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1372,11 +1406,78 @@ mod tests {
     }
 
     #[test]
+    fn a_billable_action_without_a_price_is_refused_naming_the_key() {
+        // No price list at all: nothing is billed at a price nobody configured.
+        let bare = Config::from_toml("[actions.LivenessCompare]\n", &ENV).unwrap();
+        assert_eq!(bare.prices.default, None);
+        let err = bare.check_prices().unwrap_err();
+        assert_eq!(err.key, "actions.LivenessCompare.prices");
+        assert!(err.problem.contains("billing.default_unit"), "{err}");
+        let priced =
+            "[actions.LivenessCompare]\n[[actions.LivenessCompare.prices]]\nfrom = \"2026-03\"\nunit = \"0.05\"\n";
+        Config::from_toml(priced, &ENV).unwrap().check_prices().unwrap();
+        // One action of two without a price, a free one, and the default for the rest.
+        let partly = format!("{priced}[actions.DetectAuth]\n[actions.GetFaceIdResultIntl]\nbillable = false\n");
+        let err = Config::from_toml(&partly, &ENV).unwrap().check_prices().unwrap_err();
+        assert_eq!(err.key, "actions.DetectAuth.prices");
+        let free = priced.to_string() + "[actions.GetFaceIdResultIntl]\nbillable = false\n";
+        Config::from_toml(&free, &ENV).unwrap().check_prices().unwrap();
+        let defaulted = format!("[billing]\ndefault_unit = \"0.10\"\n{partly}");
+        Config::from_toml(&defaulted, &ENV).unwrap().check_prices().unwrap();
+        // The built-in catalog is billable: it needs the default or prices of its own.
+        assert_eq!(
+            Config::from_toml("", &ENV).unwrap().check_prices().unwrap_err().key,
+            "actions.ApplyLivenessToken.prices"
+        );
+    }
+
+    /// The example file shows every key the parser accepts, set or commented out, and
+    /// no key it does not: the list comes from the raw structs themselves, so a new key
+    /// without an example fails here.
+    #[test]
+    fn the_example_file_shows_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let is_setting = |line: &str| {
+            line.starts_with('[')
+                || line.split_once('=').is_some_and(|(key, _)| {
+                    let key = key.trim_end();
+                    !key.is_empty()
+                        && key
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                })
+        };
+        let shown: Vec<&str> = text
+            .lines()
+            .map(|line| match line.strip_prefix('#').map(str::trim_start) {
+                Some(setting) if is_setting(setting) => setting,
+                _ => line,
+            })
+            .collect();
+        let shown: toml::Table = toml::from_str(&shown.join("\n"))
+            .unwrap_or_else(|e| panic!("config/gateway.toml with its examples uncommented: {e}"));
+        let shown = keys::keys_in(&toml::Value::Table(shown));
+        let accepted = keys::accepted_keys();
+        assert!(accepted.contains("billing.credit_limit") && accepted.contains("actions.*.prices.tiers.up_to"));
+        let missing: Vec<_> = accepted.difference(&shown).collect();
+        assert!(
+            missing.is_empty(),
+            "config/gateway.toml shows no example of {missing:?}"
+        );
+        let unknown: Vec<_> = shown.difference(&accepted).collect();
+        assert!(
+            unknown.is_empty(),
+            "config/gateway.toml shows keys the parser refuses: {unknown:?}"
+        );
+    }
+
+    #[test]
     fn shipped_example_configs_are_valid() {
         for file in ["config/gateway.toml", "config/demo.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
             let text = std::fs::read_to_string(&path).unwrap();
-            if let Err(e) = Config::from_toml(&text, &ENV) {
+            if let Err(e) = Config::from_toml(&text, &ENV).and_then(|c| c.check_prices()) {
                 panic!("{file}: {e}");
             }
         }

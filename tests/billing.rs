@@ -35,11 +35,21 @@ billable = false
 "#;
 
 async fn call_as(gateway: &GatewayHandle, clock: &ManualClock, signer: &Signer, action: &str) -> Value {
+    call_as_with(gateway, clock, signer, action, "{}").await
+}
+
+async fn call_as_with(
+    gateway: &GatewayHandle,
+    clock: &ManualClock,
+    signer: &Signer,
+    action: &str,
+    body: &str,
+) -> Value {
     let request = signed_call_at(
         &gateway.url(),
         &gateway.data.to_string(),
         action,
-        b"{}",
+        body.as_bytes(),
         signer,
         clock.now_unix(),
     );
@@ -102,6 +112,32 @@ async fn lifecycle(store_url: Option<String>, owner_url: Option<String>) {
             .get("Error")
             .is_none()
     );
+    // The price list, before the flush: were it billed, the bills below would say so.
+    let list = call_as(&gateway, &clock, &payer, "DescribePriceList").await;
+    assert_eq!(
+        (&list["Month"], &list["Currency"]),
+        (&json!("2026-10"), &json!("USD")),
+        "{list}"
+    );
+    assert_eq!(
+        list["PriceList"],
+        json!([
+            {"Action": "DetectAuth", "Billable": true, "PricingMode": "Flat", "EffectiveFrom": null,
+             "Tiers": [{"FromCall": 1, "ToCall": null, "UnitPrice": "0.25"}]},
+            {"Action": "GetFaceIdTokenIntl", "Billable": false, "PricingMode": "Free", "EffectiveFrom": null, "Tiers": []},
+            {"Action": "LivenessCompare", "Billable": true, "PricingMode": "Graduated", "EffectiveFrom": "2026-01",
+             "Tiers": [{"FromCall": 1, "ToCall": 2, "UnitPrice": "1.00"}, {"FromCall": 3, "ToCall": null, "UnitPrice": "0.50"}]},
+        ]),
+        "{list}"
+    );
+    let before = call_as_with(&gateway, &clock, &payer, "DescribePriceList", r#"{"Month":"2025-12"}"#).await;
+    assert_eq!(
+        before["PriceList"][2]["PricingMode"],
+        Value::Null,
+        "no LivenessCompare price yet: {before}"
+    );
+    let bad = call_as_with(&gateway, &clock, &payer, "DescribePriceList", r#"{"Month":"Dec"}"#).await;
+    assert_eq!(error_code(&bad), Some("InvalidParameter"), "{bad}");
     gateway.app.flush_usage().await.unwrap();
 
     let (status, refused) = admin(&gateway, "POST", "/v1/billing/run", Some(json!({"month": "2026-10"}))).await;
@@ -152,6 +188,28 @@ async fn lifecycle(store_url: Option<String>, owner_url: Option<String>) {
     let own = call_as(&gateway, &clock, &debtor, "DescribeBills").await;
     assert_eq!(own["Bills"][0]["Status"], "Overdue", "{own}");
     assert_eq!(own["Balance"], "-1.00");
+    // Each line: calls, the price (mode, tiers, unit prices) and the amount.
+    let own = call_as(&gateway, &clock, &payer, "DescribeBills").await;
+    let bill = &own["Bills"][0];
+    assert_eq!(
+        (&bill["Subtotal"], &bill["Total"]),
+        (&json!("3.00"), &json!("3.00")),
+        "{bill}"
+    );
+    assert_eq!(
+        bill["Lines"],
+        json!([
+            {"Action": "DetectAuth", "Month": "2026-10", "Kind": "Usage", "Calls": 2, "PreviouslyBilledCalls": 0,
+             "PricingMode": "Flat", "EffectiveFrom": null, "UnitPrice": "0.25",
+             "Tiers": [{"FromCall": 1, "ToCall": 2, "Calls": 2, "UnitPrice": "0.25", "Amount": "0.50"}], "Amount": "0.50"},
+            {"Action": "LivenessCompare", "Month": "2026-10", "Kind": "Usage", "Calls": 3, "PreviouslyBilledCalls": 0,
+             "PricingMode": "Graduated", "EffectiveFrom": "2026-01", "UnitPrice": null,
+             "Tiers": [{"FromCall": 1, "ToCall": 2, "Calls": 2, "UnitPrice": "1.00", "Amount": "2.00"},
+                       {"FromCall": 3, "ToCall": 3, "Calls": 1, "UnitPrice": "0.50", "Amount": "0.50"}],
+             "Amount": "2.50"},
+        ]),
+        "{bill}"
+    );
 
     // A second run changes nothing.
     let (_, again) = admin(&gateway, "POST", "/v1/billing/run", Some(json!({"month": "2026-10"}))).await;
@@ -231,6 +289,30 @@ async fn lifecycle(store_url: Option<String>, owner_url: Option<String>) {
         (&json!("2026-10"), &json!(2), &json!(3), &json!("1.00"))
     );
     assert_eq!(november["total"], "1.25", "late 1.00 + one DetectAuth 0.25");
+    // The tenant's line: the late calls, the ones billed before, October's tiers.
+    let own = call_as(&gateway, &clock, &payer, "DescribeBills").await;
+    let late = own["Bills"][0]["Lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["Kind"] == "LateUsage")
+        .unwrap_or_else(|| panic!("no late line: {own}"))
+        .clone();
+    assert_eq!(
+        (
+            &late["Month"],
+            &late["Calls"],
+            &late["PreviouslyBilledCalls"],
+            &late["UnitPrice"],
+            &late["Amount"]
+        ),
+        (&json!("2026-10"), &json!(2), &json!(3), &Value::Null, &json!("1.00")),
+        "{late}"
+    );
+    assert_eq!(
+        late["Tiers"][1]["ToCall"], 5,
+        "the month's tiers, every call so far: {late}"
+    );
     let (_, again) = admin(&gateway, "POST", "/v1/billing/run", Some(json!({"month": "2026-11"}))).await;
     assert_eq!(again["bills_created"], 0, "late usage is billed once");
 

@@ -2,9 +2,12 @@
 //! (chromedriver, Debian's `chromium-driver`; `scripts/test` installs both). A tenant
 //! activates the service with the Activate Now button and the official SDK's next
 //! call passes; an operator suspends the account and the tenant's page shows the
-//! banner; a top-up clears an overdue bill and lifts the arrears suspension. Every
-//! page is saved as a PNG under target/console-screenshots/, prefixed FAILED- when
-//! the scenario failed.
+//! banner; a top-up clears an overdue bill and lifts the arrears suspension; a bill's
+//! invoice, printed through WebDriver's Print Page, is one A4 or Letter page with the
+//! invoice and none of the console (read back with poppler-utils' `pdftotext` and
+//! `pdfinfo`, which `scripts/test` installs too). Screenshots (PNG) and the printed
+//! PDFs go under target/console-screenshots/, a screenshot prefixed FAILED- when its
+//! scenario failed.
 
 mod common;
 
@@ -418,4 +421,165 @@ async fn a_top_up_clears_an_overdue_bill_and_lifts_the_suspension() {
     }
     .await;
     browser.finish("topup_clears_overdue", outcome).await;
+}
+
+/// 2026-03-10 12:00 in the billing time zone (UTC+8): February is over and billed.
+const TENTH_OF_MARCH: i64 = 1_773_115_200;
+
+const INVOICE_PRICES: &str = r#"
+[billing]
+currency = "USD"
+total_rounding = "0.01"
+[actions.IdCardVerification]
+[[actions.IdCardVerification.prices]]
+from = "2026-01"
+mode = "graduated"
+tiers = [ { up_to = 100, unit = "0.05" }, { unit = "0.03" } ]
+[actions.LivenessCompare]
+[[actions.LivenessCompare.prices]]
+unit = "0.10"
+[actions.GetFaceIdResultIntl]
+billable = false
+"#;
+
+/// `pdftotext` and `pdfinfo` (Debian's poppler-utils; `scripts/test` installs them) on
+/// a PDF Chromium printed: its text and its number of pages.
+fn pdf_text_and_pages(pdf: &[u8], name: &str) -> (String, u32) {
+    let dir = screenshot_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{name}.pdf"));
+    std::fs::write(&file, pdf).unwrap();
+    let run = |tool: &str, args: &[&std::ffi::OsStr]| {
+        let out = Command::new(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}: install poppler-utils (scripts/test does)"));
+        assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run("pdftotext", &["-layout".as_ref(), file.as_os_str(), "-".as_ref()]);
+    let info = run("pdfinfo", &[file.as_os_str()]);
+    let pages = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pages:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no page count: {info}"));
+    (text, pages)
+}
+
+#[tokio::test]
+async fn the_invoice_of_a_bill_prints_alone_on_one_page() {
+    let sim = SimHandle::start(|_| {}).await;
+    let clock = ekyc_gateway::clock::ManualClock::new(TENTH_OF_MARCH);
+    let gateway = GatewayHandle::start_with_clock(&sim, INVOICE_PRICES, clock).await;
+    let tenant = create_tenant(&gateway, "inv", "Invoice Test Ltd", true).await;
+    // February's calls, as flushed: 250 IdCardVerification (100 at 0.05, 150 at 0.03:
+    // 9.50) and 12 LivenessCompare (1.20); billed on the pinned clock, nothing to pay
+    // it with: overdue.
+    let batch = ekyc_gateway::store::UsageBatch {
+        instance_id: "console-invoice".into(),
+        seq: 1,
+        rows: ["IdCardVerification", "LivenessCompare"]
+            .into_iter()
+            .zip([250, 12])
+            .map(|(action, calls)| ekyc_gateway::store::UsageRow {
+                account_id: tenant.id.into(),
+                action: action.into(),
+                month: "2026-02".into(),
+                calls,
+            })
+            .collect(),
+    };
+    gateway
+        .app
+        .store
+        .apply_usage_batch_on(&batch, TENTH_OF_MARCH, "2026-02-15")
+        .await
+        .unwrap();
+    let (status, run) = admin(
+        &gateway,
+        "POST",
+        "/v1/billing/run",
+        Some(serde_json::json!({"month": "2026-02"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{run}");
+    let bill_id = "B202602-inv";
+
+    let mut browser = Browser::start().await;
+    let page = browser.open("invoice").await;
+    let outcome = async {
+        tenant_sign_in(&page, &gateway, &tenant).await?;
+        // The price list in force this month, per tier.
+        wait_text(&page, "#prices-month", "2026-03").await?;
+        let prices = wait_text(&page, "#prices-table", "IdCardVerification").await?;
+        for needle in [
+            "Graduated",
+            "1–100",
+            "101 and more",
+            "0.03 USD",
+            "2026-01",
+            "GetFaceIdResultIntl",
+        ] {
+            ensure!(prices.contains(needle), "price list without {needle:?}: {prices}");
+        }
+        // The bill's lines: calls, unit prices and amounts.
+        let bills = wait_text(&page, "#bills-table", bill_id).await?;
+        for needle in [
+            "IdCardVerification: 250 calls (100 × 0.05 + 150 × 0.03) = 9.50",
+            "LivenessCompare: 12 calls × 0.10 = 1.20",
+            "10.70 USD",
+        ] {
+            ensure!(bills.contains(needle), "bills without {needle:?}: {bills}");
+        }
+
+        click(&page, &format!("button[data-invoice='{bill_id}']")).await?;
+        wait_text(&page, "#inv-number", bill_id).await?;
+        wait_text(&page, "#inv-issued", "2026-03-10").await?;
+        wait_text(&page, "#inv-total", "10.70 USD").await?;
+        wait_text(&page, "#inv-status", "Overdue").await?;
+        wait_hidden(&page, "#app").await?;
+        save_screenshot(&page, "tenant-invoice").await;
+
+        // Printed, on either paper: one page, the invoice and nothing of the console.
+        for (paper, size) in [
+            ("A4", fantoccini::wd::PrintSize::A4),
+            ("Letter", fantoccini::wd::PrintSize::US_LETTER),
+        ] {
+            let config = fantoccini::wd::PrintConfiguration::builder()
+                .size(size)
+                .build()
+                .map_err(|e| anyhow::anyhow!("print configuration: {e}"))?;
+            let pdf = page.print(config).await.context("WebDriver Print Page")?;
+            let (text, pages) = pdf_text_and_pages(&pdf, &format!("invoice-{paper}"));
+            ensure!(pages == 1, "{paper}: {pages} pages:\n{text}");
+            for needle in [bill_id, "10.70 USD", "9.50", "Invoice number", "2026-03-10"] {
+                ensure!(
+                    text.contains(needle),
+                    "{paper}: no {needle:?} in the printed invoice:\n{text}"
+                );
+            }
+            for chrome in [
+                "Sign out",
+                "Console",
+                "Back to the console",
+                "Print",
+                "Balance",
+                "Prices",
+            ] {
+                ensure!(
+                    !text.contains(chrome),
+                    "{paper}: the console's {chrome:?} was printed:\n{text}"
+                );
+            }
+        }
+
+        // Back: the console again, and its print is not the invoice.
+        click(&page, "#invoice-back").await?;
+        wait_hidden(&page, "#invoice").await?;
+        wait_text(&page, "#bills-table", bill_id).await?;
+        Ok(())
+    }
+    .await;
+    browser.finish("invoice_prints_alone", outcome).await;
 }

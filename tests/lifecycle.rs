@@ -104,6 +104,25 @@ fn config_errors_name_the_key_and_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("EKYC_UPSTREAM_SECRET_ID"));
+
+    // A billable action without a price: refused before anything listens, not billed at
+    // a price nobody set.
+    std::fs::write(
+        &file,
+        "[actions.LivenessCompare]\n[actions.DetectAuth]\n[[actions.DetectAuth.prices]]\nunit = \"0.05\"\n",
+    )
+    .unwrap();
+    let out = binary()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("EKYC_UPSTREAM_SECRET_ID", "x")
+        .env("EKYC_UPSTREAM_SECRET_KEY", "y")
+        .env("EKYC_MASTER_KEY", MASTER_KEY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("actions.LivenessCompare.prices"), "{stderr}");
 }
 
 #[tokio::test]

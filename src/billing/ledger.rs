@@ -310,8 +310,8 @@ mod tests {
 /// An account's bills with their status, as the admin API and the tenants see them.
 pub mod views {
     use super::*;
-    use crate::billing::job::BillLine;
-    use crate::billing::pricing::format_amount;
+    use crate::billing::job::{BillLine, LineKind};
+    use crate::billing::pricing::{ALWAYS, Price, TierMode, format_amount};
     use serde_json::{Value, json};
 
     pub fn bill_json(bill: &BillRecord, status: BillStatus) -> Value {
@@ -356,18 +356,90 @@ pub mod views {
             "BillId": bill.id,
             "Month": bill.month,
             "Currency": bill.currency,
+            "Subtotal": format_amount(bill.subtotal),
             "Total": format_amount(bill.total),
             "Status": status_name,
             "PaidAt": paid_at,
             "IssuedAt": bill.issued_at,
             "DueAt": bill.due_at,
-            "Lines": lines.iter().map(|l| json!({
-                "Action": l.action,
-                "Month": l.month,
-                "Kind": if l.kind == crate::billing::job::LineKind::Usage { "Usage" } else { "LateUsage" },
-                "Calls": l.calls,
-                "Amount": format_amount(l.amount),
-            })).collect::<Vec<_>>(),
+            "Lines": lines.iter().map(line_api3).collect::<Vec<_>>(),
         })
+    }
+
+    /// One bill line as the tenant sees it: what it charges for (calls of an action in
+    /// a month), at which price (mode, tiers, the month the price took effect), the
+    /// month's tier breakdown, and the amount. `Tiers` count every call of the month
+    /// billed so far: on a `LateUsage` line they include the `PreviouslyBilledCalls` of
+    /// an earlier bill, and `Amount` is what the line adds to what those were charged.
+    pub fn line_api3(line: &BillLine) -> Value {
+        let units: std::collections::BTreeSet<i64> = line.tiers.iter().map(|t| t.unit).collect();
+        // One price for every call of the line: the price list's unit, else per tier.
+        let unit_price = match (units.len(), &line.price) {
+            (1, _) => units.first().copied(),
+            (0, Price::Flat { unit }) => Some(*unit),
+            _ => None,
+        };
+        json!({
+            "Action": line.action,
+            "Month": line.month,
+            "Kind": if line.kind == LineKind::Usage { "Usage" } else { "LateUsage" },
+            "Calls": line.calls,
+            "PreviouslyBilledCalls": line.previously_billed,
+            "PricingMode": pricing_mode(&line.price),
+            "EffectiveFrom": effective_from(line.price_from.as_deref()),
+            "UnitPrice": unit_price.map(format_amount),
+            "Tiers": line.tiers.iter().map(|t| json!({
+                "FromCall": t.from,
+                "ToCall": t.to,
+                "Calls": t.calls,
+                "UnitPrice": format_amount(t.unit),
+                "Amount": format_amount(t.amount),
+            })).collect::<Vec<_>>(),
+            "Amount": format_amount(line.amount),
+        })
+    }
+
+    /// A price as the tenant sees it in the price list: its mode and its tiers, each
+    /// from a call number of the month up to another (`ToCall` null: no bound). A flat
+    /// price is one tier.
+    pub fn price_api3(price: &Price) -> (&'static str, Vec<Value>) {
+        let tier = |from: u64, to: Option<u64>, unit: i64| json!({"FromCall": from, "ToCall": to, "UnitPrice": format_amount(unit)});
+        let tiers = match price {
+            Price::Flat { unit } => vec![tier(1, None, *unit)],
+            Price::Tiered { tiers, .. } => {
+                let mut from = 1;
+                tiers
+                    .iter()
+                    .map(|t| {
+                        let row = tier(from, t.up_to, t.unit);
+                        from = t.up_to.map_or(from, |bound| bound + 1);
+                        row
+                    })
+                    .collect()
+            }
+        };
+        (pricing_mode(price), tiers)
+    }
+
+    pub fn pricing_mode(price: &Price) -> &'static str {
+        match price {
+            Price::Flat { .. } => "Flat",
+            Price::Tiered {
+                mode: TierMode::Graduated,
+                ..
+            } => "Graduated",
+            Price::Tiered {
+                mode: TierMode::Volume, ..
+            } => "Volume",
+        }
+    }
+
+    /// The month a price took effect, `null` for a price without `from` (in force
+    /// since always) or the default price.
+    pub fn effective_from(from: Option<&str>) -> Value {
+        match from {
+            Some(month) if month != ALWAYS => month.into(),
+            _ => Value::Null,
+        }
     }
 }

@@ -9,6 +9,9 @@ use std::ops::Bound;
 /// Micro-units of the billing currency per currency unit.
 pub const MICROS: i64 = 1_000_000;
 
+/// The month a price without `from` takes effect: before any month there is.
+pub const ALWAYS: &str = "0000-01";
+
 /// Parses "12.50", "0.000001", "-3" into micro-units; at most 6 decimals, no exponent.
 pub fn parse_amount(text: &str) -> Option<i64> {
     let text = text.trim();

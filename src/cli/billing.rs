@@ -57,7 +57,11 @@ enum ExportFormat {
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     match path {
-        Some(path) => Ok(Config::load(path, &ProcessEnv)?),
+        Some(path) => {
+            let config = Config::load(path, &ProcessEnv)?;
+            config.check_prices()?;
+            Ok(config)
+        }
         None => {
             let env = [
                 ("EKYC_UPSTREAM_SECRET_ID", "unused-by-billing"),

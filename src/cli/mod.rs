@@ -114,7 +114,9 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> ExitCode {
     match command {
         Command::Serve { config } => {
-            let config = match Config::load(&config, &ProcessEnv) {
+            // A gateway bills: without a price for every billable action it would count
+            // calls nobody could be charged for.
+            let config = match Config::load(&config, &ProcessEnv).and_then(|c| c.check_prices().map(|()| c)) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -5,6 +5,7 @@
 //! the control plane. Must not hold a path to the billing store, the state publisher
 //! or the configuration as a whole: the data plane never touches the store.
 
+use crate::billing::pricing::PriceBook;
 use crate::catalog::{ActionId, Catalog};
 use crate::clock::SharedClock;
 use crate::config::{Config, Limits};
@@ -33,6 +34,9 @@ pub struct DataPlane {
     /// (`billing::credit`) and compared with the account's credit headroom.
     pub credit_prices: Box<[AtomicI64]>,
     pub settings: PlaneSettings,
+    /// The configured prices (immutable, like the catalog): `DescribePriceList` answers
+    /// from here without a turn at the store.
+    pub prices: Arc<PriceBook>,
     /// Answers tenant actions from the control plane (bounded; see `tenant`).
     pub tenants: Arc<dyn TenantDesk>,
 }

@@ -2,11 +2,14 @@
 //! itself, so tenants use the same credentials and SDK (`CommonClient`) as for eKYC
 //! calls. `ActivateService` is the "Activate Now" button (works while not activated);
 //! `DescribeServiceStatus` tells whether and why the account is refused (works while
-//! suspended). Never forwarded, never billed.
+//! suspended); `DescribeCallUsage` and `DescribeBills` show the month's calls and the
+//! bills with their lines; `DescribePriceList` the prices in force for a month. Never
+//! forwarded, never billed.
 //!
 //! This module reads the parameters and writes the answers; what they say comes from
 //! the control plane through a `TenantDesk` (implemented by `crate::tenant_desk`), the
-//! data plane's only way to what the billing store holds. Must not reach the store.
+//! data plane's only way to what the billing store holds, except the price list, which
+//! is configuration the plane holds itself. Must not reach the store.
 
 use crate::admin::api::rfc3339;
 use crate::billing::ledger::BillStatus;
@@ -116,6 +119,7 @@ pub enum TenantAction {
     DescribeServiceStatus,
     DescribeCallUsage,
     DescribeBills,
+    DescribePriceList,
 }
 
 impl TenantAction {
@@ -125,6 +129,7 @@ impl TenantAction {
             "DescribeServiceStatus" => Some(TenantAction::DescribeServiceStatus),
             "DescribeCallUsage" => Some(TenantAction::DescribeCallUsage),
             "DescribeBills" => Some(TenantAction::DescribeBills),
+            "DescribePriceList" => Some(TenantAction::DescribePriceList),
             _ => None,
         }
     }
@@ -139,14 +144,14 @@ pub async fn handle(
     let desk = &*plane.tenants;
     let fields = match action {
         TenantAction::DescribeCallUsage => {
-            let month = match params.text("Month")? {
-                None => Month::of(plane.clock.now_unix(), plane.settings.billing_utc_offset_seconds)
-                    .ok_or(GatewayError::ClockOutOfRange)?,
-                Some(text) => Month::parse(&text).ok_or(GatewayError::InvalidParameter("Month must be YYYY-MM"))?,
-            };
+            let month = month_param(plane, params)?;
             call_usage(month, desk.usage(account_id, month).await?)
         }
-        TenantAction::DescribeBills => describe_bills(desk.bills(account_id).await?),
+        // From the plane's own configuration: no turn at the desk.
+        TenantAction::DescribePriceList => price_list(plane, month_param(plane, params)?),
+        TenantAction::DescribeBills => {
+            describe_bills(desk.bills(account_id).await?, plane.settings.billing_utc_offset_seconds)
+        }
         TenantAction::ActivateService => account_fields(desk.activate(account_id).await?, false),
         TenantAction::DescribeServiceStatus => account_fields(desk.status(account_id).await?, true),
     };
@@ -154,6 +159,51 @@ pub async fn handle(
         fields,
         &tencent::new_request_id(),
     )))
+}
+
+/// The `Month` parameter ("YYYY-MM"), by default this month in the billing time zone.
+fn month_param(plane: &DataPlane, params: Params<'_>) -> Result<Month, GatewayError> {
+    match params.text("Month")? {
+        None => Month::of(plane.clock.now_unix(), plane.settings.billing_utc_offset_seconds)
+            .ok_or(GatewayError::ClockOutOfRange),
+        Some(text) => Month::parse(&text).ok_or(GatewayError::InvalidParameter("Month must be YYYY-MM")),
+    }
+}
+
+/// `DescribePriceList {"Month":"YYYY-MM"}` (default: this billing month): per action of
+/// the catalog, the price in force for the month, the month it took effect (`null`:
+/// always, or the default price), its mode and tiers. A free action says so; a
+/// billable one without a price that month has `PricingMode` null (its calls of that
+/// month cannot be billed).
+fn price_list(plane: &DataPlane, month: Month) -> Map<String, Value> {
+    use crate::billing::ledger::views::{effective_from, price_api3};
+    let month_text = month.to_string();
+    let rows: Vec<Value> = plane
+        .catalog
+        .names()
+        .zip(&plane.billable)
+        .map(|(action, billable)| {
+            let (mode, from, tiers) = match plane.prices.price_in_force(action, &month_text) {
+                _ if !billable => (Value::from("Free"), Value::Null, Vec::new()),
+                None => (Value::Null, Value::Null, Vec::new()),
+                Some((from, price)) => {
+                    let (mode, tiers) = price_api3(price);
+                    (mode.into(), effective_from(from), tiers)
+                }
+            };
+            json!({"Action": action, "Billable": billable, "PricingMode": mode, "EffectiveFrom": from, "Tiers": tiers})
+        })
+        .collect();
+    let mut fields = Map::new();
+    fields.insert("Month".into(), month.to_string().into());
+    fields.insert("Currency".into(), plane.prices.currency.clone().into());
+    fields.insert(
+        "TotalRounding".into(),
+        crate::billing::pricing::format_amount(plane.prices.total_rounding).into(),
+    );
+    fields.insert("TotalCount".into(), rows.len().into());
+    fields.insert("PriceList".into(), rows.into());
+    fields
 }
 
 /// `ActivateService` and `DescribeServiceStatus` (`with_standing`: also whether and why
@@ -217,8 +267,9 @@ fn call_usage(month: Month, usage: PricedUsage) -> Map<String, Value> {
 }
 
 /// `DescribeBills`: the tenant's bills, newest first, with their status, and the
-/// balance. Answered while suspended: a tenant in arrears must see what it owes.
-fn describe_bills(view: BillsView) -> Map<String, Value> {
+/// balance. Answered while suspended: a tenant in arrears must see what it owes. With
+/// the billing time zone, in which months (and so an invoice's dates) are reckoned.
+fn describe_bills(view: BillsView, utc_offset_seconds: i32) -> Map<String, Value> {
     let rows: Vec<Value> = view
         .bills
         .iter()
@@ -231,7 +282,25 @@ fn describe_bills(view: BillsView) -> Map<String, Value> {
         "Balance".into(),
         crate::billing::pricing::format_amount(view.balance).into(),
     );
+    fields.insert("BillingUtcOffset".into(), utc_offset(utc_offset_seconds).into());
     fields.insert("TotalCount".into(), rows.len().into());
     fields.insert("Bills".into(), rows.into());
     fields
+}
+
+/// Seconds east of UTC as `+08:00` / `-05:30`, as `meter.billing_utc_offset` is written.
+fn utc_offset(seconds: i32) -> String {
+    let sign = if seconds < 0 { '-' } else { '+' };
+    let minutes = seconds.unsigned_abs() / 60;
+    format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn offsets_are_written_as_the_config_writes_them() {
+        assert_eq!(super::utc_offset(8 * 3600), "+08:00");
+        assert_eq!(super::utc_offset(-(5 * 3600 + 1800)), "-05:30");
+        assert_eq!(super::utc_offset(0), "+00:00");
+    }
 }

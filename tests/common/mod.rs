@@ -179,11 +179,35 @@ pub struct GatewayHandle {
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// What a test gateway charges per call of an action without prices of its own,
+/// unless the test sets `billing.default_unit` itself.
+pub const TEST_DEFAULT_UNIT: &str = "0.10";
+
+/// `head` then `extra_toml`, with `billing.default_unit = TEST_DEFAULT_UNIT` unless
+/// `extra_toml` sets one. The gateway has no price it was not given (`serve` refuses a
+/// billable action without one), so the harness writes the tests' price down; it goes
+/// in the test's own `[billing]` table when there is one (a table is defined once).
+pub fn with_test_prices(head: &str, extra_toml: &str) -> String {
+    if extra_toml.contains("default_unit") {
+        return format!("{head}{extra_toml}");
+    }
+    let line = format!("default_unit = \"{TEST_DEFAULT_UNIT}\"\n");
+    match extra_toml.lines().position(|l| l.trim() == "[billing]") {
+        Some(at) => {
+            let mut lines: Vec<String> = extra_toml.lines().map(|l| format!("{l}\n")).collect();
+            lines.insert(at + 1, line);
+            format!("{head}{}", lines.concat())
+        }
+        // First, so that keys `extra_toml` writes before any header stay in `head`'s table.
+        None => format!("[billing]\n{line}{head}{extra_toml}"),
+    }
+}
+
 /// A config for a gateway in front of `upstream_url`, from TOML plus the test env.
 /// The billing scheduler is off (a test that wants it sets `config.scheduler.enabled`):
 /// on the machine's date it would bill the test's months by itself.
 pub fn gateway_config(upstream_url: &str, extra_toml: &str) -> Config {
-    let text = format!("[upstream]\nurl = \"{upstream_url}\"\n{extra_toml}");
+    let text = with_test_prices(&format!("[upstream]\nurl = \"{upstream_url}\"\n"), extra_toml);
     let env = [
         ("EKYC_UPSTREAM_SECRET_ID", PLATFORM_SECRET_ID),
         ("EKYC_UPSTREAM_SECRET_KEY", PLATFORM_SECRET_KEY),
@@ -863,7 +887,10 @@ impl GatewayProcess {
         let file = dir.join("gateway.toml");
         std::fs::write(
             &file,
-            format!("[listen]\ndata = \"{data}\"\nadmin = \"{admin}\"\n{extra_toml}"),
+            with_test_prices(
+                &format!("[listen]\ndata = \"{data}\"\nadmin = \"{admin}\"\n"),
+                extra_toml,
+            ),
         )
         .unwrap();
         // The working directory is the process's own: its ./data (SQLite store, meter
