@@ -217,31 +217,35 @@ mod tests {
         );
     }
 
-    /// Whatever the order of entries, a bill is unpaid exactly when the balance is
-    /// below zero after it: the one rule.
-    #[test]
-    fn statuses_and_balance_never_disagree() {
-        let amounts = [30i64, -20, 45, -5, 10, -70, 25, 60, -15];
+    /// Replays `amounts` as ledger entries 10 s apart, a negative one a bill and its
+    /// charge, calling `check(index, at, bills, ledger)` after each.
+    fn replay(amounts: &[i64], mut check: impl FnMut(usize, i64, &[BillRecord], &[LedgerEntry])) {
         let mut ledger = Vec::new();
         let mut bills = Vec::new();
         for (i, amount) in amounts.iter().enumerate() {
             let at = i as i64 * 10;
             if *amount < 0 {
                 bills.push(bill(&format!("b{i}"), -amount, at));
-                ledger.push(LedgerEntry {
-                    kind: "charge".into(),
-                    ..entry(*amount, at)
-                });
-            } else {
-                ledger.push(entry(*amount, at));
             }
-            let unpaid = bill_statuses(&bills, &ledger, NOW).contains(&BillStatus::Overdue);
-            assert_eq!(unpaid, balance(&ledger) < 0, "after entry {i}");
+            // `entry` makes a negative amount a charge.
+            ledger.push(entry(*amount, at));
+            check(i, at, &bills, &ledger);
+        }
+    }
+
+    /// Whatever the order of entries, a bill is unpaid exactly when the balance is
+    /// below zero after it: the one rule.
+    #[test]
+    fn statuses_and_balance_never_disagree() {
+        let amounts = [30i64, -20, 45, -5, 10, -70, 25, 60, -15];
+        replay(&amounts, |i, _at, bills, ledger| {
+            let unpaid = bill_statuses(bills, ledger, NOW).contains(&BillStatus::Overdue);
+            assert_eq!(unpaid, balance(ledger) < 0, "after entry {i}");
             assert_eq!(
-                arrears_reason(overdue_owed(&bills, funds(&ledger), NOW)).is_some(),
+                arrears_reason(overdue_owed(bills, funds(ledger), NOW)).is_some(),
                 unpaid
             );
-        }
+        });
     }
 
     /// Grace: an unpaid bill is open until its due date, overdue from it; what is owed
@@ -285,25 +289,13 @@ mod tests {
     #[test]
     fn without_grace_the_arrears_are_the_negative_balance() {
         let amounts = [30i64, -20, 45, -5, 10, -70, 25, 60, -15, -100];
-        let mut ledger = Vec::new();
-        let mut bills = Vec::new();
-        for (i, amount) in amounts.iter().enumerate() {
-            let at = i as i64 * 10;
-            if *amount < 0 {
-                bills.push(bill(&format!("b{i}"), -amount, at));
-                ledger.push(LedgerEntry {
-                    kind: "charge".into(),
-                    ..entry(*amount, at)
-                });
-            } else {
-                ledger.push(entry(*amount, at));
-            }
+        replay(&amounts, |i, at, bills, ledger| {
             assert_eq!(
-                overdue_owed(&bills, funds(&ledger), at),
-                (-balance(&ledger)).max(0),
+                overdue_owed(bills, funds(ledger), at),
+                (-balance(ledger)).max(0),
                 "after entry {i}"
             );
-        }
+        });
     }
 }
 
