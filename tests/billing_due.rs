@@ -46,24 +46,6 @@ async fn gateway(sim: &SimHandle, billing: &str, store_url: Option<String>, cloc
     GatewayHandle::start_with(config, Arc::new(clock.clone())).await
 }
 
-async fn account(gateway: &GatewayHandle, id: &str) {
-    let (status, body) = admin(gateway, "POST", "/v1/accounts", Some(json!({"id": id, "name": id}))).await;
-    assert_eq!(status, 201, "{body}");
-    admin(gateway, "POST", &format!("/v1/accounts/{id}/activate"), None).await;
-}
-
-async fn topup(gateway: &GatewayHandle, id: &str, amount: &str, key: &str) -> Value {
-    let (status, body) = admin(
-        gateway,
-        "POST",
-        &format!("/v1/accounts/{id}/topups"),
-        Some(json!({"amount": amount, "idempotency_key": key})),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    body
-}
-
 /// `calls` of LivenessCompare in `month` for each account, flushed as batch `seq`.
 async fn usage(gateway: &GatewayHandle, accounts: &[&str], month: &str, calls: u64, seq: u64, now: i64) {
     let batch = UsageBatch {

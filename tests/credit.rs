@@ -51,17 +51,6 @@ async fn tenant(gateway: &GatewayHandle, id: &str) -> Signer {
     )
 }
 
-async fn topup(gateway: &GatewayHandle, id: &str, amount: &str, key: &str) {
-    let (status, body) = admin(
-        gateway,
-        "POST",
-        &format!("/v1/accounts/{id}/topups"),
-        Some(json!({"amount": amount, "idempotency_key": key})),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-}
-
 /// A gateway whose background check never comes during the test: each check is
 /// run by the test (`credit::refresh`), so every figure is exact.
 async fn start(extra: &str, store_url: Option<String>) -> (SimHandle, GatewayHandle, ManualClock) {

@@ -185,23 +185,6 @@ async fn outbox(gateway: &GatewayHandle, query: &str) -> Vec<Value> {
     body["events"].as_array().unwrap().clone()
 }
 
-async fn account(gateway: &GatewayHandle, id: &str) {
-    let (status, body) = admin(gateway, "POST", "/v1/accounts", Some(json!({"id": id, "name": id}))).await;
-    assert_eq!(status, 201, "{body}");
-    admin(gateway, "POST", &format!("/v1/accounts/{id}/activate"), None).await;
-}
-
-async fn topup(gateway: &GatewayHandle, id: &str, amount: &str, key: &str) {
-    let (status, body) = admin(
-        gateway,
-        "POST",
-        &format!("/v1/accounts/{id}/topups"),
-        Some(json!({"amount": amount, "idempotency_key": key})),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-}
-
 /// Waits until every event in the outbox has had at least `attempts` attempts.
 async fn until_attempted(gateway: &GatewayHandle, attempts: i64) -> Vec<Value> {
     poll_until("every event attempted", Duration::from_secs(20), || async {

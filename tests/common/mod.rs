@@ -1003,3 +1003,31 @@ pub fn sdk_python(var: &str, venv: &str) -> PathBuf {
     );
     path
 }
+
+// ---------------------------------------------------------------- admin API steps
+
+/// Creates the account `id` (named `id`) through the admin API and activates it.
+pub async fn account(gateway: &GatewayHandle, id: &str) {
+    let (status, body) = admin(
+        gateway,
+        "POST",
+        "/v1/accounts",
+        Some(serde_json::json!({"id": id, "name": id})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    admin(gateway, "POST", &format!("/v1/accounts/{id}/activate"), None).await;
+}
+
+/// Records a top-up of `amount` (a decimal string) under `key`; it must be accepted.
+pub async fn topup(gateway: &GatewayHandle, id: &str, amount: &str, key: &str) -> serde_json::Value {
+    let (status, body) = admin(
+        gateway,
+        "POST",
+        &format!("/v1/accounts/{id}/topups"),
+        Some(serde_json::json!({"amount": amount, "idempotency_key": key})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
