@@ -283,22 +283,22 @@ async fn a_month_not_billed_by_the_end_of_the_3rd_is_late_and_readiness_stays_gr
     poll_until("October to be reported late", DEADLINE, || metrics_at(1, 0)).await;
     let (status, body) = get(&format!("http://{}/readyz", gateway.admin)).await;
     assert_eq!(status, 200, "serving matters more: {body:?}");
-    // The billing.run_late webhook is in the outbox, once for the month.
-    let (_, events) = admin(&gateway, "GET", "/v1/webhooks/events", None).await;
-    let late: Vec<&serde_json::Value> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "billing.run_late")
-        .collect();
-    assert_eq!(late.len(), 1, "{events}");
-    let (_, event) = admin(
-        &gateway,
-        "GET",
-        &format!("/v1/webhooks/events/{}", late[0]["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    // The billing.run_late webhook reaches the outbox just after the gauge is set; it is
+    // there once for the month.
+    let late_events = || async {
+        let (_, events) = admin(&gateway, "GET", "/v1/webhooks/events", None).await;
+        let ids: Vec<String> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "billing.run_late")
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect();
+        (!ids.is_empty()).then_some(ids)
+    };
+    let late = poll_until("the billing.run_late event", DEADLINE, late_events).await;
+    assert_eq!(late.len(), 1, "{late:?}");
+    let (_, event) = admin(&gateway, "GET", &format!("/v1/webhooks/events/{}", late[0]), None).await;
     assert_eq!(event["payload"]["data"]["month"], "2026-10", "{event}");
 
     // The hung run is gone: the next check bills October and the alarm clears.
