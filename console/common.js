@@ -43,10 +43,10 @@ function recentMonths(count) {
   return out;
 }
 
-/** A date for people: RFC 3339 strings and unix seconds both accepted. */
+/** A date for people, from the RFC 3339 time every API answer carries. */
 function when(value) {
   if (value === null || value === undefined || value === "") return "";
-  const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
+  const date = new Date(value);
   return isNaN(date) ? String(value) : date.toISOString().replace("T", " ").slice(0, 16) + " UTC";
 }
 

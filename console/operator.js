@@ -110,11 +110,11 @@ async function loadWebhooks() {
     ? "Endpoints: " + answer.endpoints.join(", ")
     : "No endpoint configured: events wait in the outbox.";
   const rows = answer.events.map((e) => [
-    when(e.created_at),
+    when(e.created),
     e.type,
     statusBadge(e.status),
     String(e.attempts),
-    e.status === "delivered" ? "delivered " + when(e.delivered_at) : e.status === "pending" ? "next " + when(e.next_attempt_at) : "",
+    e.status === "delivered" ? "delivered " + when(e.delivered) : e.status === "pending" ? "next " + when(e.next_attempt) : "",
     el("span", { class: "error-text", title: e.id }, e.last_error || ""),
     el("button", { class: "retry", "data-event": e.id, onclick: () => retryWebhook(e.id) }, "Retry"),
   ]);

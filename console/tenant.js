@@ -143,11 +143,11 @@ async function loadBills() {
 
 // ------------------------------------------------------------------ invoice
 
-/** The calendar date of unix `seconds` in the billing time zone ("+08:00"). */
-function billingDate(seconds, offset) {
+/** The calendar date of an RFC 3339 time in the billing time zone ("+08:00"). */
+function billingDate(time, offset) {
   const m = /^([+-])(\d\d):(\d\d)$/.exec(offset || "") || ["", "+", "00", "00"];
   const shift = (m[1] === "-" ? -1 : 1) * (Number(m[2]) * 3600 + Number(m[3]) * 60);
-  return new Date((seconds + shift) * 1000).toISOString().slice(0, 10);
+  return new Date(Date.parse(time) + shift * 1000).toISOString().slice(0, 10);
 }
 
 /** The bill id the address asks for (#invoice/<id>), if any. */
@@ -166,7 +166,7 @@ function showRoute() {
 }
 
 function renderInvoice(bill, offset) {
-  const date = (seconds) => billingDate(seconds, offset);
+  const date = (time) => billingDate(time, offset);
   $("inv-number").textContent = bill.BillId;
   $("inv-issued").textContent = date(bill.IssuedAt);
   // A due date shows when the bill carries one.

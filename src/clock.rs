@@ -47,3 +47,16 @@ impl Clock for ManualClock {
 }
 
 pub type SharedClock = Arc<dyn Clock>;
+
+/// A time as every JSON and CSV interface shows it: RFC 3339 in UTC
+/// (`2026-11-01T00:00:00Z`); `null` outside the years the format can hold.
+pub fn rfc3339(unix: i64) -> serde_json::Value {
+    rfc3339_text(unix).map_or(serde_json::Value::Null, serde_json::Value::from)
+}
+
+/// `rfc3339` as text, for CSV.
+pub fn rfc3339_text(unix: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+}

@@ -22,6 +22,11 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// For commands that check what the parser cannot (e.g. a variable only they need).
+    pub fn new_public(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::new(key, problem)
+    }
+
     fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             key: key.into(),
@@ -164,7 +169,9 @@ struct RawListen {
 impl Default for RawListen {
     fn default() -> Self {
         Self {
-            data: "0.0.0.0:8080".into(),
+            // Loopback until the operator says otherwise: an unconfigured gateway must not
+            // be reachable from the network.
+            data: "127.0.0.1:8080".into(),
             admin: "127.0.0.1:9090".into(),
         }
     }
@@ -768,6 +775,13 @@ fn admin_tokens(env: &dyn Env) -> Result<Vec<AdminToken>, ConfigError> {
     Ok(tokens)
 }
 
+/// Listener addresses given on the command line, which win over the file's `[listen]`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListenOverrides {
+    pub data: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
 /// Reads environment variables; a function so tests need not touch the process env.
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
@@ -790,6 +804,23 @@ impl<const N: usize> Env for [(&str, &str); N] {
 impl Env for Vec<(&str, &str)> {
     fn var(&self, name: &str) -> Option<String> {
         self.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+}
+
+/// The environment of a batch command: what the process has, and stand-ins for what a
+/// batch never uses (see `Config::load_for_batch`).
+struct BatchEnv<'a> {
+    inner: &'a dyn Env,
+    throwaway_key: &'a str,
+}
+
+impl Env for BatchEnv<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.inner.var(name).or_else(|| match name {
+            "EKYC_UPSTREAM_SECRET_ID" | "EKYC_UPSTREAM_SECRET_KEY" => Some("not-used-by-batch-commands".into()),
+            "EKYC_MASTER_KEY" => Some(self.throwaway_key.to_string()),
+            _ => None,
+        })
     }
 }
 
@@ -821,13 +852,30 @@ impl Config {
     }
 
     pub fn load(path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
+        Self::load_with_listen(path, env, ListenOverrides::default())
+    }
+
+    /// The file at `path` with `serve --listen/--admin-listen` in place of `[listen]`;
+    /// the overrides are validated like the file's own addresses.
+    pub fn load_with_listen(path: &Path, env: &dyn Env, overrides: ListenOverrides) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
-        Self::from_toml(&text, env)
+        let mut raw = Self::parse_raw(&text)?;
+        if let Some(data) = overrides.data {
+            raw.listen.data = data.to_string();
+        }
+        if let Some(admin) = overrides.admin {
+            raw.listen.admin = admin.to_string();
+        }
+        Self::validate(raw, env)
     }
 
     pub fn from_toml(text: &str, env: &dyn Env) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        Self::validate(Self::parse_raw(text)?, env)
+    }
+
+    fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| {
             let problem = e.message().to_string();
             let key = e
                 .span()
@@ -837,8 +885,31 @@ impl Config {
                 })
                 .unwrap_or_else(|| "(file)".into());
             ConfigError::new(key, problem)
-        })?;
-        Self::validate(raw, env)
+        })
+    }
+
+    /// The file at `path` for a batch command (`billing run|export`): the upstream's
+    /// SecretId/SecretKey are not needed (a batch never calls Tencent), and
+    /// EKYC_MASTER_KEY only where `[state]` names Redis, since publishing a suspension
+    /// there reseals the account's record. Without Redis and without a key, the config
+    /// carries a throwaway key that nothing sealed with it outlives the process.
+    pub fn load_for_batch(path: &Path, env: &dyn Env) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+        let throwaway_key = hex::encode(rand::random::<[u8; 32]>());
+        let batch_env = BatchEnv {
+            inner: env,
+            throwaway_key: &throwaway_key,
+        };
+        let config = Self::from_toml(&text, &batch_env)?;
+        if config.state.redis_url.is_some() && env.var("EKYC_MASTER_KEY").is_none() {
+            return Err(ConfigError::new(
+                "EKYC_MASTER_KEY",
+                "environment variable is not set: with [state] redis_url the billing job republishes \
+                 suspended accounts, sealed under the master key",
+            ));
+        }
+        Ok(config)
     }
 
     /// Only the `[store]` section of the file at `path`, validated, for commands that
@@ -1226,7 +1297,7 @@ mod tests {
     #[test]
     fn empty_file_gives_documented_defaults() {
         let c = Config::from_toml("", &ENV).unwrap();
-        assert_eq!(c.data_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.data_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
         assert_eq!(c.limits.max_body_bytes, 10 * 1024 * 1024);
         assert_eq!(c.upstream.timeout, Duration::from_secs(10));

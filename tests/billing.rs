@@ -157,7 +157,7 @@ async fn lifecycle(store_url: Option<String>, owner_url: Option<String>) {
         (&json!(2), &json!(1), &json!(1), &json!(1)),
         "{summary}"
     );
-    assert_eq!(summary["total"], json!(4_000_000));
+    assert_eq!(summary["total"], json!("4.00"));
 
     let (_, bills) = admin(&gateway, "GET", "/v1/accounts/payer/bills", None).await;
     let bill = &bills["bills"][0];
@@ -173,7 +173,7 @@ async fn lifecycle(store_url: Option<String>, owner_url: Option<String>) {
         .find(|l| l["action"] == "LivenessCompare")
         .unwrap();
     assert_eq!(liveness["tiers"].as_array().unwrap().len(), 2, "graduated: two tiers");
-    assert_eq!(liveness["amount_text"], "2.50");
+    assert_eq!(liveness["amount"], "2.50");
     assert_eq!(bills["balance"], "7.00");
 
     // The payer keeps working; the debtor is refused, but can read its bills.
@@ -284,7 +284,7 @@ async fn lifecycle(store_url: Option<String>, owner_url: Option<String>) {
             &late_line["month"],
             &late_line["calls"],
             &late_line["previously_billed"],
-            &late_line["amount_text"]
+            &late_line["amount"]
         ),
         (&json!("2026-10"), &json!(2), &json!(3), &json!("1.00"))
     );
@@ -586,6 +586,15 @@ async fn demo_walkthrough_bill_suspend_topup_reactivate() {
             .is_some_and(|l| l.contains("demo-nobalance") && l.contains(",42,4.20,4.20,")),
         "{csv}"
     );
+    // Times in the CSV as in every JSON interface: RFC 3339, UTC.
+    assert!(
+        csv.starts_with("bill_id,") && csv.lines().next().unwrap().ends_with(",issued_at,due_at"),
+        "{csv}"
+    );
+    let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    for time in &row[row.len() - 2..] {
+        unix_of(&serde_json::json!(time));
+    }
     let _ = demo.kill();
     let _ = demo.wait();
 }
@@ -726,7 +735,7 @@ async fn late_volume_line(store_url: Option<String>) {
         .await
         .unwrap();
     let (status, october) = admin(&gateway, "POST", "/v1/billing/run", Some(json!({"month": "2026-10"}))).await;
-    assert_eq!((status, &october["total"]), (200, &json!(2_000_000)), "{october}");
+    assert_eq!((status, &october["total"]), (200, &json!("2.00")), "{october}");
 
     // One more October call arrives late (3 calls: all at 0.50 = 1.50 < 2.00 charged),
     // and one November call.
@@ -749,7 +758,7 @@ async fn late_volume_line(store_url: Option<String>) {
         .unwrap_or_else(|| panic!("no late line: {bill}"));
     assert_eq!(
         (&late["calls"], &late["previously_billed"], &late["amount"]),
-        (&json!(1), &json!(2), &json!(0)),
+        (&json!(1), &json!(2), &json!("0.00")),
         "a late line never lowers what was charged: {late}"
     );
     assert_eq!(

@@ -11,7 +11,7 @@ mod common;
 
 use common::*;
 use ekyc_gateway::billing::due::DueSweep;
-use ekyc_gateway::clock::{Clock, ManualClock};
+use ekyc_gateway::clock::{Clock, ManualClock, rfc3339};
 use ekyc_gateway::store::outbox::EventRecord;
 use ekyc_gateway::store::{UsageBatch, UsageRow};
 use ekyc_gateway::tc3::Signer;
@@ -187,7 +187,7 @@ async fn with_grace(store_url: Option<String>) {
     );
     let bill = bills(&gateway, "late").await[0].clone();
     let due_at = FIRST_OF_NOVEMBER + 3 * DAY;
-    assert_eq!((&bill["status"], &bill["due_at"]), (&json!("open"), &json!(due_at)));
+    assert_eq!((&bill["status"], &bill["due_at"]), (&json!("open"), &rfc3339(due_at)));
     assert_eq!(
         arrears(&gateway, "late").await,
         None,
@@ -227,7 +227,7 @@ async fn with_grace(store_url: Option<String>) {
             &body["data"]["amount_due"],
             &body["data"]["due_at"]
         ),
-        (&json!("late"), &json!(2), &json!("2.00"), &json!(due_at))
+        (&json!("late"), &json!(2), &json!("2.00"), &rfc3339(due_at))
     );
     clock.set(due_at - DAY + 60);
     poll_until("the 1-day reminder", Duration::from_secs(20), || async {

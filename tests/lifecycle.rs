@@ -125,6 +125,163 @@ fn config_errors_name_the_key_and_exit_2() {
     assert!(stderr.contains("actions.LivenessCompare.prices"), "{stderr}");
 }
 
+/// Runs the binary with `args` and `env` (and nothing inherited that names a secret):
+/// its exit code and stderr.
+fn exit_of(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = binary();
+    for name in [
+        "EKYC_UPSTREAM_SECRET_ID",
+        "EKYC_UPSTREAM_SECRET_KEY",
+        "EKYC_MASTER_KEY",
+        "EKYC_ADMIN_TOKEN",
+        "EKYC_REDIS_URL",
+        "EKYC_STORE_URL",
+    ] {
+        command.env_remove(name);
+    }
+    // A command without --config may use ./data: never the repository's.
+    let cwd = tempfile::tempdir().unwrap();
+    let out = command
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn every_subcommand_exits_2_for_a_usage_or_config_error_and_1_for_a_failure() {
+    let help = String::from_utf8(binary().arg("--help").output().unwrap().stdout).unwrap();
+    assert!(help.contains("Exit status"), "{help}");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    let store = format!("[store]\nurl = \"sqlite://{}/billing.db\"\n", dir.path().display());
+    let with_redis = dir.path().join("redis.toml");
+    std::fs::write(
+        &with_redis,
+        format!("{store}[state]\nredis_url = \"redis://127.0.0.1:1/\"\n"),
+    )
+    .unwrap();
+    let closed = format!("http://{}", closed_port().await);
+    let token = [("EKYC_ADMIN_TOKEN", ADMIN_TOKEN)];
+    // (arguments, environment, exit status, what stderr says)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], i32, &'a str);
+    let cases: [Case; 7] = [
+        (&["serve", "--config", missing], &[], 2, "missing.toml"),
+        (&["billing", "--config", missing, "run"], &[], 2, "missing.toml"),
+        (&["billing", "run", "--month", "October"], &[], 2, "must be YYYY-MM"),
+        (
+            &["billing", "--config", with_redis.to_str().unwrap(), "run"],
+            &[],
+            2,
+            "EKYC_MASTER_KEY",
+        ),
+        (&["admin", "accounts", "list"], &[], 2, "EKYC_ADMIN_TOKEN"),
+        (
+            &["admin", "--admin-url", &closed, "accounts", "list"],
+            &token,
+            1,
+            "cannot reach the admin API",
+        ),
+        (&["rotate-master-key", "--config", missing], &[], 2, "missing.toml"),
+    ];
+    for (args, env, code, says) in cases {
+        let (exit, stderr) = exit_of(args, env);
+        assert_eq!(exit, Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} should say {says:?}: {stderr}");
+    }
+    // A listener that cannot be bound is a runtime failure.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        with_test_prices(
+            &format!("{store}[upstream]\nurl = \"http://{}\"\n", taken.local_addr().unwrap()),
+            "",
+        ),
+    )
+    .unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let (exit, stderr) = exit_of(
+        &["serve", "--config", config.to_str().unwrap(), "--listen", &taken_addr],
+        &process_env(),
+    );
+    assert_eq!(exit, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_listen_flags_win_over_the_file() {
+    let sim = SimHandle::start(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file_data, file_admin) = (closed_port().await, closed_port().await);
+    let (data, admin) = (closed_port().await, closed_port().await);
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        with_test_prices(
+            &format!("[listen]\ndata = \"{file_data}\"\nadmin = \"{file_admin}\"\n"),
+            &format!(
+                "[upstream]\nurl = \"http://{}\"\n[store]\nurl = \"sqlite://{}/billing.db\"\n",
+                sim.addr,
+                dir.path().display()
+            ),
+        ),
+    )
+    .unwrap();
+    let mut child = binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", &data.to_string(), "--admin-listen", &admin.to_string()])
+        .envs(process_env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = ChildLogs::capture(&mut child);
+    logs.wait_for("ekyc-gateway serving").await;
+    assert_eq!(get(&format!("http://{admin}/healthz")).await.0, 200);
+    let answer = get_json(&format!("http://{data}/")).await;
+    assert!(
+        answer["Response"]["Error"]["Code"].is_string(),
+        "the data listener answers: {answer}"
+    );
+    for unused in [file_data, file_admin] {
+        assert!(
+            tokio::net::TcpStream::connect(unused).await.is_err(),
+            "{unused} from the file is not listened on"
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A batch job reads the store and prices: no upstream secrets, and no master key
+/// where no Redis is configured.
+#[test]
+fn billing_run_needs_neither_the_upstream_secrets_nor_a_master_key_without_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        with_test_prices(
+            "",
+            &format!("[store]\nurl = \"sqlite://{}/billing.db\"\n", dir.path().display()),
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (exit, stderr) = exit_of(
+        &["billing", "--config", config, "run", "--month", "2026-10", "--json"],
+        &[],
+    );
+    assert_eq!(exit, Some(0), "{stderr}");
+    let (exit, stderr) = exit_of(&["billing", "--config", config, "export", "--month", "2026-10"], &[]);
+    assert_eq!(exit, Some(0), "{stderr}");
+}
+
 #[tokio::test]
 async fn serve_process_exits_0_on_sigterm_and_never_logs_a_secret() {
     let sim = SimHandle::start(|_| {}).await;
@@ -179,6 +336,10 @@ async fn serve_process_exits_0_on_sigterm_and_never_logs_a_secret() {
 
     let logs = gateway.logs.text();
     assert!(logs.contains("ekyc-gateway serving"));
+    assert!(
+        !logs.contains('\x1b'),
+        "colour codes in a log that is not a terminal:\n{logs}"
+    );
     for (name, secret) in [
         ("SecretKey", secret_key.as_str()),
         ("API key", api_key.as_str()),

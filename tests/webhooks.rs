@@ -12,7 +12,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use ekyc_gateway::clock::{Clock, ManualClock};
+use ekyc_gateway::clock::{Clock, ManualClock, rfc3339};
 use ekyc_gateway::store::{Store, UsageBatch, UsageRow};
 use ekyc_gateway::webhooks::events::NewEvent;
 use hmac::{Hmac, KeyInit, Mac};
@@ -191,7 +191,7 @@ async fn until_attempted(gateway: &GatewayHandle, attempts: i64) -> Vec<Value> {
         let events = outbox(gateway, "").await;
         events
             .iter()
-            .all(|e| e["attempts"].as_i64().unwrap() >= attempts && e["locked_until"] == 0)
+            .all(|e| e["attempts"].as_i64().unwrap() >= attempts && e["in_flight"] == false)
             .then_some(events)
     })
     .await
@@ -301,7 +301,7 @@ async fn receiver_down_then_back(store_url: Option<String>) {
         assert_eq!(event["status"], "pending");
         assert!(event["last_error"].as_str().unwrap().contains("503"), "{event}");
         assert_eq!(
-            event["next_attempt_at"].as_i64().unwrap() - event["last_attempt_at"].as_i64().unwrap(),
+            unix_of(&event["next_attempt"]) - unix_of(&event["last_attempt"]),
             10,
             "first backoff: {event}"
         );
@@ -312,7 +312,7 @@ async fn receiver_down_then_back(store_url: Option<String>) {
     clock.advance(10);
     for event in until_attempted(&gateway, 2).await {
         assert_eq!(
-            event["next_attempt_at"].as_i64().unwrap() - event["last_attempt_at"].as_i64().unwrap(),
+            unix_of(&event["next_attempt"]) - unix_of(&event["last_attempt"]),
             20,
             "second backoff: {event}"
         );
@@ -337,7 +337,7 @@ async fn receiver_down_then_back(store_url: Option<String>) {
             &debtor_bill["data"]["total"],
             &debtor_bill["created"]
         ),
-        (&json!("debtor"), &json!("2.00"), &json!(FIRST_OF_NOVEMBER))
+        (&json!("debtor"), &json!("2.00"), &rfc3339(FIRST_OF_NOVEMBER))
     );
     assert!(outbox(&gateway, "?status=pending").await.is_empty());
     // The delivery metrics: every event delivered once, two refused rounds before.
@@ -378,7 +378,7 @@ async fn receiver_down_then_back(store_url: Option<String>) {
         outbox(&gateway, "?status=pending")
             .await
             .into_iter()
-            .find(|e| e["attempts"].as_i64().unwrap() >= 1 && e["locked_until"] == 0)
+            .find(|e| e["attempts"].as_i64().unwrap() >= 1 && e["in_flight"] == false)
     })
     .await;
     clock.advance(24 * 3600);

@@ -41,12 +41,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-pub fn rfc3339(unix: i64) -> Value {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .map_or(Value::Null, Value::from)
-}
+pub use crate::clock::rfc3339;
 
 /// The account as the API shows it.
 pub fn account_view(account: &AccountRecord) -> Value {
@@ -413,7 +408,7 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
                 .rev()
                 .take(100)
                 .map(|e| {
-                    j!({"id": e.id, "at": e.at, "kind": e.kind, "amount": format_amount(e.amount),
+                    j!({"id": e.id, "at": rfc3339(e.at), "kind": e.kind, "amount": format_amount(e.amount),
                         "bill_id": e.bill_id, "actor": e.actor, "note": e.note})
                 })
                 .collect();

@@ -13,12 +13,23 @@ use serde_json::{Value, json as j};
 use std::sync::Arc;
 
 fn event_view(event: &EventRecord, with_payload: bool) -> Value {
-    let mut view = serde_json::to_value(event).unwrap_or(Value::Null);
-    view["created"] = rfc3339(event.created_at);
-    view["next_attempt"] = match event.status.as_str() {
-        "pending" => rfc3339(event.next_attempt_at),
-        _ => Value::Null,
-    };
+    let mut view = j!({
+        "id": event.id,
+        "type": event.kind,
+        "status": event.status,
+        "attempts": event.attempts,
+        // A worker holds it for an attempt right now.
+        "in_flight": event.locked_until != 0,
+        "created": rfc3339(event.created_at),
+        "next_attempt": match event.status.as_str() {
+            "pending" => rfc3339(event.next_attempt_at),
+            _ => Value::Null,
+        },
+        "last_attempt": event.last_attempt_at.map_or(Value::Null, rfc3339),
+        "last_error": event.last_error,
+        "delivered": event.delivered_at.map_or(Value::Null, rfc3339),
+        "delivered_to": event.delivered_to,
+    });
     if with_payload {
         view["payload"] = serde_json::from_str(&event.payload).unwrap_or(Value::Null);
     }

@@ -108,7 +108,8 @@ pub struct RunSummary {
     pub bills_created: u64,
     /// Accounts that had a bill for the month before this run (skipped).
     pub already_billed: u64,
-    /// Sum of the new bills' totals (micro-units).
+    /// Sum of the new bills' totals (micro-units; a decimal string in JSON).
+    #[serde(serialize_with = "crate::billing::pricing::serialize_amount")]
     pub total: i64,
     /// New bills covered by the balance at issue.
     pub paid: u64,

@@ -304,18 +304,12 @@ pub mod views {
     use super::*;
     use crate::billing::job::{BillLine, LineKind};
     use crate::billing::pricing::{ALWAYS, Price, TierMode, format_amount};
+    use crate::clock::rfc3339;
     use serde_json::{Value, json};
 
     pub fn bill_json(bill: &BillRecord, status: BillStatus) -> Value {
         let lines: Vec<BillLine> = serde_json::from_str(&bill.lines).unwrap_or_default();
-        let lines: Vec<Value> = lines
-            .iter()
-            .map(|line| {
-                let mut value = serde_json::to_value(line).unwrap_or(Value::Null);
-                value["amount_text"] = format_amount(line.amount).into();
-                value
-            })
-            .collect();
+        let lines: Vec<Value> = lines.iter().map(line_json).collect();
         let paid_at = match status {
             BillStatus::Paid { paid_at } => Some(paid_at),
             _ => None,
@@ -327,12 +321,32 @@ pub mod views {
             "currency": bill.currency,
             "subtotal": format_amount(bill.subtotal),
             "total": format_amount(bill.total),
-            "total_micros": bill.total,
             "status": status.name(),
-            "paid_at": paid_at,
-            "issued_at": bill.issued_at,
-            "due_at": bill.due_at,
+            "paid_at": paid_at.map_or(Value::Null, rfc3339),
+            "issued_at": rfc3339(bill.issued_at),
+            "due_at": rfc3339(bill.due_at),
             "lines": lines,
+        })
+    }
+
+    /// One bill line in the admin API: what `line_api3` shows the tenant, in snake_case.
+    fn line_json(line: &BillLine) -> Value {
+        json!({
+            "kind": if line.kind == LineKind::Usage { "usage" } else { "late_usage" },
+            "action": line.action,
+            "month": line.month,
+            "calls": line.calls,
+            "previously_billed": line.previously_billed,
+            "pricing_mode": pricing_mode(&line.price),
+            "effective_from": effective_from(line.price_from.as_deref()),
+            "tiers": line.tiers.iter().map(|t| json!({
+                "from_call": t.from,
+                "to_call": t.to,
+                "calls": t.calls,
+                "unit_price": format_amount(t.unit),
+                "amount": format_amount(t.amount),
+            })).collect::<Vec<_>>(),
+            "amount": format_amount(line.amount),
         })
     }
 
@@ -351,9 +365,9 @@ pub mod views {
             "Subtotal": format_amount(bill.subtotal),
             "Total": format_amount(bill.total),
             "Status": status_name,
-            "PaidAt": paid_at,
-            "IssuedAt": bill.issued_at,
-            "DueAt": bill.due_at,
+            "PaidAt": paid_at.map_or(Value::Null, rfc3339),
+            "IssuedAt": rfc3339(bill.issued_at),
+            "DueAt": rfc3339(bill.due_at),
             "Lines": lines.iter().map(line_api3).collect::<Vec<_>>(),
         })
     }

@@ -43,6 +43,11 @@ pub fn format_amount(micros: i64) -> String {
     format!("{sign}{whole}.{decimals}")
 }
 
+/// Serializes micro-units as `format_amount` text: JSON interfaces show money one way.
+pub fn serialize_amount<S: serde::Serializer>(micros: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_amount(*micros))
+}
+
 /// How tiers apply to a month's calls of one action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

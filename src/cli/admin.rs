@@ -3,6 +3,7 @@
 //! the API's JSON with `--json`. Must not touch the stores directly: every change goes
 //! through the API so it is audited and propagated like any other.
 
+use super::UsageError;
 use bytes::Bytes;
 use clap::Subcommand;
 use http_body_util::{BodyExt, Full};
@@ -116,14 +117,15 @@ enum CredentialsCommand {
     Revoke { secret_id: String },
 }
 
-pub async fn run(args: AdminArgs) -> Result<(), String> {
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let AdminArgs {
         admin_url,
         token,
         json: as_json,
         command,
     } = args;
-    let token = token.ok_or("set EKYC_ADMIN_TOKEN (or --token) to the admin API's bearer token")?;
+    let token =
+        token.ok_or_else(|| UsageError::new("set EKYC_ADMIN_TOKEN (or --token) to the admin API's bearer token"))?;
     let api = Api {
         base: admin_url.trim_end_matches('/').to_string(),
         token,
@@ -169,7 +171,7 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
                     Value::Null
                 } else {
                     qps.parse::<u32>()
-                        .map_err(|_| "qps must be a number or `default`")?
+                        .map_err(|_| UsageError::new("qps must be a number or `default`"))?
                         .into()
                 };
                 (
@@ -282,7 +284,7 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let request = http::Request::builder()
             .method(method)
@@ -290,22 +292,22 @@ impl Api {
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .body(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()))
-            .map_err(|e| format!("bad request: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("bad request: {e}"))?;
         let response = client
             .request(request)
             .await
-            .map_err(|e| format!("cannot reach the admin API at {}: {e}", self.base))?;
+            .map_err(|e| anyhow::anyhow!("cannot reach the admin API at {}: {e}", self.base))?;
         let status = response.status();
         let bytes = response
             .into_body()
             .collect()
             .await
-            .map_err(|e| format!("reading the answer: {e}"))?
+            .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
             .to_bytes();
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
             let message = value["error"]["message"].as_str().unwrap_or("no details");
-            return Err(format!("{status}: {message}"));
+            anyhow::bail!("{status}: {message}");
         }
         Ok(value)
     }

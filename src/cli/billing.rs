@@ -4,7 +4,7 @@
 
 use crate::billing::job::{self, RunRequest};
 use crate::billing::pricing::format_amount;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock, rfc3339_text};
 use crate::config::{Config, ProcessEnv};
 use crate::meter::Month;
 use crate::state::mirror::StateMirror;
@@ -31,8 +31,8 @@ enum BillingCommand {
     /// Bill a closed month (default: the previous month in the billing time zone).
     Run {
         /// YYYY-MM
-        #[arg(long)]
-        month: Option<String>,
+        #[arg(long, value_parser = parse_month)]
+        month: Option<Month>,
         /// Compute and print the summary; write nothing.
         #[arg(long)]
         dry_run: bool,
@@ -43,8 +43,8 @@ enum BillingCommand {
     /// Every bill line of a month, for finance.
     Export {
         /// YYYY-MM
-        #[arg(long)]
-        month: String,
+        #[arg(long, value_parser = parse_month)]
+        month: Month,
         #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
         format: ExportFormat,
     },
@@ -55,10 +55,15 @@ enum ExportFormat {
     Csv,
 }
 
+/// `--month`: a bad one is a usage error before anything is opened.
+fn parse_month(text: &str) -> Result<Month, String> {
+    Month::parse(text).ok_or_else(|| "must be YYYY-MM".to_string())
+}
+
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(path) => {
-            let config = Config::load(path, &ProcessEnv)?;
+            let config = Config::load_for_batch(path, &ProcessEnv)?;
             config.check_prices()?;
             Ok(config)
         }
@@ -81,7 +86,7 @@ pub async fn run(args: BillingArgs) -> anyhow::Result<()> {
     match args.command {
         BillingCommand::Run { month, dry_run, json } => {
             let month = match month {
-                Some(text) => Month::parse(&text).ok_or_else(|| anyhow::anyhow!("--month must be YYYY-MM"))?,
+                Some(month) => month,
                 None => {
                     let current = Month::of(now, config.meter.billing_utc_offset_seconds)
                         .ok_or_else(|| anyhow::anyhow!("the clock is outside the years 0-9999"))?;
@@ -134,20 +139,19 @@ pub async fn run(args: BillingArgs) -> anyhow::Result<()> {
             Ok(())
         }
         BillingCommand::Export { month, format } => {
-            let month = Month::parse(&month).ok_or_else(|| anyhow::anyhow!("--month must be YYYY-MM"))?;
             let ExportFormat::Csv = format;
             let mut out = std::io::stdout().lock();
             use std::io::Write;
             writeln!(
                 out,
-                "bill_id,account,bill_month,currency,line_kind,usage_month,action,calls,amount,bill_total,issued_at"
+                "bill_id,account,bill_month,currency,line_kind,usage_month,action,calls,amount,bill_total,issued_at,due_at"
             )?;
             for bill in store.bills_of_month(&month.to_string()).await? {
                 let lines: Vec<job::BillLine> = serde_json::from_str(&bill.lines)?;
                 for line in lines {
                     writeln!(
                         out,
-                        "{},{},{},{},{},{},{},{},{},{},{}",
+                        "{},{},{},{},{},{},{},{},{},{},{},{}",
                         bill.id,
                         bill.account_id,
                         bill.month,
@@ -161,7 +165,8 @@ pub async fn run(args: BillingArgs) -> anyhow::Result<()> {
                         line.calls,
                         format_amount(line.amount),
                         format_amount(bill.total),
-                        bill.issued_at
+                        rfc3339_text(bill.issued_at).unwrap_or_default(),
+                        rfc3339_text(bill.due_at).unwrap_or_default()
                     )?;
                 }
             }

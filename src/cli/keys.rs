@@ -3,7 +3,7 @@
 //! the gateways (Redis) about each changed credential. Must not print or log a secret.
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ProcessEnv};
+use crate::config::{Config, Env, ProcessEnv};
 use crate::state::StatePublisher;
 use crate::state::mirror::StateMirror;
 use crate::state::redis::RedisPublisher;
@@ -12,7 +12,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub async fn rotate(config: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&config, &ProcessEnv)?;
+    // The upstream's secrets play no part in resealing; the master key is the point.
+    let config = Config::load_for_batch(&config, &ProcessEnv)?;
+    if ProcessEnv.var("EKYC_MASTER_KEY").is_none() {
+        return Err(crate::config::ConfigError::new_public(
+            "EKYC_MASTER_KEY",
+            "environment variable is not set: it is the key every SecretKey is resealed under",
+        )
+        .into());
+    }
     if std::env::var_os("EKYC_MASTER_KEY_PREVIOUS").is_none() {
         eprintln!(
             "note: EKYC_MASTER_KEY_PREVIOUS is not set; only keys already sealed by EKYC_MASTER_KEY can be opened"

@@ -1,6 +1,7 @@
 //! Command line: parses arguments, sets up logging and signals, and calls into the
 //! library. Thin on purpose: every command is a library function that tests can call.
-//! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+//! Exit codes, the same for every subcommand: 0 success, 1 runtime failure, 2 usage or
+//! configuration error (`EXIT_CODES`, printed by `--help`).
 
 mod admin;
 mod billing;
@@ -14,11 +15,30 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The footer of `--help`: what the exit status means, for scripts and service managers.
+const EXIT_CODES: &str = "Exit status, every command: 0 success; 1 runtime failure (a store, Redis, the admin \
+API or a listener failed, or the admin API refused the request); 2 usage or configuration error (bad \
+arguments, a missing environment variable, an invalid config file). Logs go to stderr, coloured only \
+on a terminal.";
+
+/// A mistake in the command's arguments or environment: exit status 2, like a
+/// configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
+
+impl UsageError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "ekyc-gateway",
     version,
-    about = "A gateway that resells Tencent Cloud eKYC (FaceID) call by call"
+    about = "A gateway that resells Tencent Cloud eKYC (FaceID) call by call",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// Log format on stderr.
@@ -41,6 +61,12 @@ enum Command {
         /// TOML configuration file (see config/gateway.toml).
         #[arg(long, short)]
         config: PathBuf,
+        /// Data listener address (eKYC API); overrides `[listen] data`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Admin listener address; overrides `[listen] admin`.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
     },
     /// Run the eKYC API simulator that stands in for Tencent Cloud in tests and demos.
     UpstreamSim {
@@ -113,10 +139,20 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => {
+            let overrides = crate::config::ListenOverrides {
+                data: listen,
+                admin: admin_listen,
+            };
             // A gateway bills: without a price for every billable action it would count
             // calls nobody could be charged for.
-            let config = match Config::load(&config, &ProcessEnv).and_then(|c| c.check_prices().map(|()| c)) {
+            let config = match Config::load_with_listen(&config, &ProcessEnv, overrides)
+                .and_then(|c| c.check_prices().map(|()| c))
+            {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -181,13 +217,7 @@ async fn run(command: Command) -> ExitCode {
                     .map_err(Into::into),
             )
         }
-        Command::Admin(args) => match admin::run(args).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Admin(args) => exit(admin::run(args).await),
         Command::Demo {
             listen,
             admin_listen,
@@ -203,12 +233,15 @@ async fn run(command: Command) -> ExitCode {
     }
 }
 
+/// The exit status of a finished command (see `EXIT_CODES`).
 fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            let usage =
+                e.downcast_ref::<crate::config::ConfigError>().is_some() || e.downcast_ref::<UsageError>().is_some();
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }
@@ -216,8 +249,10 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EKYC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only help a person at a terminal; in a file or journald they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

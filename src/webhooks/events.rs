@@ -3,6 +3,7 @@
 //! outbox in the transaction of the change. Pure: must not do I/O or read the clock.
 
 use crate::billing::pricing::format_amount;
+use crate::clock::rfc3339;
 use crate::store::billing::BillRecord;
 use crate::store::records::{AccountRecord, SuspensionFlag};
 use serde_json::{Value, json};
@@ -28,7 +29,7 @@ pub struct NewEvent {
 
 impl NewEvent {
     fn new(id: String, kind: &'static str, created_at: i64, data: Value) -> Self {
-        let payload = json!({"id": id, "type": kind, "created": created_at, "data": data}).to_string();
+        let payload = json!({"id": id, "type": kind, "created": rfc3339(created_at), "data": data}).to_string();
         Self {
             id,
             kind,
@@ -58,9 +59,8 @@ fn bill_data(bill: &BillRecord) -> Value {
         "currency": bill.currency,
         "subtotal": format_amount(bill.subtotal),
         "total": format_amount(bill.total),
-        "total_micros": bill.total,
-        "issued_at": bill.issued_at,
-        "due_at": bill.due_at,
+        "issued_at": rfc3339(bill.issued_at),
+        "due_at": rfc3339(bill.due_at),
     })
 }
 
@@ -151,7 +151,6 @@ pub fn balance_low(low: &LowBalance<'_>, now: i64) -> NewEvent {
             "account": low.account,
             "currency": low.currency,
             "available": format_amount(low.available),
-            "available_micros": low.available,
             "balance": format_amount(low.balance),
             "unbilled": format_amount(low.running),
             "threshold": format_amount(low.threshold),
@@ -163,7 +162,7 @@ pub fn balance_low(low: &LowBalance<'_>, now: i64) -> NewEvent {
 /// `bill.paid`: once per bill, whether paid at issue or by a later credit.
 pub fn bill_paid(bill: &BillRecord, paid_at: i64) -> NewEvent {
     let mut data = bill_data(bill);
-    data["paid_at"] = paid_at.into();
+    data["paid_at"] = rfc3339(paid_at);
     NewEvent::new(stable_id(&format!("{BILL_PAID}:{}", bill.id)), BILL_PAID, paid_at, data)
 }
 
@@ -182,7 +181,7 @@ pub fn account_changed(before: &AccountRecord, after: &AccountRecord, actor: &st
                     "account": after.id,
                     "flag": flag,
                     "reason": suspension.reason,
-                    "since": suspension.since,
+                    "since": rfc3339(suspension.since),
                     "actor": actor,
                 }),
             ));

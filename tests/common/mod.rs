@@ -64,6 +64,16 @@ pub async fn execute_raw(app: &App, sql: &str) -> Result<u64, sqlx::Error> {
     Ok(done?.rows_affected())
 }
 
+/// The unix time of an RFC 3339 time as the JSON interfaces show it.
+pub fn unix_of(value: &serde_json::Value) -> i64 {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not an RFC 3339 time: {value}"));
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{text:?}: {e}"))
+        .unix_timestamp()
+}
+
 /// Polls `check` until it returns `Some`, failing the test after `deadline`.
 pub async fn poll_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where
@@ -900,7 +910,6 @@ impl GatewayProcess {
             .arg(&file)
             .current_dir(dir)
             .envs(env.iter().copied())
-            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
