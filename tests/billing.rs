@@ -379,10 +379,10 @@ async fn lifecycle(store_url: Option<String>, owner_url: Option<String>) {
     assert_eq!(
         money,
         [
-            ("ledger.topup", &operator, &json!(10_000_000)),
-            ("ledger.charge", &operator, &json!(-3_000_000)),
-            ("ledger.charge", &operator, &json!(-1_250_000)),
-            ("ledger.credit", &operator, &json!(250_000)),
+            ("ledger.topup", &operator, &json!("10.00")),
+            ("ledger.charge", &operator, &json!("-3.00")),
+            ("ledger.charge", &operator, &json!("-1.25")),
+            ("ledger.credit", &operator, &json!("0.25")),
         ],
         "{entries:?}"
     );

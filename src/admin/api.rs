@@ -16,7 +16,7 @@ use crate::crypto;
 use crate::meter::Month;
 use crate::store::StoreError;
 use crate::store::billing::{LedgerEntry, Movement, TopupOutcome};
-use crate::store::records::{AccountRecord, AuditEntry, CredentialRecord, CredentialStatus, SuspensionFlag};
+use crate::store::records::{AccountRecord, AuditEntry, CredentialRecord, CredentialStatus};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::Full;
@@ -45,34 +45,11 @@ pub use crate::clock::rfc3339;
 
 /// The account as the API shows it.
 pub fn account_view(account: &AccountRecord) -> Value {
-    let mut suspensions = Vec::new();
-    for flag in [SuspensionFlag::Manual, SuspensionFlag::Arrears] {
-        if let Some(s) = account.suspension(flag) {
-            suspensions.push(j!({"flag": flag, "reason": s.reason, "since": rfc3339(s.since)}));
-        }
-    }
-    j!({
-        "id": account.id,
-        "name": account.name,
-        "activated": account.activated,
-        "activated_at": account.activated_at.map_or(Value::Null, rfc3339),
-        "enabled": account.enabled(),
-        "suspensions": suspensions,
-        "rate_limit_qps": account.rate_limit_qps,
-        "credit_limit": account.credit_limit.map(format_amount),
-        "created_at": rfc3339(account.created_at),
-        "version": account.version,
-    })
+    account.view()
 }
 
 fn credential_view(credential: &CredentialRecord) -> Value {
-    j!({
-        "secret_id": credential.secret_id,
-        "account": credential.account_id,
-        "status": credential.status,
-        "created_at": rfc3339(credential.created_at),
-        "revoked_at": credential.revoked_at.map_or(Value::Null, rfc3339),
-    })
+    credential.view()
 }
 
 fn audit_view(entry: &AuditEntry) -> Value {

@@ -17,6 +17,7 @@ use super::{
     bind_account, insert_audit, outbox, push_placeholders,
 };
 use crate::billing::ledger::{self, arrears_reason};
+use crate::billing::pricing::format_amount;
 use crate::webhooks::events;
 use sqlx::Row;
 use std::collections::HashMap;
@@ -376,7 +377,7 @@ impl Store {
                 for new in chunk.iter().filter(|n| n.bill.total != 0) {
                     let b = &new.bill;
                     let after = serde_json::json!({
-                        "kind": "charge", "amount": -b.total, "bill_id": b.id, "month": b.month,
+                        "kind": "charge", "amount": format_amount(-b.total), "bill_id": b.id, "month": b.month,
                     });
                     query = query
                         .bind(b.issued_at)
@@ -590,8 +591,8 @@ impl Store {
                     target: account_id,
                     before: None,
                     after: Some(serde_json::json!({
-                        "kind": kind, "amount": amount, "ledger_id": entry.id, "idempotency_key": idempotency_key,
-                        "note": note, "balance": balance,
+                        "kind": kind, "amount": format_amount(amount), "ledger_id": entry.id,
+                        "idempotency_key": idempotency_key, "note": note, "balance": format_amount(balance),
                     })),
                 },
             )

@@ -840,18 +840,14 @@ async fn insert_audit(tx: &mut sqlx::Transaction<'_, sqlx::Any>, entry: AuditIns
     Ok(())
 }
 
+/// What the audit log keeps of an account: what the admin API shows of it.
 fn account_json(account: &AccountRecord) -> serde_json::Value {
-    serde_json::to_value(account).expect("an account serialises")
+    account.view()
 }
 
 /// What the audit log keeps of a credential: never the sealed key or the key hash.
 fn credential_json(credential: &CredentialRecord) -> serde_json::Value {
-    serde_json::json!({
-        "secret_id": credential.secret_id,
-        "account_id": credential.account_id,
-        "status": credential.status,
-        "revoked_at": credential.revoked_at,
-    })
+    credential.view()
 }
 
 fn account_from_row(row: &AnyRow) -> Result<AccountRecord, sqlx::Error> {

@@ -1,6 +1,8 @@
 //! The rows of the billing store as plain values, shared by the store, the Redis cache,
 //! the gateway's in-memory mirror and the admin API. Must not do I/O.
 
+use crate::billing::pricing::format_amount;
+use crate::clock::rfc3339;
 use serde::{Deserialize, Serialize};
 
 /// Why an account is refused. `Arrears` is set and lifted by billing; `Manual` only by
@@ -65,6 +67,30 @@ pub struct AccountRecord {
 }
 
 impl AccountRecord {
+    /// The account as every interface shows it (admin API, audit log): times RFC 3339,
+    /// money a decimal string.
+    pub fn view(&self) -> serde_json::Value {
+        let suspensions: Vec<serde_json::Value> = [SuspensionFlag::Manual, SuspensionFlag::Arrears]
+            .into_iter()
+            .filter_map(|flag| {
+                self.suspension(flag)
+                    .map(|s| serde_json::json!({"flag": flag, "reason": s.reason, "since": rfc3339(s.since)}))
+            })
+            .collect();
+        serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "activated": self.activated,
+            "activated_at": self.activated_at.map_or(serde_json::Value::Null, rfc3339),
+            "enabled": self.enabled(),
+            "suspensions": suspensions,
+            "rate_limit_qps": self.rate_limit_qps,
+            "credit_limit": self.credit_limit.map(format_amount),
+            "created_at": rfc3339(self.created_at),
+            "version": self.version,
+        })
+    }
+
     pub fn new(id: &str, name: &str, now: i64) -> Self {
         Self {
             id: id.to_string(),
@@ -129,6 +155,19 @@ pub struct CredentialRecord {
     pub created_at: i64,
     pub revoked_at: Option<i64>,
     pub version: i64,
+}
+
+impl CredentialRecord {
+    /// The credential as every interface shows it: never the sealed key or the key hash.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "secret_id": self.secret_id,
+            "account": self.account_id,
+            "status": self.status,
+            "created_at": rfc3339(self.created_at),
+            "revoked_at": self.revoked_at.map_or(serde_json::Value::Null, rfc3339),
+        })
+    }
 }
 
 /// One entry of the append-only audit log.
