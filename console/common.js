@@ -60,8 +60,9 @@ function table(headers, rows, numeric) {
 }
 
 function statusBadge(status) {
-  // Bills (paid, open, overdue) and webhook events (delivered, pending, failed).
-  const kind = { paid: "ok", overdue: "bad", open: "warn", delivered: "ok", pending: "warn", failed: "bad" }[
+  // Bills (paid, open, overdue), webhook events (delivered, pending, failed), credentials.
+  const kind = { paid: "ok", overdue: "bad", open: "warn", delivered: "ok", pending: "warn", failed: "bad",
+    active: "ok", revoked: "bad" }[
     String(status).toLowerCase()] || "warn";
   return el("span", { class: "badge " + kind }, status);
 }

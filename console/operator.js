@@ -46,6 +46,7 @@ async function loadAccounts() {
 
 async function select(id) {
   current = id;
+  $("new-credential").hidden = true;
   showError("");
   for (const row of document.querySelectorAll("tr.pick")) row.classList.toggle("selected", row.dataset.account === id);
   try {
@@ -58,12 +59,13 @@ async function select(id) {
 async function loadAccount() {
   const id = current;
   const enc = encodeURIComponent(id);
-  const [account, balance, bills, audit, daily] = await Promise.all([
+  const [account, balance, bills, audit, daily, credentials] = await Promise.all([
     api("GET", `/accounts/${enc}`),
     api("GET", `/accounts/${enc}/balance`),
     api("GET", `/accounts/${enc}/bills`),
     api("GET", `/audit?account=${enc}&limit=50`),
     api("GET", `/accounts/${enc}/daily?days=30`),
+    api("GET", `/accounts/${enc}/credentials`),
   ]);
   if (id !== current) return;
   $("empty").hidden = true;
@@ -73,7 +75,9 @@ async function loadAccount() {
   $("account-balance").textContent = `${balance.balance} ${balance.currency || ""}`.trim();
   $("account-facts").textContent =
     `Created ${when(account.created_at)}` + (account.activated_at ? ` · activated ${when(account.activated_at)}` : "") +
-    ` · rate limit ${account.rate_limit_qps === null ? "default" : account.rate_limit_qps + "/s"}`;
+    ` · rate limit ${account.rate_limit_qps === null ? "default" : account.rate_limit_qps + "/s"}` +
+    ` · credit limit ${account.credit_limit === null ? "default" : account.credit_limit}`;
+  $("activate-row").hidden = account.activated;
   clear($("flags")).append(account.suspensions.length
     ? table(["Suspension", "Reason", "Since"], account.suspensions.map((s) => [s.flag, s.reason, when(s.since)]))
     : el("p", { class: "muted" }, "No suspension."));
@@ -89,12 +93,31 @@ async function loadAccount() {
 
   clear($("audit-table")).append(table(["When", "Who", "What"],
     audit.entries.map((e) => [when(e.at), e.actor, e.action])));
-  await loadUsage();
+
+  const list = credentials.credentials || [];
+  clear($("credentials-table")).append(list.length
+    ? table(["SecretId", "Status", "Created", "Revoked", ""], list.map((c) => [
+      c.secret_id, statusBadge(c.status), when(c.created_at), when(c.revoked_at),
+      c.status === "active"
+        ? el("button", { class: "danger", "data-revoke": c.secret_id, onclick: () => revoke(c.secret_id) }, "Revoke")
+        : "",
+    ]))
+    : el("p", { class: "muted" }, "No credential yet."));
+  await loadUsage(true);
 }
 
-async function loadUsage() {
-  const month = $("usage-month").value;
-  const usage = await api("GET", `/accounts/${encodeURIComponent(current)}/usage?month=${month}`);
+/** Usage of the month picked; on opening an account, the newest month with calls
+    (the current billing month when it has some or there are none at all). */
+async function loadUsage(opening) {
+  const enc = encodeURIComponent(current);
+  let usage = await api("GET", `/accounts/${enc}/usage` + (opening ? "" : `?month=${$("usage-month").value}`));
+  const months = [...new Set([usage.current_month, ...usage.months_with_calls])].sort().reverse();
+  const select = clear($("usage-month"));
+  for (const month of months) select.append(el("option", { value: month }, month));
+  if (opening && usage.total === 0 && usage.months_with_calls.length) {
+    usage = await api("GET", `/accounts/${enc}/usage?month=${usage.months_with_calls[0]}`);
+  }
+  select.value = usage.month;
   clear($("usage-table")).append(
     table(["Action", "Calls"], Object.entries(usage.actions).map(([action, calls]) => [action, calls.toLocaleString()]), [1]),
     el("p", { class: "muted" }, `${usage.total.toLocaleString()} calls in ${usage.month}`));
@@ -131,6 +154,11 @@ async function retryWebhook(id) {
   }
 }
 
+async function revoke(secretId) {
+  if (!confirm(`Revoke ${secretId} for good? Calls signed with it are refused at once.`)) return;
+  await act(() => api("DELETE", `/credentials/${encodeURIComponent(secretId)}`));
+}
+
 async function act(work) {
   showError("");
   try {
@@ -154,8 +182,48 @@ function signOut(message) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  for (const month of recentMonths(13)) $("usage-month").append(el("option", { value: month }, month));
-  $("usage-month").addEventListener("change", () => loadUsage().catch((e) => showError(e.message)));
+  $("usage-month").addEventListener("change", () => loadUsage(false).catch((e) => showError(e.message)));
+  $("create-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("create-error").textContent = "";
+    const id = $("create-id").value.trim();
+    try {
+      await api("POST", "/accounts", { id, name: $("create-name").value.trim() });
+      $("create-id").value = "";
+      $("create-name").value = "";
+      $("search").value = "";
+      await loadAccounts();
+      await select(id);
+    } catch (e) {
+      $("create-error").textContent = e.message;
+    }
+  });
+  $("activate").addEventListener("click", () => act(() => api("POST", `/accounts/${encodeURIComponent(current)}/activate`)));
+  $("rate-limit-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("rate-limit").value.trim();
+    const qps = text === "default" ? null : Number(text);
+    act(async () => {
+      if (qps !== null && !(Number.isInteger(qps) && qps > 0)) throw new Error("The rate limit is a whole number of calls per second, or default.");
+      await api("PUT", `/accounts/${encodeURIComponent(current)}/rate-limit`, { qps });
+      $("rate-limit").value = "";
+    });
+  });
+  $("credit-limit-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("credit-limit").value.trim();
+    act(async () => {
+      await api("PUT", `/accounts/${encodeURIComponent(current)}/credit-limit`, { credit_limit: text === "default" ? null : text });
+      $("credit-limit").value = "";
+    });
+  });
+  $("issue-credential").addEventListener("click", () => act(async () => {
+    const created = await api("POST", `/accounts/${encodeURIComponent(current)}/credentials`);
+    $("new-secret-id").textContent = created.secret_id;
+    $("new-secret-key").textContent = created.secret_key;
+    $("new-api-key").textContent = created.api_key;
+    $("new-credential").hidden = false;
+  }));
   let searchTimer = null;
   $("search").addEventListener("input", () => {
     clearTimeout(searchTimer);

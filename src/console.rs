@@ -7,7 +7,7 @@
 //! business logic or read any state: it has nothing to serve but files.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Method, Response, StatusCode, header};
 
 struct Asset {
     name: &'static str,
@@ -25,10 +25,15 @@ const COMMON_JS: Asset = Asset {
     content_type: "text/javascript; charset=utf-8",
     body: include_str!("../console/common.js"),
 };
+const FAVICON: Asset = Asset {
+    name: "favicon.svg",
+    content_type: "image/svg+xml",
+    body: include_str!("../console/favicon.svg"),
+};
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 
-const TENANT: [Asset; 4] = [
+const TENANT: [Asset; 5] = [
     Asset {
         name: "",
         content_type: HTML,
@@ -41,9 +46,10 @@ const TENANT: [Asset; 4] = [
     },
     CSS,
     COMMON_JS,
+    FAVICON,
 ];
 
-const OPERATOR: [Asset; 4] = [
+const OPERATOR: [Asset; 5] = [
     Asset {
         name: "",
         content_type: HTML,
@@ -56,6 +62,7 @@ const OPERATOR: [Asset; 4] = [
     },
     CSS,
     COMMON_JS,
+    FAVICON,
 ];
 
 /// Which console a listener serves.
@@ -83,8 +90,23 @@ impl Console {
     }
 }
 
-/// The console's answer to a GET of `path`, or `None` when `path` is not the console's.
-pub fn serve<B: From<Bytes>>(console: Console, path: &str) -> Option<Response<B>> {
+/// The console's answer to a GET or HEAD of `path` (the servers drop a HEAD's body),
+/// or `None` when it is not the console's: another method, or a path outside the
+/// console, `/favicon.ico`, and (on the data listener) the operators' `/ui`.
+pub fn serve<B: From<Bytes>>(console: Console, method: &Method, path: &str) -> Option<Response<B>> {
+    if method != Method::GET && method != Method::HEAD {
+        return None;
+    }
+    if path == "/favicon.ico" {
+        return Some(with_policy(asset_response(&FAVICON)));
+    }
+    if console == Console::Tenant && (path == "/ui" || path.starts_with("/ui/")) {
+        // An operator who typed the data listener's address: say where the page is.
+        return Some(with_policy(plain(
+            StatusCode::NOT_FOUND,
+            "The operators' console is on the admin listener (listen.admin), under /ui/.\n",
+        )));
+    }
     let rest = path.strip_prefix(console.prefix())?;
     if rest.is_empty() {
         // `/console` → `/console/`, so the pages' relative links resolve.
@@ -100,25 +122,32 @@ pub fn serve<B: From<Bytes>>(console: Console, path: &str) -> Option<Response<B>
         return Some(response);
     }
     let name = rest.strip_prefix('/')?;
-    let asset = console.assets().iter().find(|a| a.name == name);
-    let mut response = match asset {
-        Some(asset) => {
-            let mut response = Response::new(B::from(Bytes::from_static(asset.body.as_bytes())));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
-            response
-        }
-        None => {
-            let mut response = Response::new(B::from(Bytes::from_static(b"not found\n")));
-            *response.status_mut() = StatusCode::NOT_FOUND;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            response
-        }
+    let response = match console.assets().iter().find(|a| a.name == name) {
+        Some(asset) => asset_response(asset),
+        None => plain(StatusCode::NOT_FOUND, "not found\n"),
     };
+    Some(with_policy(response))
+}
+
+fn asset_response<B: From<Bytes>>(asset: &Asset) -> Response<B> {
+    let mut response = Response::new(B::from(Bytes::from_static(asset.body.as_bytes())));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    response
+}
+
+fn plain<B: From<Bytes>>(status: StatusCode, text: &'static str) -> Response<B> {
+    let mut response = Response::new(B::from(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn with_policy<B>(mut response: Response<B>) -> Response<B> {
     let headers = response.headers_mut();
     // Only our own files, no inline script, no framing (clickjacking), no referrer.
     headers.insert(
@@ -132,7 +161,7 @@ pub fn serve<B: From<Bytes>>(console: Console, path: &str) -> Option<Response<B>
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Some(response)
+    response
 }
 
 #[cfg(test)]
@@ -142,7 +171,7 @@ mod tests {
 
     #[test]
     fn pages_are_served_with_a_strict_policy_and_nothing_else_is() {
-        let page: Response<Full<Bytes>> = serve(Console::Tenant, "/console/").unwrap();
+        let page: Response<Full<Bytes>> = serve(Console::Tenant, &Method::GET, "/console/").unwrap();
         assert_eq!(page.status(), StatusCode::OK);
         assert!(
             page.headers()[header::CONTENT_SECURITY_POLICY]
@@ -150,14 +179,33 @@ mod tests {
                 .unwrap()
                 .contains("script-src 'self'")
         );
-        let redirect: Response<Full<Bytes>> = serve(Console::Operator, "/ui").unwrap();
+        let redirect: Response<Full<Bytes>> = serve(Console::Operator, &Method::GET, "/ui").unwrap();
         assert_eq!(redirect.headers()[header::LOCATION], "/ui/");
-        let missing: Response<Full<Bytes>> = serve(Console::Tenant, "/console/../Cargo.toml").unwrap();
+        let missing: Response<Full<Bytes>> = serve(Console::Tenant, &Method::GET, "/console/../Cargo.toml").unwrap();
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
         // The operator's script is not on the tenants' listener.
-        let other: Response<Full<Bytes>> = serve(Console::Tenant, "/console/operator.js").unwrap();
+        let other: Response<Full<Bytes>> = serve(Console::Tenant, &Method::GET, "/console/operator.js").unwrap();
         assert_eq!(other.status(), StatusCode::NOT_FOUND);
-        assert!(serve::<Full<Bytes>>(Console::Tenant, "/consoles").is_none());
-        assert!(serve::<Full<Bytes>>(Console::Tenant, "/").is_none());
+        assert!(serve::<Full<Bytes>>(Console::Tenant, &Method::GET, "/consoles").is_none());
+        assert!(serve::<Full<Bytes>>(Console::Tenant, &Method::GET, "/").is_none());
+    }
+
+    #[test]
+    fn head_favicon_and_the_operators_path_on_the_data_listener() {
+        let head: Response<Full<Bytes>> = serve(Console::Tenant, &Method::HEAD, "/console/").unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+        assert!(serve::<Full<Bytes>>(Console::Tenant, &Method::POST, "/console/").is_none());
+        for console in [Console::Tenant, Console::Operator] {
+            let icon: Response<Full<Bytes>> = serve(console, &Method::GET, "/favicon.ico").unwrap();
+            assert_eq!(
+                (icon.status(), &icon.headers()[header::CONTENT_TYPE]),
+                (StatusCode::OK, &HeaderValue::from_static("image/svg+xml"))
+            );
+        }
+        for path in ["/ui", "/ui/", "/ui/operator.js"] {
+            let page: Response<Full<Bytes>> = serve(Console::Tenant, &Method::GET, path).unwrap();
+            assert_eq!(page.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+        assert!(serve::<Full<Bytes>>(Console::Tenant, &Method::GET, "/uix").is_none());
     }
 }

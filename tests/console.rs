@@ -583,3 +583,125 @@ async fn the_invoice_of_a_bill_prints_alone_on_one_page() {
     .await;
     browser.finish("invoice_prints_alone", outcome).await;
 }
+
+/// An operator runs an account from the console alone: creates it, activates it, sets
+/// its rate limit, issues a credential that the next signed call uses, revokes it; the
+/// usage view opens on the newest month with calls, not on an empty current month.
+#[tokio::test]
+async fn an_operator_creates_activates_and_issues_credentials_without_the_cli() {
+    let clock = ekyc_gateway::clock::ManualClock::new(TENTH_OF_MARCH);
+    let sim_clock = clock.clone();
+    let sim = SimHandle::start(move |c| c.clock = std::sync::Arc::new(sim_clock)).await;
+    let gateway = GatewayHandle::start_with_clock(&sim, "", clock).await;
+    // An older account whose last calls were in January; none this month (March).
+    create_tenant(&gateway, "oldco", "Old Co", true).await;
+    let batch = ekyc_gateway::store::UsageBatch {
+        instance_id: "console-operator".into(),
+        seq: 1,
+        rows: vec![ekyc_gateway::store::UsageRow {
+            account_id: "oldco".into(),
+            action: "IdCardVerification".into(),
+            month: "2026-01".into(),
+            calls: 42,
+        }],
+    };
+    gateway
+        .app
+        .store
+        .apply_usage_batch_on(&batch, TENTH_OF_MARCH, "2026-01-20")
+        .await
+        .unwrap();
+
+    let mut browser = Browser::start().await;
+    let page = browser.open("operator-manage").await;
+    let outcome = async {
+        operator_open_account(&page, &gateway, "oldco").await?;
+        wait_text(&page, "#usage-table", "42 calls in 2026-01").await?;
+
+        type_into(&page, "#create-id", "newco").await?;
+        type_into(&page, "#create-name", "New Co").await?;
+        click(&page, "#create").await?;
+        wait_text(&page, "#account-title", "newco · New Co").await?;
+        wait_text(&page, "#account-state", "not activated").await?;
+        click(&page, "#activate").await?;
+        wait_text(&page, "#account-state", "active").await?;
+        wait_hidden(&page, "#activate-row").await?;
+        type_into(&page, "#rate-limit", "7").await?;
+        click(&page, "#set-rate-limit").await?;
+        wait_text(&page, "#account-facts", "rate limit 7/s").await?;
+        type_into(&page, "#credit-limit", "25.00").await?;
+        click(&page, "#set-credit-limit").await?;
+        wait_text(&page, "#account-facts", "credit limit 25.00").await?;
+
+        click(&page, "#issue-credential").await?;
+        let secret_id = wait_text(&page, "#new-secret-id", "AKID").await?;
+        let secret_key = page.find(Locator::Css("#new-secret-key")).await?.text().await?;
+        wait_text(&page, "#credentials-table", &secret_id).await?;
+        save_screenshot(&page, "operator-credential").await;
+        let signer = ekyc_gateway::tc3::Signer::new(secret_id.clone(), secret_key, "faceid");
+        let call = || {
+            signed_call_at(
+                &gateway.url(),
+                &gateway.data.to_string(),
+                "DetectAuth",
+                b"{}",
+                &signer,
+                TENTH_OF_MARCH,
+            )
+        };
+        let answer = send(&http1_client(), call()).await;
+        ensure!(answer["BizToken"].is_string(), "the new credential's call: {answer}");
+
+        click(&page, &format!("button[data-revoke='{secret_id}']")).await?;
+        page.accept_alert().await?;
+        wait_text(&page, "#credentials-table", "revoked").await?;
+        let code = error_code(&send(&http1_client(), call()).await).map(str::to_string);
+        ensure!(
+            code.as_deref() == Some("AuthFailure.InvalidSecretId"),
+            "a revoked credential is refused: {code:?}"
+        );
+        let (_, account) = admin(&gateway, "GET", "/v1/accounts/newco", None).await;
+        ensure!(
+            (&account["rate_limit_qps"], &account["credit_limit"])
+                == (&serde_json::json!(7), &serde_json::json!("25.00")),
+            "{account}"
+        );
+        Ok(())
+    }
+    .await;
+    browser.finish("operator_manages_accounts", outcome).await;
+}
+
+/// What a browser asks for besides the pages: a favicon on both listeners, HEAD of a
+/// page, and the operators' path typed on the data listener.
+#[tokio::test]
+async fn favicon_head_and_a_misplaced_ui_path_get_plain_answers() {
+    let sim = SimHandle::start(|_| {}).await;
+    let gateway = GatewayHandle::start(&sim, "").await;
+    let client = http1_client();
+    for listener in [gateway.data, gateway.admin] {
+        let request = http::Request::get(format!("http://{listener}/favicon.ico"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200, "{listener}");
+        assert_eq!(response.headers()["content-type"], "image/svg+xml");
+    }
+    for (listener, path) in [(gateway.data, "/console/"), (gateway.admin, "/ui/")] {
+        let request = http::Request::head(format!("http://{listener}{path}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200, "HEAD {path}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "HEAD {path}"
+        );
+    }
+    let (status, body) = get(&format!("http://{}/ui", gateway.data)).await;
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains("admin listener"), "{body:?}");
+}

@@ -286,9 +286,12 @@ pub async fn route(app: &Arc<App>, actor: &str, method: &Method, segments: &[&st
             let usage = app.store.usage(id, &month.to_string()).await?;
             let total: u64 = usage.iter().map(|(_, calls)| calls).sum();
             let actions: serde_json::Map<String, Value> = usage.into_iter().map(|(a, c)| (a, c.into())).collect();
+            // So a page can offer the months that have something to show.
+            let months_with_calls = app.store.usage_months(id, 24).await?;
             Ok(json(
                 StatusCode::OK,
-                j!({"account": id, "month": month.to_string(), "actions": actions, "total": total}),
+                j!({"account": id, "month": month.to_string(), "current_month": current_month(app).to_string(),
+                    "actions": actions, "total": total, "months_with_calls": months_with_calls}),
             ))
         }
         (&Method::GET, ["accounts", id, "daily"]) => {

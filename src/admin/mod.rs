@@ -51,8 +51,8 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Full
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => return readiness(app).await,
-        (&Method::GET, path) if path.starts_with("/ui") => {
-            if let Some(page) = crate::console::serve(crate::console::Console::Operator, path) {
+        (method, path) if path.starts_with("/ui") || path == "/favicon.ico" => {
+            if let Some(page) = crate::console::serve(crate::console::Console::Operator, method, path) {
                 return page;
             }
         }

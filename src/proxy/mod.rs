@@ -146,8 +146,8 @@ pub async fn handle<B: RequestBody>(
     body: B,
 ) -> Answer {
     let started = Instant::now();
-    if parts.method == http::Method::GET
-        && let Some(page) = crate::console::serve(crate::console::Console::Tenant, parts.uri.path())
+    if parts.method != http::Method::POST
+        && let Some(page) = crate::console::serve(crate::console::Console::Tenant, &parts.method, parts.uri.path())
     {
         return Answer::page(page, started);
     }

@@ -720,6 +720,22 @@ impl Store {
             .map_err(Into::into)
     }
 
+    /// The months ("YYYY-MM") in which one account made billable calls, newest first,
+    /// at most `limit`.
+    pub async fn usage_months(&self, account_id: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT month FROM usage WHERE account_id = $1 AND calls > 0 ORDER BY month DESC LIMIT $2",
+        )
+        .bind(account_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get("month"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     // ------------------------------------------------------------ audit
 
     /// Newest first; `target` filters to one account.
