@@ -123,7 +123,12 @@ async fn malformed_values_get_clear_errors_and_nothing_panics() {
     assert!(!answer.contains("\"Result\""), "never served: {answer}");
 
     // Malformed JSON to tenant actions.
-    for action in ["DescribeCallUsage", "DescribeBills", "DescribeServiceStatus"] {
+    for action in [
+        "DescribeCallUsage",
+        "DescribeBills",
+        "DescribeServiceStatus",
+        "DescribePriceList",
+    ] {
         let answer = send(&http1_client(), call(&gateway, action, "{not json")).await;
         assert!(
             error_code(&answer).is_none_or(|code| code == "InvalidParameter"),

@@ -111,12 +111,13 @@ impl Endpoint {
 }
 
 /// The calls of every row, as the table's columns.
-const COLUMNS: [&str; 11] = [
+const COLUMNS: [&str; 12] = [
     "IdCardVerification",
     "ActivateService",
     "DescribeServiceStatus",
     "DescribeCallUsage",
     "DescribeBills",
+    "DescribePriceList",
     "wrong key",
     "unknown SecretId",
     "suspended",
@@ -278,8 +279,18 @@ fn cells(sdk: &Sdk, targets: &[Target<'_>], month: &str, ca: &Path) -> (Vec<Row>
                         Expect::Ok(Box::new(|r| r["Bills"].as_array().map(|_| ()).ok_or("no Bills".into()))),
                     ),
                     (
+                        base(5, tenant, "common", "DescribePriceList", "{}"),
+                        Expect::Ok(Box::new(|r| {
+                            let list = r["PriceList"].as_array().ok_or("no PriceList")?;
+                            list.iter()
+                                .any(|p| p["Action"] == "IdCardVerification" && p["Tiers"].is_array())
+                                .then_some(())
+                                .ok_or("no IdCardVerification price".into())
+                        })),
+                    ),
+                    (
                         base(
-                            5,
+                            6,
                             (CLIENT_SECRET_ID, "wrong-secret-key"),
                             id_card_client,
                             "IdCardVerification",
@@ -289,7 +300,7 @@ fn cells(sdk: &Sdk, targets: &[Target<'_>], month: &str, ca: &Path) -> (Vec<Row>
                     ),
                     (
                         base(
-                            6,
+                            7,
                             ("AKIDnobodyHere", CLIENT_SECRET_KEY),
                             id_card_client,
                             "IdCardVerification",
@@ -300,26 +311,26 @@ fn cells(sdk: &Sdk, targets: &[Target<'_>], month: &str, ca: &Path) -> (Vec<Row>
                     (
                         {
                             let (id, key) = own(&target.accounts.suspended);
-                            base(7, (&id, &key), id_card_client, "IdCardVerification", ID_CARD)
+                            base(8, (&id, &key), id_card_client, "IdCardVerification", ID_CARD)
                         },
                         Expect::Error("OperationDenied"),
                     ),
                     (
                         {
                             let (id, key) = own(&target.accounts.not_activated);
-                            base(8, (&id, &key), id_card_client, "IdCardVerification", ID_CARD)
+                            base(9, (&id, &key), id_card_client, "IdCardVerification", ID_CARD)
                         },
                         Expect::Error("UnauthorizedOperation.Nonactivated"),
                     ),
                     (
                         {
                             let (id, key) = own(&target.accounts.arrears);
-                            base(9, (&id, &key), id_card_client, "IdCardVerification", ID_CARD)
+                            base(10, (&id, &key), id_card_client, "IdCardVerification", ID_CARD)
                         },
                         Expect::Error("UnauthorizedOperation.Arrears"),
                     ),
                     (
-                        base(10, tenant, "common", "NoSuchAction", "{}"),
+                        base(11, tenant, "common", "NoSuchAction", "{}"),
                         Expect::Error("InvalidAction"),
                     ),
                 ];
