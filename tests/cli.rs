@@ -90,8 +90,17 @@ async fn operators_manage_accounts_and_credentials_from_the_command_line() {
         "{out}"
     );
 
+    let (ok, out, err) = cli(&gateway, &["topup", "acme", "12.50", "--idempotency-key", "wire-0042"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("12.50"), "{out}");
+
     let (ok, out, _) = cli(&gateway, &["audit", "--account", "acme"]).await;
     assert!(ok, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("ledger.topup") && l.contains("12.50 (key wire-0042)")),
+        "the top-up with its amount:\n{out}"
+    );
     for action in [
         "account.create",
         "account.activate",

@@ -492,15 +492,24 @@ fn audit_table(v: &Value) -> String {
         .map(|e| {
             e.iter()
                 .map(|e| {
+                    // Money movements show their amount: what an operator looks for.
+                    let detail = match e["after"]["amount"].as_str() {
+                        Some(amount) => match e["after"]["idempotency_key"].as_str() {
+                            Some(key) => format!("{amount} (key {key})"),
+                            None => amount.to_string(),
+                        },
+                        None => String::new(),
+                    };
                     vec![
                         text(&e["at"]),
                         text(&e["actor"]),
                         text(&e["action"]),
                         text(&e["target"]),
+                        detail,
                     ]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    table(&["AT", "ACTOR", "ACTION", "TARGET"], &rows)
+    table(&["AT", "ACTOR", "ACTION", "TARGET", "AMOUNT"], &rows)
 }
