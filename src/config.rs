@@ -3,6 +3,7 @@
 //! environment only, never from the file. Must not open sockets or files other than
 //! the ones it is told to read; building clients and listeners is `server`'s job.
 
+use crate::proxy::access_log::{AccessLogConfig, AccessLogFormat, AccessLogMode, AccessLogTarget};
 use crate::billing::pricing::{Price, PriceBook, Tier, TierMode, parse_amount};
 use crate::crypto::MasterKey;
 use crate::state::StalePolicy;
@@ -80,6 +81,7 @@ struct RawConfig {
     billing: RawBilling,
     webhooks: RawWebhooks,
     runtime: RawRuntime,
+    access_log: RawAccessLog,
     actions: Option<BTreeMap<String, RawAction>>,
 }
 
@@ -274,6 +276,74 @@ struct RawPrice {
 struct RawTier {
     up_to: Option<u64>,
     unit: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAccessLog {
+    /// "off", "all" or "sampled".
+    mode: String,
+    /// "json" or "logfmt".
+    format: String,
+    /// Under "sampled": one successful call in this many (refusals and errors always).
+    sample_every: u32,
+    /// A file to append to; empty: standard output.
+    path: String,
+    queue_lines: u64,
+}
+
+impl Default for RawAccessLog {
+    fn default() -> Self {
+        Self {
+            mode: "off".into(),
+            format: "json".into(),
+            sample_every: 100,
+            path: String::new(),
+            queue_lines: 65_536,
+        }
+    }
+}
+
+impl RawAccessLog {
+    fn validate(self) -> Result<AccessLogConfig, ConfigError> {
+        let mode = match self.mode.as_str() {
+            "off" => AccessLogMode::Off,
+            "all" => AccessLogMode::All,
+            "sampled" if self.sample_every >= 1 => AccessLogMode::Sampled {
+                every: self.sample_every,
+            },
+            "sampled" => return Err(ConfigError::new("access_log.sample_every", "must be at least 1")),
+            other => {
+                return Err(ConfigError::new(
+                    "access_log.mode",
+                    format!("{other:?} is not off, all or sampled"),
+                ));
+            }
+        };
+        let format = match self.format.as_str() {
+            "json" => AccessLogFormat::Json,
+            "logfmt" => AccessLogFormat::Logfmt,
+            other => {
+                return Err(ConfigError::new(
+                    "access_log.format",
+                    format!("{other:?} is not json or logfmt"),
+                ));
+            }
+        };
+        if !(1..=10_000_000).contains(&self.queue_lines) {
+            return Err(ConfigError::new("access_log.queue_lines", "must be 1..=10000000"));
+        }
+        Ok(AccessLogConfig {
+            mode,
+            format,
+            target: if self.path.is_empty() {
+                AccessLogTarget::Stdout
+            } else {
+                AccessLogTarget::File(self.path.into())
+            },
+            queue_lines: self.queue_lines as usize,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -584,6 +654,8 @@ pub struct Config {
     pub admin_tokens: Vec<AdminToken>,
     /// Webhook endpoints, secret and delivery timing.
     pub webhooks: WebhookConfig,
+    /// One line per API call (`proxy::access_log`).
+    pub access_log: AccessLogConfig,
 }
 
 /// Credit control (`billing::credit`).
@@ -1167,9 +1239,11 @@ impl Config {
         let master_key = Arc::new(master_key);
 
         let webhooks = raw.webhooks.validate(env)?;
+        let access_log = raw.access_log.validate()?;
 
         Ok(Config {
             webhooks,
+            access_log,
             store_url,
             store_migrate_url,
             state,

@@ -26,6 +26,7 @@
 //!
 //! This module sequences the phases; it must not implement one itself.
 
+pub mod access_log;
 pub mod auth;
 pub mod body;
 pub mod errors;
