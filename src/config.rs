@@ -3,9 +3,9 @@
 //! environment only, never from the file. Must not open sockets or files other than
 //! the ones it is told to read; building clients and listeners is `server`'s job.
 
-use crate::proxy::access_log::{AccessLogConfig, AccessLogFormat, AccessLogMode, AccessLogTarget};
 use crate::billing::pricing::{Price, PriceBook, Tier, TierMode, parse_amount};
 use crate::crypto::MasterKey;
+use crate::proxy::access_log::{AccessLogConfig, AccessLogFormat, AccessLogMode, AccessLogTarget};
 use crate::state::StalePolicy;
 use serde::Deserialize;
 use std::collections::BTreeMap;

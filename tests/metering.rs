@@ -239,7 +239,8 @@ async fn calls_count_in_the_month_of_their_arrival_in_the_billing_time_zone() {
     assert_eq!(status, 200, "{usage}");
     assert_eq!(
         usage,
-        json!({"account": CLIENT_ACCOUNT, "month": "2026-11", "actions": {"DetectAuth": 1}, "total": 1})
+        json!({"account": CLIENT_ACCOUNT, "month": "2026-11", "actions": {"DetectAuth": 1}, "total": 1,
+               "current_month": "2026-12", "months_with_calls": ["2026-12", "2026-11"]})
     );
     let (_, current) = admin(&gateway, "GET", &format!("/v1/accounts/{CLIENT_ACCOUNT}/usage"), None).await;
     assert_eq!(current["month"], "2026-12");

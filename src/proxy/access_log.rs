@@ -23,7 +23,9 @@ pub enum AccessLogMode {
     Off,
     All,
     /// One successful call in `every` (per worker thread); every refusal and error.
-    Sampled { every: u32 },
+    Sampled {
+        every: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,12 +174,10 @@ pub fn start(config: &AccessLogConfig, dropped: Counter) -> std::io::Result<(Acc
     };
     let (sender, receiver) = std::sync::mpsc::sync_channel(config.queue_lines.max(1));
     let stop = Arc::new(AtomicBool::new(false));
-    let thread = std::thread::Builder::new()
-        .name("access-log".into())
-        .spawn({
-            let stop = stop.clone();
-            move || write_lines(receiver, out, &stop)
-        })?;
+    let thread = std::thread::Builder::new().name("access-log".into()).spawn({
+        let stop = stop.clone();
+        move || write_lines(receiver, out, &stop)
+    })?;
     Ok((
         AccessLog {
             mode: config.mode,
@@ -375,7 +375,10 @@ mod tests {
         assert_eq!(v["billable"], true);
         assert_eq!(v["upstream_status"], 200);
         assert_eq!(v["latency_ms"], 1.234);
-        assert_eq!((v["bytes_in"].as_u64(), v["bytes_out"].as_u64()), (Some(120), Some(310)));
+        assert_eq!(
+            (v["bytes_in"].as_u64(), v["bytes_out"].as_u64()),
+            (Some(120), Some(310))
+        );
     }
 
     #[test]
@@ -403,7 +406,10 @@ mod tests {
         let line = format_line(AccessLogFormat::Logfmt, &r);
         assert!(line.starts_with("time=2026-12-04T10:30:00.123Z request_id="), "{line}");
         assert!(line.contains(" code=AuthFailure.SignatureFailure "), "{line}");
-        assert!(!line.contains("account=") && !line.contains("upstream_status"), "{line}");
+        assert!(
+            !line.contains("account=") && !line.contains("upstream_status"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -269,7 +269,7 @@ mod tests {
         let body: Value = serde_json::from_str(&issued[0].payload).unwrap();
         assert_eq!(
             (&body["data"]["status"], &body["data"]["due_at"]),
-            (&json!("open"), &json!(259_300))
+            (&json!("open"), &rfc3339(259_300))
         );
         let later = bill_overdue(&graced, -1_000_000, 1_000_000, 300_000);
         assert_eq!(
