@@ -123,7 +123,9 @@ fn catalog_and_metrics(c: &mut Criterion) {
     c.bench_function("catalog_lookup", |b| {
         b.iter(|| catalog.lookup(black_box("LivenessCompare")))
     });
-    let id = catalog.lookup("LivenessCompare").map_or(CallAction::Unknown, CallAction::Catalog);
+    let id = catalog
+        .lookup("LivenessCompare")
+        .map_or(CallAction::Unknown, CallAction::Catalog);
     c.bench_function("metrics_record_request", |b| {
         b.iter(|| metrics.record_request(black_box(id), Outcome::Forwarded, 0.000_8))
     });

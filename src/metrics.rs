@@ -160,7 +160,9 @@ struct BillableCounts {
 
 impl Collector for BillableCounts {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let total = (0..self.actions.len()).map(|cell| self.counts.sum(cell)).fold(0u64, u64::wrapping_add);
+        let total = (0..self.actions.len())
+            .map(|cell| self.counts.sum(cell))
+            .fold(0u64, u64::wrapping_add);
         encoder
             .encode_descriptor(
                 "billable_calls",
@@ -672,7 +674,9 @@ impl Metrics {
 
     /// Billable calls over every action.
     pub fn billable_calls(&self) -> u64 {
-        (0..self.actions).map(|cell| self.billable.sum(cell)).fold(0, u64::wrapping_add)
+        (0..self.actions)
+            .map(|cell| self.billable.sum(cell))
+            .fold(0, u64::wrapping_add)
     }
 
     pub fn record_upstream_error(&self, kind: &'static str) {

@@ -73,26 +73,77 @@ async fn calls_are_counted_and_timed_by_action_and_tenant_actions_are_answered()
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    assert!(text.ends_with("# EOF\n"), "an OpenMetrics body ends with # EOF:\n{text}");
+    assert!(
+        text.ends_with("# EOF\n"),
+        "an OpenMetrics body ends with # EOF:\n{text}"
+    );
     for (series, expected) in [
-        (r#"ekyc_gateway_requests_total{action="IdCardVerification",outcome="forwarded"}"#, 3.0),
-        (r#"ekyc_gateway_requests_total{action="PhoneVerification",outcome="forwarded"}"#, 2.0),
-        (r#"ekyc_gateway_requests_total{action="DescribePriceList",outcome="answered"}"#, 1.0),
-        (r#"ekyc_gateway_requests_total{action="DescribeCallUsage",outcome="answered"}"#, 1.0),
-        (r#"ekyc_gateway_requests_total{action="DescribeCallUsage",outcome="InvalidParameter"}"#, 1.0),
-        (r#"ekyc_gateway_requests_total{action="unknown",outcome="InvalidAction"}"#, 1.0),
+        (
+            r#"ekyc_gateway_requests_total{action="IdCardVerification",outcome="forwarded"}"#,
+            3.0,
+        ),
+        (
+            r#"ekyc_gateway_requests_total{action="PhoneVerification",outcome="forwarded"}"#,
+            2.0,
+        ),
+        (
+            r#"ekyc_gateway_requests_total{action="DescribePriceList",outcome="answered"}"#,
+            1.0,
+        ),
+        (
+            r#"ekyc_gateway_requests_total{action="DescribeCallUsage",outcome="answered"}"#,
+            1.0,
+        ),
+        (
+            r#"ekyc_gateway_requests_total{action="DescribeCallUsage",outcome="InvalidParameter"}"#,
+            1.0,
+        ),
+        (
+            r#"ekyc_gateway_requests_total{action="unknown",outcome="InvalidAction"}"#,
+            1.0,
+        ),
         // Tenant actions are not counted as forwarded calls of no action.
-        (r#"ekyc_gateway_requests_total{action="unknown",outcome="forwarded"}"#, 0.0),
-        (r#"ekyc_gateway_requests_total{action="DescribePriceList",outcome="forwarded"}"#, 0.0),
-        (r#"ekyc_gateway_request_duration_seconds_count{action="IdCardVerification"}"#, 3.0),
-        (r#"ekyc_gateway_request_duration_seconds_count{action="DescribeCallUsage"}"#, 2.0),
+        (
+            r#"ekyc_gateway_requests_total{action="unknown",outcome="forwarded"}"#,
+            0.0,
+        ),
+        (
+            r#"ekyc_gateway_requests_total{action="DescribePriceList",outcome="forwarded"}"#,
+            0.0,
+        ),
+        (
+            r#"ekyc_gateway_request_duration_seconds_count{action="IdCardVerification"}"#,
+            3.0,
+        ),
+        (
+            r#"ekyc_gateway_request_duration_seconds_count{action="DescribeCallUsage"}"#,
+            2.0,
+        ),
         (r#"ekyc_gateway_request_duration_seconds_count{action="unknown"}"#, 1.0),
-        (r#"ekyc_gateway_request_duration_seconds_bucket{le="+Inf",action="PhoneVerification"}"#, 2.0),
-        (r#"ekyc_gateway_upstream_duration_seconds_count{action="IdCardVerification"}"#, 3.0),
-        (r#"ekyc_gateway_upstream_duration_seconds_count{action="PhoneVerification"}"#, 2.0),
-        (r#"ekyc_gateway_billable_calls_by_action_total{action="IdCardVerification"}"#, 3.0),
-        (r#"ekyc_gateway_billable_calls_by_action_total{action="PhoneVerification"}"#, 2.0),
-        (r#"ekyc_gateway_billable_calls_by_action_total{action="DetectAuth"}"#, 0.0),
+        (
+            r#"ekyc_gateway_request_duration_seconds_bucket{le="+Inf",action="PhoneVerification"}"#,
+            2.0,
+        ),
+        (
+            r#"ekyc_gateway_upstream_duration_seconds_count{action="IdCardVerification"}"#,
+            3.0,
+        ),
+        (
+            r#"ekyc_gateway_upstream_duration_seconds_count{action="PhoneVerification"}"#,
+            2.0,
+        ),
+        (
+            r#"ekyc_gateway_billable_calls_by_action_total{action="IdCardVerification"}"#,
+            3.0,
+        ),
+        (
+            r#"ekyc_gateway_billable_calls_by_action_total{action="PhoneVerification"}"#,
+            2.0,
+        ),
+        (
+            r#"ekyc_gateway_billable_calls_by_action_total{action="DetectAuth"}"#,
+            0.0,
+        ),
         ("ekyc_gateway_billable_calls_total", 5.0),
         (r#"ekyc_gateway_upstream_errors_total{kind="timeout"}"#, 0.0),
     ] {
@@ -101,8 +152,14 @@ async fn calls_are_counted_and_timed_by_action_and_tenant_actions_are_answered()
     // Only forwarded calls wait on the upstream.
     assert!(!text.contains(r#"ekyc_gateway_upstream_duration_seconds_count{action="DescribePriceList"}"#));
     // The gateway's time includes the upstream's.
-    let gateway_seconds = must(&text, r#"ekyc_gateway_request_duration_seconds_sum{action="IdCardVerification"}"#);
-    let upstream_seconds = must(&text, r#"ekyc_gateway_upstream_duration_seconds_sum{action="IdCardVerification"}"#);
+    let gateway_seconds = must(
+        &text,
+        r#"ekyc_gateway_request_duration_seconds_sum{action="IdCardVerification"}"#,
+    );
+    let upstream_seconds = must(
+        &text,
+        r#"ekyc_gateway_upstream_duration_seconds_sum{action="IdCardVerification"}"#,
+    );
     assert!(gateway_seconds >= upstream_seconds && upstream_seconds > 0.0);
 }
 
@@ -151,7 +208,10 @@ async fn process_and_build_metrics_describe_the_running_process() {
     let text = gateway.metrics().await;
     let cpu_after = cpu_seconds();
     let version = env!("CARGO_PKG_VERSION");
-    assert_eq!(must(&text, &format!(r#"ekyc_gateway_build_info{{version="{version}"}}"#)), 1.0);
+    assert_eq!(
+        must(&text, &format!(r#"ekyc_gateway_build_info{{version="{version}"}}"#)),
+        1.0
+    );
     if !cfg!(target_os = "linux") {
         return;
     }
@@ -169,10 +229,16 @@ async fn process_and_build_metrics_describe_the_running_process() {
     );
     let fds = must(&text, "process_open_fds");
     let fds_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as f64;
-    assert!(fds > 5.0 && (fds - fds_now).abs() < 50.0, "{fds} open against {fds_now}");
+    assert!(
+        fds > 5.0 && (fds - fds_now).abs() < 50.0,
+        "{fds} open against {fds_now}"
+    );
     assert!(must(&text, "process_max_fds") >= fds);
     let cpu = must(&text, "process_cpu_seconds_total");
-    assert!(cpu_before <= cpu && cpu <= cpu_after, "{cpu_before} <= {cpu} <= {cpu_after}");
+    assert!(
+        cpu_before <= cpu && cpu <= cpu_after,
+        "{cpu_before} <= {cpu} <= {cpu_after}"
+    );
     // Started before this scrape, and not before the machine booted.
     let started = must(&text, "process_start_time_seconds");
     let now = std::time::SystemTime::now()
@@ -186,7 +252,10 @@ async fn process_and_build_metrics_describe_the_running_process() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(started <= now + 1.0 && started >= now - uptime - 1.0, "{started} (now {now})");
+    assert!(
+        started <= now + 1.0 && started >= now - uptime - 1.0,
+        "{started} (now {now})"
+    );
 }
 
 #[tokio::test]
@@ -200,14 +269,18 @@ async fn usage_flushes_and_suspended_accounts_are_exposed() {
     succeeds(&http1_client(), &gateway, "PhoneVerification", "{}").await;
     poll_until("a flush at the advanced clock", DEADLINE, || async {
         let text = gateway.metrics().await;
-        (value(&text, last_flush) == Some((start + 90) as f64) && value(&text, "ekyc_gateway_usage_pending_calls") == Some(0.0))
-            .then_some(())
+        (value(&text, last_flush) == Some((start + 90) as f64)
+            && value(&text, "ekyc_gateway_usage_pending_calls") == Some(0.0))
+        .then_some(())
     })
     .await;
 
     let suspended = |flag: &str| format!(r#"ekyc_gateway_accounts_suspended{{flag="{flag}"}}"#);
     let text = gateway.metrics().await;
-    assert_eq!((must(&text, &suspended("manual")), must(&text, &suspended("arrears"))), (0.0, 0.0));
+    assert_eq!(
+        (must(&text, &suspended("manual")), must(&text, &suspended("arrears"))),
+        (0.0, 0.0)
+    );
     let (status, _) = admin(
         &gateway,
         "POST",
@@ -228,7 +301,10 @@ async fn usage_flushes_and_suspended_accounts_are_exposed() {
         gateway.app.mirror.apply_account(&record);
     }
     let text = gateway.metrics().await;
-    assert_eq!((must(&text, &suspended("manual")), must(&text, &suspended("arrears"))), (1.0, 2.0));
+    assert_eq!(
+        (must(&text, &suspended("manual")), must(&text, &suspended("arrears"))),
+        (1.0, 2.0)
+    );
 }
 
 /// Metric names a PromQL text refers to: `ekyc_gateway_*` and `process_*` identifiers.
@@ -286,19 +362,29 @@ async fn the_dashboard_and_alert_rules_name_only_metrics_the_gateway_exposes() {
     let sim = SimHandle::start(|_| {}).await;
     let (gateway, _clock, _) = gateway_on_a_stopped_clock(&sim, "").await;
     let exposed = exposed_metrics(&gateway.metrics().await);
-    let dashboard: serde_json::Value = serde_json::from_str(&repository_file("deploy/grafana/ekyc-gateway.json")).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repository_file("deploy/grafana/ekyc-gateway.json")).unwrap();
     let mut queries = Vec::new();
     dashboard_queries(&dashboard, &mut queries);
     assert!(queries.len() > 20, "{queries:?}");
     for (source, text) in [
         ("deploy/grafana/ekyc-gateway.json", queries.join("\n")),
-        ("deploy/prometheus/alerts.yml", repository_file("deploy/prometheus/alerts.yml")),
-        ("deploy/prometheus/alerts.test.yml", repository_file("deploy/prometheus/alerts.test.yml")),
+        (
+            "deploy/prometheus/alerts.yml",
+            repository_file("deploy/prometheus/alerts.yml"),
+        ),
+        (
+            "deploy/prometheus/alerts.test.yml",
+            repository_file("deploy/prometheus/alerts.test.yml"),
+        ),
     ] {
         let referenced = referenced_metrics(&text);
         assert!(!referenced.is_empty(), "{source} names no metric");
         let missing: Vec<_> = referenced.difference(&exposed).collect();
-        assert!(missing.is_empty(), "{source} names metrics /metrics does not expose: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{source} names metrics /metrics does not expose: {missing:?}"
+        );
     }
     // Each alert named in the docs' list exists, and each alert has a unit test.
     let rules = repository_file("deploy/prometheus/alerts.yml");
@@ -373,7 +459,10 @@ impl Prometheus {
         .unwrap();
         // A port the kernel gave and took back: free unless another process grabs it
         // in between, which the readiness poll below would show.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let child = tokio::process::Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
@@ -469,17 +558,21 @@ async fn a_real_prometheus_scrapes_the_gateway_and_ingests_its_series() {
             1.0,
         ),
     ];
-    poll_until("Prometheus to ingest the gateway's series", Duration::from_secs(60), || async {
-        for (promql, value) in &expected {
-            let result = prometheus.query(promql).await;
-            if result.len() != 1 || result[0].1 != *value {
-                eprintln!("waiting: {promql} = {result:?}, want {value}");
-                // About a scrape interval, not poll_until's few milliseconds.
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                return None;
+    poll_until(
+        "Prometheus to ingest the gateway's series",
+        Duration::from_secs(60),
+        || async {
+            for (promql, value) in &expected {
+                let result = prometheus.query(promql).await;
+                if result.len() != 1 || result[0].1 != *value {
+                    eprintln!("waiting: {promql} = {result:?}, want {value}");
+                    // About a scrape interval, not poll_until's few milliseconds.
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    return None;
+                }
             }
-        }
-        Some(())
-    })
+            Some(())
+        },
+    )
     .await;
 }

@@ -75,13 +75,13 @@ impl ProcessCollector {
     }
 }
 
-fn max_open_files() -> Option<u64> {
+fn max_open_files() -> Option<f64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct it is given.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur as u64)
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur as f64)
 }
 
 impl Collector for ProcessCollector {
@@ -117,7 +117,7 @@ impl Collector for ProcessCollector {
             gauge("process_open_fds", "Open file descriptors", fds.count() as f64)?;
         }
         if let Some(max) = max_open_files() {
-            gauge("process_max_fds", "The soft limit on open file descriptors", max as f64)?;
+            gauge("process_max_fds", "The soft limit on open file descriptors", max)?;
         }
         if let Some(start) = self.start_time {
             gauge(
