@@ -273,7 +273,7 @@ impl Collector for RequestCounts {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut metric = encoder.encode_descriptor(
             "requests",
-            "Requests on the data listener by action and outcome (forwarded, or the error code the gateway answered)",
+            "Requests on the data listener by action and outcome (forwarded, answered: a tenant action, or the error code the gateway answered)",
             None,
             MetricType::Counter,
         )?;
