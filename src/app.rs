@@ -46,7 +46,9 @@ impl App {
     pub async fn new(config: Config, clock: SharedClock) -> anyhow::Result<Arc<Self>> {
         let catalog = Catalog::new(&config.actions);
         let upstream = UpstreamClient::new(&config.upstream, config.limits.max_body_bytes)?;
-        let metrics = Metrics::new(&catalog);
+        let mut metrics = Metrics::new(&catalog);
+        metrics.watch_pool(upstream.pool_gauges());
+        metrics.usage_last_flush_timestamp_seconds.set(clock.now_unix());
         let rate_limits = RateLimits::new(config.default_rate_limit_qps, &config.actions);
         let store = Arc::new(Store::open(&config.store_url, config.store_migrate_url.as_deref()).await?);
         let mirror = Arc::new(StateMirror::new(config.master_key.clone()));
@@ -147,9 +149,14 @@ impl App {
             .flush_once(&self.plane.counters, &self.store, now, &day)
             .await;
         match &result {
-            Ok(_) => self.plane.metrics.flush_batches_ok.inc(),
-            Err(_) => self.plane.metrics.flush_batches_failed.inc(),
-        };
+            Ok(_) => {
+                self.plane.metrics.flush_batches_ok.inc();
+                self.plane.metrics.usage_last_flush_timestamp_seconds.set(now);
+            }
+            Err(_) => {
+                self.plane.metrics.flush_batches_failed.inc();
+            }
+        }
         result
     }
 

@@ -364,7 +364,7 @@ async fn admin_listener_reports_health_readiness_and_metrics() {
     let metrics = gateway.metrics().await;
     for needle in [
         "ekyc_gateway_request_duration_seconds_bucket",
-        "ekyc_gateway_upstream_duration_seconds_count 1",
+        r#"ekyc_gateway_upstream_duration_seconds_count{action="IdCardVerification"} 1"#,
         r#"ekyc_gateway_open_connections{listener="data"}"#,
         "ekyc_gateway_state_age_seconds 0",
         "ekyc_gateway_accounts_loaded 1",

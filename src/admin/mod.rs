@@ -1,6 +1,6 @@
 //! The admin listener (operators and monitoring; loopback by default): `/healthz`
 //! (process up), `/readyz` (upstream, billing store and state cache reachable),
-//! `/metrics` (Prometheus text), and the operators' API under `/v1/` (`api`), which
+//! `/metrics` (OpenMetrics text), and the operators' API under `/v1/` (`api`), which
 //! requires `Authorization: Bearer <admin token>`. Must not serve tenant traffic: that
 //! is the data listener's job.
 
@@ -62,6 +62,9 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Full
             metrics.state_age_seconds.set(age);
             metrics.accounts_loaded.set(app.mirror.account_count() as i64);
             metrics.credentials_loaded.set(app.mirror.credential_count() as i64);
+            let (manual, arrears) = app.mirror.suspended_counts();
+            metrics.accounts_suspended_manual.set(manual as i64);
+            metrics.accounts_suspended_arrears.set(arrears as i64);
             let pending = app.plane.counters.pending();
             metrics.usage_pending_calls.set(pending as i64);
             let oldest = [app.plane.counters.oldest_pending(), app.flusher.frozen_since().await]
@@ -75,7 +78,7 @@ pub async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Full
             let mut response = Response::new(Full::new(Bytes::from(app.plane.metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
             );
             return response;
         }

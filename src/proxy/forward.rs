@@ -93,6 +93,11 @@ impl UpstreamClient {
         })
     }
 
+    /// The pool's connection counts, for the metrics.
+    pub fn pool_gauges(&self) -> crate::metrics::PoolGauges {
+        self.pool.gauges()
+    }
+
     /// Sends the call, re-signed, and returns the upstream's whole answer. Its deadline
     /// runs from `started`.
     /// `payload_hash_hex` is the hash the client's request was (or would be) signed with.

@@ -40,9 +40,8 @@ pub mod ratelimit;
 pub mod respond;
 pub mod tenant;
 
-use crate::catalog::ActionId;
 use crate::meter::{CounterKey, Month};
-use crate::metrics::Outcome;
+use crate::metrics::{CallAction, Outcome};
 use crate::state::StalePolicy;
 use crate::state::mirror::AccountStanding;
 use auth::AuthMethod;
@@ -156,22 +155,32 @@ pub async fn handle<B: RequestBody>(
         return Answer::new(
             refusal.to_response(),
             None,
-            None,
+            CallAction::Unknown,
             Outcome::Refused(refusal.code),
             started,
         );
     }
-    // Set by the pipeline when it looks the action up (step 4), to what it found; a
-    // call refused before that is looked up below, for its metrics, so a forwarded
-    // call takes one lookup.
+    // Set by the pipeline when it knows what the call asks for (a tenant action, or
+    // the catalog lookup of step 4); a call refused before that is looked up below,
+    // for its metrics, so a forwarded call takes one lookup.
     let mut looked_up = None;
     match pipeline(plane, &parts, fields, callers, body, &mut looked_up).await {
-        Ok((response, ticket)) => Answer::new(response, ticket, looked_up.flatten(), Outcome::Forwarded, started),
+        Ok((response, ticket)) => {
+            let action = looked_up.unwrap_or(CallAction::Unknown);
+            let outcome = match action {
+                CallAction::Tenant(_) => Outcome::Answered,
+                _ => Outcome::Forwarded,
+            };
+            Answer::new(response, ticket, action, outcome, started)
+        }
         Err(error) => {
-            let action = looked_up.unwrap_or_else(|| {
-                fields
-                    .get_str(Known::XTcAction)
-                    .and_then(|name| plane.catalog.lookup(name))
+            let action = looked_up.unwrap_or_else(|| match fields.get_str(Known::XTcAction) {
+                Some(name) => match (plane.catalog.lookup(name), TenantAction::from_name(name)) {
+                    (Some(id), _) => CallAction::Catalog(id),
+                    (None, Some(tenant)) => CallAction::Tenant(tenant),
+                    (None, None) => CallAction::Unknown,
+                },
+                None => CallAction::Unknown,
             });
             if let Some(label) = error.upstream_label() {
                 plane.metrics.record_upstream_error(label);
@@ -193,7 +202,7 @@ async fn pipeline<B: RequestBody>(
     fields: &RequestFields,
     callers: &mut auth::CallerCache,
     body: B,
-    looked_up: &mut Option<Option<ActionId>>,
+    looked_up: &mut Option<CallAction>,
 ) -> Result<(Response<ProxyBody>, Option<MeterTicket>), GatewayError> {
     let settings = &plane.settings;
     let limits = &settings.limits;
@@ -226,6 +235,7 @@ async fn pipeline<B: RequestBody>(
     // tenant must be able to activate, and to see why it is refused, while it is
     // refused. They are rate-limited like every call (each asks the control plane).
     if let Some(tenant_action) = name.and_then(TenantAction::from_name) {
+        *looked_up = Some(CallAction::Tenant(tenant_action));
         plane.rate_limits.check_account(caller.credential.account())?;
         let params = match &caller.method {
             _ if parts.method == http::Method::GET => tenant::Params::Query(parts.uri.query().unwrap_or("")),
@@ -248,7 +258,7 @@ async fn pipeline<B: RequestBody>(
     }
     // 4. action
     let action = name.and_then(|n| plane.catalog.lookup(n));
-    *looked_up = Some(action);
+    *looked_up = Some(action.map_or(CallAction::Unknown, CallAction::Catalog));
     let Some(action_id) = action else {
         return Err(if name.is_some() {
             GatewayError::UnknownAction
@@ -308,7 +318,9 @@ async fn pipeline<B: RequestBody>(
         .upstream
         .forward(parts, fields, body, resign, now, upstream_started)
         .await?;
-    plane.metrics.record_upstream(upstream_started.elapsed().as_secs_f64());
+    plane
+        .metrics
+        .record_upstream(action_id, upstream_started.elapsed().as_secs_f64());
     // 7. meter: a ticket for a billable answer, counted in the last phase (`respond`)
     let ticket = meter_key
         .filter(|_| response.status() == http::StatusCode::OK)

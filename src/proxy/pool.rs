@@ -8,6 +8,7 @@
 //! Must not retry a request: the upstream may have served (and billed) it.
 
 use crate::config;
+use crate::metrics::PoolGauges;
 use crate::proxy::h1::{self, ChunkedDecoder, Framing};
 use crate::proxy::headers::PassedHeaders;
 use bytes::{Buf, Bytes, BytesMut};
@@ -79,6 +80,7 @@ pub struct UpstreamPool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    gauges: PoolGauges,
 }
 
 impl UpstreamPool {
@@ -107,7 +109,13 @@ impl UpstreamPool {
             connect_timeout: upstream.connect_timeout,
             idle_timeout: upstream.pool_idle_timeout,
             max_idle: upstream.pool_max_idle_per_host,
+            gauges: PoolGauges::default(),
         })
+    }
+
+    /// The counts of this pool's connections, open and idle.
+    pub fn gauges(&self) -> PoolGauges {
+        self.gauges.clone()
     }
 
     /// Sends a request on an idle connection of this thread, or a new one, and reads
@@ -180,6 +188,7 @@ impl UpstreamPool {
                 let position = idle.iter().rposition(|(pool, _)| *pool == self.id)?;
                 Some(idle.remove(position).1)
             })?;
+            connection.counted.set_idle(false);
             if now.saturating_duration_since(connection.idle_since) >= self.idle_timeout || !connection.still_open() {
                 continue;
             }
@@ -206,6 +215,7 @@ impl UpstreamPool {
             // Counted only when the whole list could be over the cap: with hundreds of
             // client connections the scan was on every call.
             if idle.len() < self.max_idle || idle.iter().filter(|(pool, _)| *pool == self.id).count() < self.max_idle {
+                connection.counted.set_idle(true);
                 idle.push((self.id, connection));
             }
         });
@@ -240,6 +250,7 @@ impl UpstreamPool {
             write_buffer: Vec::with_capacity(WRITE_BUFFER_BYTES),
             idle_since: Instant::now(),
             deadline_timer: None,
+            counted: Counted::new(self.gauges.clone()),
         })
     }
 }
@@ -253,6 +264,39 @@ struct Connection {
     idle_since: Instant,
     /// Set at or before the current call's deadline (see `UpstreamPool::exchange`).
     deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    counted: Counted,
+}
+
+/// A connection's place in its pool's gauges, from its connect to its drop, wherever
+/// it is dropped (an error, an idle timeout, a thread's idle list going away).
+struct Counted {
+    gauges: PoolGauges,
+    idle: bool,
+}
+
+impl Counted {
+    fn new(gauges: PoolGauges) -> Self {
+        gauges.opened();
+        Self { gauges, idle: false }
+    }
+
+    fn set_idle(&mut self, idle: bool) {
+        if idle != self.idle {
+            if idle {
+                self.gauges.idled();
+            } else {
+                self.gauges.taken();
+            }
+            self.idle = idle;
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.set_idle(false);
+        self.gauges.closed();
+    }
 }
 
 impl Connection {

@@ -9,7 +9,7 @@
 use crate::catalog::ActionId;
 use crate::meter::CounterKey;
 use crate::meter::billable::BillableScanner;
-use crate::metrics::Outcome;
+use crate::metrics::{CallAction, Outcome};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::plane::DataPlane;
 use http::Response;
@@ -47,7 +47,7 @@ impl MeterTicket {
                 plane.catalog.name(ActionId(key.action)).to_string(),
             )
         });
-        plane.metrics.billable_calls.inc();
+        plane.metrics.record_billable(ActionId(key.action));
     }
 }
 
@@ -56,8 +56,8 @@ impl MeterTicket {
 pub struct Answer {
     response: Response<ProxyBody>,
     ticket: Option<MeterTicket>,
-    /// For the metrics: the action, when the call named a known one.
-    action: Option<ActionId>,
+    /// For the metrics: what the call asked for.
+    action: CallAction,
     /// `None` for what is not an API call (the tenants' console pages): not recorded.
     outcome: Option<Outcome>,
     started: Instant,
@@ -67,7 +67,7 @@ impl Answer {
     pub(super) fn new(
         response: Response<ProxyBody>,
         ticket: Option<MeterTicket>,
-        action: Option<ActionId>,
+        action: CallAction,
         outcome: Outcome,
         started: Instant,
     ) -> Self {
@@ -85,7 +85,7 @@ impl Answer {
         Answer {
             response,
             ticket: None,
-            action: None,
+            action: CallAction::Unknown,
             outcome: None,
             started,
         }

@@ -123,6 +123,15 @@ pub enum TenantAction {
 }
 
 impl TenantAction {
+    pub const ALL: [TenantAction; 5] = [
+        TenantAction::ActivateService,
+        TenantAction::DescribeServiceStatus,
+        TenantAction::DescribeCallUsage,
+        TenantAction::DescribeBills,
+        TenantAction::DescribePriceList,
+    ];
+
+    /// On every call's path: a `match`, which compares lengths before bytes.
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "ActivateService" => Some(TenantAction::ActivateService),
@@ -132,6 +141,21 @@ impl TenantAction {
             "DescribePriceList" => Some(TenantAction::DescribePriceList),
             _ => None,
         }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TenantAction::ActivateService => "ActivateService",
+            TenantAction::DescribeServiceStatus => "DescribeServiceStatus",
+            TenantAction::DescribeCallUsage => "DescribeCallUsage",
+            TenantAction::DescribeBills => "DescribeBills",
+            TenantAction::DescribePriceList => "DescribePriceList",
+        }
+    }
+
+    /// The position in `ALL`, for per-action tables (metrics).
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 

@@ -351,6 +351,18 @@ impl StateMirror {
     pub fn credential_count(&self) -> usize {
         self.by_secret_id.len()
     }
+
+    /// Accounts suspended manually, and for arrears (one may be both): a walk of the
+    /// map, for a scrape.
+    pub fn suspended_counts(&self) -> (usize, usize) {
+        self.accounts.iter().fold((0, 0), |(manual, arrears), entry| {
+            let flags = entry.value().flags.load(Ordering::Relaxed);
+            (
+                manual + usize::from(flags & MANUAL != 0),
+                arrears + usize::from(flags & ARREARS != 0),
+            )
+        })
+    }
 }
 
 #[cfg(test)]
