@@ -14,6 +14,7 @@ use crate::meter::flush::Flusher;
 use crate::meter::journal::Journal;
 use crate::meter::{Counters, SLOT_HEADROOM};
 use crate::metrics::Metrics;
+use crate::proxy::access_log::AccessLogWriter;
 use crate::proxy::forward::UpstreamClient;
 use crate::proxy::plane::{DataPlane, PlaneSettings};
 use crate::proxy::ratelimit::RateLimits;
@@ -40,6 +41,8 @@ pub struct App {
     pub plane: Arc<DataPlane>,
     cache_sync: Mutex<Option<CacheSync>>,
     shutdown_hooks: Mutex<Vec<ShutdownHook>>,
+    /// The access log's writer thread, finished after the last request is answered.
+    access_log_writer: Mutex<Option<AccessLogWriter>>,
 }
 
 impl App {
@@ -49,6 +52,9 @@ impl App {
         let mut metrics = Metrics::new(&catalog);
         metrics.watch_pool(upstream.pool_gauges());
         metrics.usage_last_flush_timestamp_seconds.set(clock.now_unix());
+        let (access_log, access_log_writer) =
+            crate::proxy::access_log::start(&config.access_log, metrics.access_log_dropped.clone())
+                .map_err(|e| anyhow::anyhow!("access_log.path: {e}"))?;
         let rate_limits = RateLimits::new(config.default_rate_limit_qps, &config.actions);
         let store = Arc::new(Store::open(&config.store_url, config.store_migrate_url.as_deref()).await?);
         let mirror = Arc::new(StateMirror::new(config.master_key.clone()));
@@ -114,6 +120,7 @@ impl App {
                 settings: PlaneSettings::of(&config),
                 prices: Arc::new(config.prices.clone()),
                 tenants: Arc::new(crate::tenant_desk::StoreDesk::new(app.clone())),
+                access_log,
             };
             Self {
                 config,
@@ -126,6 +133,7 @@ impl App {
                 plane: Arc::new(plane),
                 cache_sync: Mutex::new(cache_sync),
                 shutdown_hooks: Mutex::new(Vec::new()),
+                access_log_writer: Mutex::new(access_log_writer),
             }
         });
         // The last flush runs after in-flight requests have finished (and been counted).
@@ -134,6 +142,12 @@ impl App {
             Box::pin(async move {
                 if let Some(app) = weak.upgrade() {
                     app.final_flush().await;
+                    let writer = app.access_log_writer.lock().ok().and_then(|mut w| w.take());
+                    if let Some(writer) = writer {
+                        // Joins a thread that only drains a queue: blocking briefly here
+                        // is the point (every line of the run is written).
+                        tokio::task::spawn_blocking(move || writer.finish()).await.ok();
+                    }
                 }
             })
         }));

@@ -9,6 +9,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Seconds since the Unix epoch, as Tencent's `X-TC-Timestamp` counts them.
 pub trait Clock: Send + Sync + 'static {
     fn now_unix(&self) -> i64;
+
+    /// Milliseconds since the Unix epoch, for timestamps finer than a second (the
+    /// access log); a clock that keeps seconds only gives whole seconds.
+    fn now_unix_ms(&self) -> i64 {
+        self.now_unix() * 1000
+    }
 }
 
 /// The wall clock of the machine.
@@ -20,6 +26,13 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+
+    fn now_unix_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
             .unwrap_or(0)
     }
 }

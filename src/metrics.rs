@@ -410,6 +410,8 @@ pub struct Metrics {
     pub billing_scheduled_runs_ok: Counter,
     pub billing_scheduled_runs_failed: Counter,
     pub webhooks: WebhookMetrics,
+    /// Access log lines dropped because the writer was behind (`proxy::access_log`).
+    pub access_log_dropped: Counter,
 }
 
 /// The webhook outbox's metrics: handles onto the registry's, so the delivery worker
@@ -609,12 +611,19 @@ impl Metrics {
             "Webhook delivery attempts by this gateway that some endpoint did not accept",
             webhooks.attempts_failed.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer could not keep up",
+            access_log_dropped.clone(),
+        );
         registry.register(
             "webhook_events_given_up",
             "Webhook events this gateway marked failed: still refused at the end of the retry window",
             webhooks.events_given_up.clone(),
         );
         Self {
+            access_log_dropped,
             registry: root,
             requests,
             actions: catalog.len(),

@@ -158,23 +158,24 @@ pub async fn handle<B: RequestBody>(
             CallAction::Unknown,
             Outcome::Refused(refusal.code),
             started,
-        );
+        )
+        .with(&parts.method, Seen::default());
     }
-    // Set by the pipeline when it knows what the call asks for (a tenant action, or
-    // the catalog lookup of step 4); a call refused before that is looked up below,
-    // for its metrics, so a forwarded call takes one lookup.
-    let mut looked_up = None;
-    match pipeline(plane, &parts, fields, callers, body, &mut looked_up).await {
+    // Filled in by the pipeline as it learns what the call asks for (a tenant action,
+    // or the catalog lookup of step 4) and who makes it; a call refused before the
+    // lookup is looked up below, for its metrics, so a forwarded call takes one lookup.
+    let mut seen = Seen::default();
+    match pipeline(plane, &parts, fields, callers, body, &mut seen).await {
         Ok((response, ticket)) => {
-            let action = looked_up.unwrap_or(CallAction::Unknown);
+            let action = seen.action.unwrap_or(CallAction::Unknown);
             let outcome = match action {
                 CallAction::Tenant(_) => Outcome::Answered,
                 _ => Outcome::Forwarded,
             };
-            Answer::new(response, ticket, action, outcome, started)
+            Answer::new(response, ticket, action, outcome, started).with(&parts.method, seen)
         }
         Err(error) => {
-            let action = looked_up.unwrap_or_else(|| match fields.get_str(Known::XTcAction) {
+            let action = seen.action.unwrap_or_else(|| match fields.get_str(Known::XTcAction) {
                 Some(name) => match (plane.catalog.lookup(name), TenantAction::from_name(name)) {
                     (Some(id), _) => CallAction::Catalog(id),
                     (None, Some(tenant)) => CallAction::Tenant(tenant),
@@ -192,8 +193,19 @@ pub async fn handle<B: RequestBody>(
                 Outcome::Refused(error.code()),
                 started,
             )
+            .with(&parts.method, seen)
         }
     }
+}
+
+/// What the pipeline learned about a call before it ended, for the last phase.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Seen {
+    pub action: Option<CallAction>,
+    /// The caller's account (mirror index), once its signature or key checked out.
+    pub account: Option<u32>,
+    /// The request body's length, once read.
+    pub bytes_in: u64,
 }
 
 async fn pipeline<B: RequestBody>(
@@ -202,7 +214,7 @@ async fn pipeline<B: RequestBody>(
     fields: &RequestFields,
     callers: &mut auth::CallerCache,
     body: B,
-    looked_up: &mut Option<CallAction>,
+    seen: &mut Seen,
 ) -> Result<(Response<ProxyBody>, Option<MeterTicket>), GatewayError> {
     let settings = &plane.settings;
     let limits = &settings.limits;
@@ -215,7 +227,9 @@ async fn pipeline<B: RequestBody>(
         .read_bounded(fields, limits.max_body_bytes, limits.body_read_timeout, hash_as_read)
         .await?;
     // 2b. authenticate: the signature over the whole request
+    seen.bytes_in = received.bytes.len() as u64;
     let caller = auth::verify(identified, parts, fields, &received, &plane.mirror, callers, now)?;
+    seen.account = Some(caller.credential.account().index());
     let body::ReceivedBody {
         bytes: body,
         sha256: body_sha256,
@@ -235,7 +249,7 @@ async fn pipeline<B: RequestBody>(
     // tenant must be able to activate, and to see why it is refused, while it is
     // refused. They are rate-limited like every call (each asks the control plane).
     if let Some(tenant_action) = name.and_then(TenantAction::from_name) {
-        *looked_up = Some(CallAction::Tenant(tenant_action));
+        seen.action = Some(CallAction::Tenant(tenant_action));
         plane.rate_limits.check_account(caller.credential.account())?;
         let params = match &caller.method {
             _ if parts.method == http::Method::GET => tenant::Params::Query(parts.uri.query().unwrap_or("")),
@@ -258,7 +272,7 @@ async fn pipeline<B: RequestBody>(
     }
     // 4. action
     let action = name.and_then(|n| plane.catalog.lookup(n));
-    *looked_up = Some(action.map_or(CallAction::Unknown, CallAction::Catalog));
+    seen.action = Some(action.map_or(CallAction::Unknown, CallAction::Catalog));
     let Some(action_id) = action else {
         return Err(if name.is_some() {
             GatewayError::UnknownAction

@@ -39,6 +39,8 @@ pub struct DataPlane {
     pub prices: Arc<PriceBook>,
     /// Answers tenant actions from the control plane (bounded; see `tenant`).
     pub tenants: Arc<dyn TenantDesk>,
+    /// One line per call, when configured (`access_log`).
+    pub access_log: super::access_log::AccessLog,
 }
 
 impl DataPlane {
