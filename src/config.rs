@@ -289,7 +289,7 @@ struct RawAccessLog {
     sample_every: u32,
     /// A file to append to; empty: standard output.
     path: String,
-    queue_lines: u64,
+    buffer_kib: u64,
 }
 
 impl Default for RawAccessLog {
@@ -299,7 +299,7 @@ impl Default for RawAccessLog {
             format: "json".into(),
             sample_every: 100,
             path: String::new(),
-            queue_lines: 65_536,
+            buffer_kib: 4096,
         }
     }
 }
@@ -330,8 +330,8 @@ impl RawAccessLog {
                 ));
             }
         };
-        if !(1..=10_000_000).contains(&self.queue_lines) {
-            return Err(ConfigError::new("access_log.queue_lines", "must be 1..=10000000"));
+        if !(64..=1_048_576).contains(&self.buffer_kib) {
+            return Err(ConfigError::new("access_log.buffer_kib", "must be 64..=1048576"));
         }
         Ok(AccessLogConfig {
             mode,
@@ -341,7 +341,7 @@ impl RawAccessLog {
             } else {
                 AccessLogTarget::File(self.path.into())
             },
-            queue_lines: self.queue_lines as usize,
+            buffer_bytes: self.buffer_kib as usize * 1024,
         })
     }
 }

@@ -1,20 +1,20 @@
 //! The access log: one line per API call (JSON or logfmt), written by a thread of its
-//! own so a worker only formats a line and hands it over (a lock-free channel push; no
-//! system call, no lock, no waiting). Off, every call, or one successful call in N with
-//! every refusal and error kept (`[access_log]`). When the writer falls behind, lines
-//! are dropped and counted (`ekyc_gateway_access_log_dropped_total`), never waited for.
+//! own so a worker only formats a line into a buffer of its own (no system call, no
+//! allocation, no lock another thread holds but for a swap every 20 ms). Off, every
+//! call, or one successful call in N with every refusal and error kept
+//! (`[access_log]`). When the writer falls behind, lines are dropped and counted
+//! (`ekyc_gateway_access_log_dropped_total`), never waited for.
 //! Must not log a secret, a signature or a body: the fields of `AccessRecord` are all
-//! it writes, and the one field a client chooses freely (an unknown action's name) is
-//! escaped and cut to 64 bytes.
+//! it writes. Every string is escaped for its format and an action name cut to 64
+//! bytes, so no value can start a line of its own.
 
 use prometheus_client::metrics::counter::Counter;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Which calls get a line.
@@ -47,8 +47,8 @@ pub struct AccessLogConfig {
     pub mode: AccessLogMode,
     pub format: AccessLogFormat,
     pub target: AccessLogTarget,
-    /// Lines waiting for the writer before new ones are dropped.
-    pub queue_lines: usize,
+    /// The most each data-plane thread keeps for the writer before it drops lines.
+    pub buffer_bytes: usize,
 }
 
 impl Default for AccessLogConfig {
@@ -57,7 +57,7 @@ impl Default for AccessLogConfig {
             mode: AccessLogMode::Off,
             format: AccessLogFormat::Json,
             target: AccessLogTarget::Stdout,
-            queue_lines: 65_536,
+            buffer_bytes: 4 << 20,
         }
     }
 }
@@ -88,23 +88,82 @@ pub struct AccessRecord<'a> {
 thread_local! {
     /// Successful calls seen by this worker, for sampling without shared state.
     static SEEN: Cell<u32> = const { Cell::new(0) };
+    /// The last second formatted (`YYYY-MM-DDTHH:MM:SS`) and its Unix time: a busy
+    /// worker formats a second once, not once per line.
+    static SECOND: Cell<(i64, [u8; 19])> = const { Cell::new((i64::MIN, [0; 19])) };
 }
 
-/// The data plane's handle: decides which calls get a line and hands lines over.
+/// An account id copied out of the mirror (ids are at most 64 ASCII bytes), so the log
+/// line needs no second look-up and no shared reference count.
+#[derive(Debug, Clone, Copy)]
+pub struct AccountName {
+    len: u8,
+    bytes: [u8; 64],
+}
+
+impl AccountName {
+    pub fn new(id: &str) -> Option<Self> {
+        let mut bytes = [0; 64];
+        bytes.get_mut(..id.len())?.copy_from_slice(id.as_bytes());
+        Some(Self {
+            len: id.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+/// Lines written by one worker thread and not yet taken by the writer. Only its
+/// worker and, every `POLL`, the writer lock it: the lock is almost always free and
+/// its cache line stays with the worker.
+type Pending = Arc<Mutex<String>>;
+
+/// What the handle and the writer share: every worker's pending lines.
+struct Shared {
+    /// Unique in the process, unlike an address a later log could reuse.
+    id: u64,
+    pending: Mutex<Vec<Pending>>,
+    /// The most one worker keeps for the writer before it drops lines.
+    max_pending_bytes: usize,
+}
+
+thread_local! {
+    /// This worker's pending lines, with the log they belong to (a test process runs
+    /// several gateways).
+    static MINE: RefCell<Option<(u64, Pending)>> = const { RefCell::new(None) };
+}
+
+static NEXT_LOG_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// How often the writer takes the workers' lines.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The data plane's handle: decides which calls get a line and formats them into the
+/// worker's own buffer, which the writer thread empties.
 pub struct AccessLog {
     mode: AccessLogMode,
     format: AccessLogFormat,
-    sender: Option<SyncSender<String>>,
+    shared: Option<Arc<Shared>>,
     dropped: Counter,
 }
 
 impl AccessLog {
+    /// Whether any call can get a line (what the pipeline keeps for it is then worth
+    /// keeping).
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.mode != AccessLogMode::Off
+    }
+
     /// A log that writes nothing.
     pub fn off() -> Self {
         Self {
             mode: AccessLogMode::Off,
             format: AccessLogFormat::Json,
-            sender: None,
+            shared: None,
             dropped: Counter::default(),
         }
     }
@@ -127,28 +186,43 @@ impl AccessLog {
         }
     }
 
-    /// Formats `record` and hands the line to the writer; drops it (counted) if the
+    /// Formats `record` into this worker's pending lines; drops it (counted) when the
     /// writer is that far behind.
     pub fn write(&self, record: &AccessRecord<'_>) {
-        let Some(sender) = &self.sender else { return };
-        let line = format_line(self.format, record);
-        match sender.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+        let Some(shared) = &self.shared else { return };
+        let id = shared.id;
+        MINE.with(|mine| {
+            let mut mine = mine.borrow_mut();
+            let pending = match &*mine {
+                Some((owner, pending)) if *owner == id => pending.clone(),
+                _ => {
+                    let pending: Pending = Arc::new(Mutex::new(String::with_capacity(64 * 1024)));
+                    if let Ok(mut all) = shared.pending.lock() {
+                        all.push(pending.clone());
+                    }
+                    *mine = Some((id, pending.clone()));
+                    pending
+                }
+            };
+            drop(mine);
+            let Ok(mut lines) = pending.lock() else { return };
+            if lines.len() >= shared.max_pending_bytes {
                 self.dropped.inc();
+                return;
             }
-        }
+            format_into(&mut lines, self.format, record);
+        });
     }
 }
 
-/// The writer thread; `finish` drains what is queued and stops it.
+/// The writer thread; `finish` writes what is pending and stops it.
 pub struct AccessLogWriter {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl AccessLogWriter {
-    /// Writes what is still queued, then ends the thread.
+    /// Writes every pending line, then ends the thread.
     pub fn finish(mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
@@ -172,17 +246,21 @@ pub fn start(config: &AccessLogConfig, dropped: Counter) -> std::io::Result<(Acc
         AccessLogTarget::Stdout => Box::new(std::io::stdout()),
         AccessLogTarget::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
     };
-    let (sender, receiver) = std::sync::mpsc::sync_channel(config.queue_lines.max(1));
+    let shared = Arc::new(Shared {
+        id: NEXT_LOG_ID.fetch_add(1, Ordering::Relaxed),
+        pending: Mutex::new(Vec::new()),
+        max_pending_bytes: config.buffer_bytes,
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let thread = std::thread::Builder::new().name("access-log".into()).spawn({
-        let stop = stop.clone();
-        move || write_lines(receiver, out, &stop)
+        let (stop, shared) = (stop.clone(), shared.clone());
+        move || write_lines(&shared, out, &stop)
     })?;
     Ok((
         AccessLog {
             mode: config.mode,
             format: config.format,
-            sender: Some(sender),
+            shared: Some(shared),
             dropped,
         },
         Some(AccessLogWriter {
@@ -192,30 +270,26 @@ pub fn start(config: &AccessLogConfig, dropped: Counter) -> std::io::Result<(Acc
     ))
 }
 
-/// The writer's loop. It polls rather than blocks on the channel: a receiver that
-/// never waits is one the workers never have to wake, so a push stays a push.
-fn write_lines(receiver: Receiver<String>, out: Box<dyn std::io::Write + Send>, stop: &AtomicBool) {
-    const POLL: Duration = Duration::from_millis(20);
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+/// The writer's loop: every `POLL`, swaps each worker's pending lines for an empty
+/// buffer of the same size and writes them out, so no line costs an allocation.
+fn write_lines(shared: &Shared, out: Box<dyn std::io::Write + Send>, stop: &AtomicBool) {
+    let mut out = out;
+    let mut spare = String::with_capacity(64 * 1024);
     loop {
         let stopping = stop.load(Ordering::Acquire);
+        let workers: Vec<Pending> = shared.pending.lock().map(|all| all.clone()).unwrap_or_default();
         let mut wrote = false;
-        loop {
-            match receiver.try_recv() {
-                Ok(line) => {
-                    if out.write_all(line.as_bytes()).is_err() {
-                        // A full disk or a closed pipe: the lines are lost, the calls
-                        // are not held up for them.
-                        continue;
-                    }
-                    wrote = true;
+        for pending in workers {
+            if let Ok(mut lines) = pending.lock() {
+                if lines.is_empty() {
+                    continue;
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    let _ = out.flush();
-                    return;
-                }
+                std::mem::swap(&mut *lines, &mut spare);
             }
+            // A full disk or a closed pipe loses the lines; calls are never held up.
+            let _ = out.write_all(spare.as_bytes());
+            spare.clear();
+            wrote = true;
         }
         if wrote {
             let _ = out.flush();
@@ -230,19 +304,25 @@ fn write_lines(receiver: Receiver<String>, out: Box<dyn std::io::Write + Send>, 
 /// One line, newline included.
 pub fn format_line(format: AccessLogFormat, r: &AccessRecord<'_>) -> String {
     let mut line = String::with_capacity(320);
-    let time = rfc3339_millis(r.at_ms);
+    format_into(&mut line, format, r);
+    line
+}
+
+/// One line, newline included, appended to `line`.
+fn format_into(line: &mut String, format: AccessLogFormat, r: &AccessRecord<'_>) {
     let latency_ms = r.latency.as_secs_f64() * 1000.0;
     let action = r.action.map(|a| cut(a, 64));
     match format {
         AccessLogFormat::Json => {
-            line.push('{');
-            json_field(&mut line, "time", Some(&time));
-            json_field(&mut line, "request_id", r.request_id);
-            json_field(&mut line, "account", r.account);
-            json_field(&mut line, "action", action);
-            json_field(&mut line, "method", Some(r.method));
-            json_field(&mut line, "outcome", Some(r.outcome));
-            json_field(&mut line, "code", r.code);
+            line.push_str("{\"time\":\"");
+            push_rfc3339_millis(line, r.at_ms);
+            line.push_str("\",");
+            json_field(line, "request_id", r.request_id);
+            json_field(line, "account", r.account);
+            json_field(line, "action", action);
+            json_field(line, "method", Some(r.method));
+            json_field(line, "outcome", Some(r.outcome));
+            json_field(line, "code", r.code);
             let _ = write!(line, "\"billable\":{},", r.billable);
             match r.upstream_status {
                 Some(status) => {
@@ -257,13 +337,15 @@ pub fn format_line(format: AccessLogFormat, r: &AccessRecord<'_>) -> String {
             );
         }
         AccessLogFormat::Logfmt => {
-            logfmt_field(&mut line, "time", Some(&time));
-            logfmt_field(&mut line, "request_id", r.request_id);
-            logfmt_field(&mut line, "account", r.account);
-            logfmt_field(&mut line, "action", action);
-            logfmt_field(&mut line, "method", Some(r.method));
-            logfmt_field(&mut line, "outcome", Some(r.outcome));
-            logfmt_field(&mut line, "code", r.code);
+            line.push_str("time=");
+            push_rfc3339_millis(line, r.at_ms);
+            line.push(' ');
+            logfmt_field(line, "request_id", r.request_id);
+            logfmt_field(line, "account", r.account);
+            logfmt_field(line, "action", action);
+            logfmt_field(line, "method", Some(r.method));
+            logfmt_field(line, "outcome", Some(r.outcome));
+            logfmt_field(line, "code", r.code);
             let _ = write!(line, "billable={} ", r.billable);
             if let Some(status) = r.upstream_status {
                 let _ = write!(line, "upstream_status={status} ");
@@ -276,7 +358,6 @@ pub fn format_line(format: AccessLogFormat, r: &AccessRecord<'_>) -> String {
         }
     }
     line.push('\n');
-    line
 }
 
 fn cut(text: &str, max: usize) -> &str {
@@ -291,13 +372,38 @@ fn cut(text: &str, max: usize) -> &str {
 }
 
 fn json_field(line: &mut String, key: &str, value: Option<&str>) {
-    let _ = write!(line, "\"{key}\":");
+    line.push('"');
+    line.push_str(key);
+    line.push_str("\":");
     match value {
-        // serde_json's string escaping: quotes, backslashes and control characters.
-        Some(value) => line.push_str(&serde_json::Value::from(value).to_string()),
+        Some(value) => push_json_string(line, value),
         None => line.push_str("null"),
     }
     line.push(',');
+}
+
+/// `value` as a JSON string: quotes, backslashes and control characters escaped; the
+/// common case (nothing to escape) is one copy.
+fn push_json_string(line: &mut String, value: &str) {
+    line.push('"');
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        line.push_str(value);
+    } else {
+        for c in value.chars() {
+            match c {
+                '"' => line.push_str("\\\""),
+                '\\' => line.push_str("\\\\"),
+                '\n' => line.push_str("\\n"),
+                '\r' => line.push_str("\\r"),
+                '\t' => line.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(line, "\\u{:04x}", c as u32);
+                }
+                c => line.push(c),
+            }
+        }
+    }
+    line.push('"');
 }
 
 /// `key=value`, quoted (with `"` and `\` escaped, control characters dropped) when
@@ -324,23 +430,41 @@ fn logfmt_field(line: &mut String, key: &str, value: Option<&str>) {
     line.push_str("\" ");
 }
 
-/// `2026-12-05T08:30:00.123Z`: RFC 3339 in UTC, as every interface shows time, with
-/// milliseconds.
-fn rfc3339_millis(unix_ms: i64) -> String {
+/// `2026-12-05T08:30:00.123Z` into `line`: RFC 3339 in UTC, as every interface shows
+/// time, with milliseconds.
+fn push_rfc3339_millis(line: &mut String, unix_ms: i64) {
     let seconds = unix_ms.div_euclid(1000);
     let millis = unix_ms.rem_euclid(1000);
-    match time::OffsetDateTime::from_unix_timestamp(seconds) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+    let (cached, text) = SECOND.get();
+    let text = if cached == seconds {
+        text
+    } else {
+        let Ok(t) = time::OffsetDateTime::from_unix_timestamp(seconds) else {
+            line.push_str("invalid-time");
+            return;
+        };
+        let mut text = [0u8; 19];
+        let formatted = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
             t.year(),
             u8::from(t.month()),
             t.day(),
             t.hour(),
             t.minute(),
             t.second()
-        ),
-        Err(_) => String::from("invalid-time"),
-    }
+        );
+        if formatted.len() != text.len() {
+            // A year past 9999: no cache, the text as it is.
+            line.push_str(&formatted);
+            let _ = write!(line, ".{millis:03}Z");
+            return;
+        }
+        text.copy_from_slice(formatted.as_bytes());
+        SECOND.set((seconds, text));
+        text
+    };
+    line.push_str(std::str::from_utf8(&text).unwrap_or_default());
+    let _ = write!(line, ".{millis:03}Z");
 }
 
 #[cfg(test)]
@@ -417,7 +541,7 @@ mod tests {
         let log = AccessLog {
             mode: AccessLogMode::Sampled { every: 4 },
             format: AccessLogFormat::Json,
-            sender: None,
+            shared: None,
             dropped: Counter::default(),
         };
         let kept = (0..40).filter(|_| log.wants(false)).count();

@@ -202,8 +202,9 @@ pub async fn handle<B: RequestBody>(
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Seen {
     pub action: Option<CallAction>,
-    /// The caller's account (mirror index), once its signature or key checked out.
-    pub account: Option<u32>,
+    /// The caller's account, once its signature or key checked out; kept only while
+    /// the access log is on.
+    pub account: Option<access_log::AccountName>,
     /// The request body's length, once read.
     pub bytes_in: u64,
 }
@@ -229,7 +230,9 @@ async fn pipeline<B: RequestBody>(
     // 2b. authenticate: the signature over the whole request
     seen.bytes_in = received.bytes.len() as u64;
     let caller = auth::verify(identified, parts, fields, &received, &plane.mirror, callers, now)?;
-    seen.account = Some(caller.credential.account().index());
+    if plane.access_log.enabled() {
+        seen.account = access_log::AccountName::new(caller.credential.account().id());
+    }
     let body::ReceivedBody {
         bytes: body,
         sha256: body_sha256,

@@ -160,7 +160,6 @@ fn log_call(
     latency: std::time::Duration,
 ) {
     let body = response.body().bytes();
-    let account = seen.account.and_then(|index| plane.mirror.account_by_index(index));
     let (outcome_name, code) = match outcome {
         // A billable answer carries no error; any other may (`Code` inside `Error`).
         Outcome::Forwarded if billable => ("forwarded", None),
@@ -172,7 +171,7 @@ fn log_call(
     let record = AccessRecord {
         at_ms: now_ms - latency.as_millis() as i64,
         request_id: json_string_after(body, b"\"RequestId\":\""),
-        account: account.as_deref().map(|a| a.id()),
+        account: seen.account.as_ref().map(|a| a.as_str()),
         action: match action {
             CallAction::Catalog(id) => Some(plane.catalog.name(id)),
             CallAction::Tenant(tenant) => Some(tenant.name()),
