@@ -120,7 +120,11 @@ async fn each_call_gets_one_json_line_that_matches_its_answer_and_holds_no_secre
     );
     let answered_line = line_of(&answered);
     assert_eq!(
-        (&answered_line["outcome"], &answered_line["action"], &answered_line["account"]),
+        (
+            &answered_line["outcome"],
+            &answered_line["action"],
+            &answered_line["account"]
+        ),
         (
             &Value::from("answered"),
             &Value::from("DescribeServiceStatus"),
