@@ -19,7 +19,7 @@ use crate::proxy::forward::UpstreamClient;
 use crate::proxy::plane::{DataPlane, PlaneSettings};
 use crate::proxy::ratelimit::RateLimits;
 use crate::state::mirror::StateMirror;
-use crate::state::redis::{CacheSync, RedisPublisher};
+use crate::state::redis::{CacheSync, RedisEndpoint, RedisPublisher};
 use crate::state::{Freshness, LocalPublisher, StatePublisher};
 use crate::store::Store;
 use std::future::Future;
@@ -58,7 +58,7 @@ impl App {
         let rate_limits = RateLimits::new(config.default_rate_limit_qps, &config.actions);
         let store = Arc::new(Store::open(&config.store_url, config.store_migrate_url.as_deref()).await?);
         let mirror = Arc::new(StateMirror::new(config.master_key.clone()));
-        let (publisher, freshness, cache_sync): (Arc<dyn StatePublisher>, _, _) = match &config.state.redis_url {
+        let (publisher, freshness, cache_sync): (Arc<dyn StatePublisher>, _, _) = match &config.state.redis {
             None => {
                 let failed = mirror.apply_snapshot(&store.all_accounts().await?, &store.all_credentials().await?);
                 crate::state::return_freed_memory();
@@ -69,10 +69,10 @@ impl App {
                 let publisher = LocalPublisher { mirror: mirror.clone() };
                 (Arc::new(publisher), Arc::new(Freshness::always_fresh()), None)
             }
-            Some(url) => {
+            Some(target) => {
                 let freshness = Arc::new(Freshness::never_synced());
                 let sync = CacheSync {
-                    redis_url: url.clone(),
+                    endpoint: RedisEndpoint::new(target).map_err(|e| anyhow::anyhow!("[state]: {e}"))?,
                     store: store.clone(),
                     mirror: mirror.clone(),
                     freshness: freshness.clone(),
@@ -87,7 +87,7 @@ impl App {
                     freshness.mark_synced(clock.now_unix());
                 }
                 let publisher =
-                    RedisPublisher::new(url, mirror.clone()).map_err(|e| anyhow::anyhow!("state.redis_url: {e}"))?;
+                    RedisPublisher::new(target, mirror.clone()).map_err(|e| anyhow::anyhow!("[state]: {e}"))?;
                 (Arc::new(publisher) as Arc<dyn StatePublisher>, freshness, Some(sync))
             }
         };

@@ -145,6 +145,10 @@ impl RawStore {
 #[serde(deny_unknown_fields, default)]
 struct RawState {
     redis_url: Option<String>,
+    sentinel_master: Option<String>,
+    sentinels: Vec<String>,
+    sentinel_db: i64,
+    cluster_nodes: Vec<String>,
     resync_interval_ms: u64,
     max_staleness_ms: u64,
     stale_policy: StalePolicy,
@@ -154,10 +158,97 @@ impl Default for RawState {
     fn default() -> Self {
         Self {
             redis_url: None,
+            sentinel_master: None,
+            sentinels: Vec::new(),
+            sentinel_db: 0,
+            cluster_nodes: Vec::new(),
             resync_interval_ms: 30_000,
             max_staleness_ms: 300_000,
             stale_policy: StalePolicy::FailClosed,
         }
+    }
+}
+
+impl RawState {
+    /// Which Redis deployment `[state]` names: one server (`redis_url`, or env
+    /// `EKYC_REDIS_URL`), a Sentinel set (`sentinel_master` and `sentinels`) or a Cluster
+    /// (`cluster_nodes`); at most one of them. The data nodes' password of a Sentinel set
+    /// or a Cluster may come from env `EKYC_REDIS_PASSWORD` (and `EKYC_REDIS_USERNAME`), so
+    /// it stays out of the file.
+    fn target(&self, env: &dyn Env) -> Result<Option<RedisTarget>, ConfigError> {
+        let redis_url = env
+            .var("EKYC_REDIS_URL")
+            .or_else(|| self.redis_url.clone())
+            .filter(|u| !u.is_empty());
+        let named = [
+            redis_url.is_some(),
+            !self.sentinels.is_empty(),
+            !self.cluster_nodes.is_empty(),
+        ];
+        if named.iter().filter(|n| **n).count() > 1 {
+            return Err(ConfigError::new(
+                "state",
+                "name one Redis deployment: redis_url, sentinels or cluster_nodes",
+            ));
+        }
+        let check_urls = |key: &str, urls: &[String]| -> Result<(), ConfigError> {
+            match urls
+                .iter()
+                .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+            {
+                Some(url) => Err(ConfigError::new(
+                    key,
+                    format!("{url:?} must start with redis:// or rediss://"),
+                )),
+                None => Ok(()),
+            }
+        };
+        let credentials = || RedisCredentials {
+            username: env.var("EKYC_REDIS_USERNAME").filter(|u| !u.is_empty()),
+            password: env.var("EKYC_REDIS_PASSWORD").filter(|p| !p.is_empty()),
+        };
+        if let Some(url) = redis_url {
+            check_urls("state.redis_url", std::slice::from_ref(&url))?;
+            if self.sentinel_master.is_some() {
+                return Err(ConfigError::new(
+                    "state.sentinel_master",
+                    "needs sentinels, not redis_url",
+                ));
+            }
+            return Ok(Some(RedisTarget::Node(url)));
+        }
+        if !self.sentinels.is_empty() {
+            check_urls("state.sentinels", &self.sentinels)?;
+            let master = self.sentinel_master.clone().filter(|m| !m.is_empty()).ok_or_else(|| {
+                ConfigError::new(
+                    "state.sentinel_master",
+                    "the name the sentinels monitor the master under is required with sentinels",
+                )
+            })?;
+            if self.sentinel_db < 0 {
+                return Err(ConfigError::new("state.sentinel_db", "must be 0 or more"));
+            }
+            return Ok(Some(RedisTarget::Sentinel {
+                master,
+                sentinels: self.sentinels.clone(),
+                db: self.sentinel_db,
+                credentials: credentials(),
+            }));
+        }
+        if self.sentinel_master.is_some() {
+            return Err(ConfigError::new(
+                "state.sentinels",
+                "sentinel_master needs the sentinels' addresses",
+            ));
+        }
+        if !self.cluster_nodes.is_empty() {
+            check_urls("state.cluster_nodes", &self.cluster_nodes)?;
+            return Ok(Some(RedisTarget::Cluster {
+                nodes: self.cluster_nodes.clone(),
+                credentials: credentials(),
+            }));
+        }
+        Ok(None)
     }
 }
 
@@ -713,10 +804,48 @@ pub struct DueConfig {
 #[derive(Debug, Clone)]
 pub struct StateConfig {
     /// None: single node, state held in process (the embedded default).
-    pub redis_url: Option<String>,
+    pub redis: Option<RedisTarget>,
     pub resync_interval: Duration,
     pub max_staleness: Duration,
     pub stale_policy: StalePolicy,
+}
+
+/// The Redis deployment every gateway shares (docs/CONFIGURATION.md, "Redis: one
+/// server, Sentinel or Cluster").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server; its URL may carry a password and a database number.
+    Node(String),
+    /// A master found through the sentinels monitoring it under `master`; followed to a
+    /// promoted replica after a failover.
+    Sentinel {
+        master: String,
+        sentinels: Vec<String>,
+        db: i64,
+        credentials: RedisCredentials,
+    },
+    /// Seed nodes of a Redis Cluster; the slot map is read from them.
+    Cluster {
+        nodes: Vec<String>,
+        credentials: RedisCredentials,
+    },
+}
+
+/// The data nodes' login of a Sentinel set or a Cluster (env `EKYC_REDIS_USERNAME`,
+/// `EKYC_REDIS_PASSWORD`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisCredentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCredentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Where and how webhook events are delivered (`[webhooks]`, docs/WEBHOOKS.md).
@@ -974,10 +1103,10 @@ impl Config {
             throwaway_key: &throwaway_key,
         };
         let config = Self::from_toml(&text, &batch_env)?;
-        if config.state.redis_url.is_some() && env.var("EKYC_MASTER_KEY").is_none() {
+        if config.state.redis.is_some() && env.var("EKYC_MASTER_KEY").is_none() {
             return Err(ConfigError::new(
                 "EKYC_MASTER_KEY",
-                "environment variable is not set: with [state] redis_url the billing job republishes \
+                "environment variable is not set: with Redis in [state] the billing job republishes \
                  suspended accounts, sealed under the master key",
             ));
         }
@@ -1194,20 +1323,9 @@ impl Config {
             url: store_url,
             migrate_url: store_migrate_url,
         } = raw.store.validate(env)?;
-        let redis_url = env
-            .var("EKYC_REDIS_URL")
-            .or(raw.state.redis_url)
-            .filter(|u| !u.is_empty());
-        if let Some(url) = &redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(ConfigError::new(
-                "state.redis_url",
-                "must start with redis:// or rediss://",
-            ));
-        }
+        let redis = raw.state.target(env)?;
         let state = StateConfig {
-            redis_url,
+            redis,
             resync_interval: ms("state.resync_interval_ms", raw.state.resync_interval_ms, 100, 3_600_000)?,
             max_staleness: ms("state.max_staleness_ms", raw.state.max_staleness_ms, 1000, 86_400_000)?,
             stale_policy: raw.state.stale_policy,
@@ -1397,7 +1515,7 @@ mod tests {
         );
         assert_eq!(c.actions[1].rate_limit_qps, None);
         assert_eq!(c.store_url, "sqlite://./data/billing.db");
-        assert!(c.state.redis_url.is_none());
+        assert!(c.state.redis.is_none());
         assert_eq!(c.state.max_staleness, Duration::from_secs(300));
         assert_eq!(c.state.stale_policy, StalePolicy::FailClosed);
         assert!(c.admin_tokens.is_empty());
@@ -1479,7 +1597,7 @@ mod tests {
         ];
         let c = Config::from_toml("[state]\nstale_policy = \"fail_open\"\n", &env).unwrap();
         assert_eq!(c.store_url, "postgres://db/x");
-        assert_eq!(c.state.redis_url.as_deref(), Some("redis://127.0.0.1:1/"));
+        assert_eq!(c.state.redis, Some(RedisTarget::Node("redis://127.0.0.1:1/".into())));
         assert_eq!(c.state.stale_policy, StalePolicy::FailOpen);
         let names: Vec<_> = c.admin_tokens.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["admin", "alice", "bob"]);

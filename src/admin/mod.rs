@@ -162,7 +162,7 @@ async fn readiness(app: &App) -> Response<Full<Bytes>> {
     };
     let now = app.clock.now_unix();
     let max = app.config.state.max_staleness.as_secs() as i64;
-    let state_status = match (app.config.state.redis_url.is_some(), app.freshness.age(now)) {
+    let state_status = match (app.config.state.redis.is_some(), app.freshness.age(now)) {
         (false, _) => Ok(()),
         (true, None) => Err("never synced with Redis".to_string()),
         (true, Some(age)) if age > max => Err(format!("stale: last synced {age} s ago (limit {max} s)")),

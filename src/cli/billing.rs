@@ -93,9 +93,9 @@ pub async fn run(args: BillingArgs) -> anyhow::Result<()> {
                     crate::admin::api::previous_month(current)
                 }
             };
-            let publisher: Box<dyn StatePublisher> = match &config.state.redis_url {
-                Some(url) => Box::new(RedisPublisher::new(
-                    url,
+            let publisher: Box<dyn StatePublisher> = match &config.state.redis {
+                Some(target) => Box::new(RedisPublisher::new(
+                    target,
                     Arc::new(StateMirror::new(config.master_key.clone())),
                 )?),
                 None => Box::new(StoreOnlyPublisher),

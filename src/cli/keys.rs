@@ -30,8 +30,8 @@ pub async fn rotate(config: PathBuf) -> anyhow::Result<()> {
     let changed = store
         .reseal_credentials(&config.master_key, "rotate-master-key", SystemClock.now_unix())
         .await?;
-    if let Some(url) = &config.state.redis_url {
-        let publisher = RedisPublisher::new(url, Arc::new(StateMirror::new(config.master_key.clone())))?;
+    if let Some(target) = &config.state.redis {
+        let publisher = RedisPublisher::new(target, Arc::new(StateMirror::new(config.master_key.clone())))?;
         for record in &changed {
             publisher.credential_changed(record).await?;
         }

@@ -1,4 +1,6 @@
-//! Redis as the state cache shared by every gateway instance.
+//! Redis as the state cache shared by every gateway instance: one server, a master
+//! found through Sentinel, or a Cluster (`RedisEndpoint`, the redis crate's own
+//! Sentinel and Cluster clients).
 //!
 //! Layout: hash `ekyc:accounts` (id → account JSON), hash `ekyc:credentials`
 //! (SecretId → credential JSON, SecretKey sealed), marker `ekyc:filled` (set once the
@@ -10,28 +12,35 @@
 //! `CacheSync` is the gateway's background task: subscribe, then load everything (so no
 //! change falls between the two), apply events as they come, re-sync every
 //! `resync_interval`, refill Redis from SQL when the marker is gone (flushed or
-//! restarted empty), and reconnect by itself. Must not block the hot path: it only
-//! writes into the mirror.
+//! restarted empty), and reconnect by itself. A Sentinel master is looked up again on
+//! every reconnection, so a gateway follows a promoted replica; a Cluster connection
+//! that loses a node ends the session the same way, since an event may have been missed
+//! meanwhile. Must not block the hot path: it only writes into the mirror.
 
 use super::mirror::StateMirror;
 use super::{Freshness, StatePublisher};
 use crate::clock::SharedClock;
+use crate::config::{RedisCredentials, RedisTarget};
 use crate::store::Store;
 use crate::store::records::{AccountRecord, CredentialRecord};
 use futures_util::StreamExt;
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use futures_util::stream::BoxStream;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 pub const ACCOUNTS_KEY: &str = "ekyc:accounts";
 pub const CREDENTIALS_KEY: &str = "ekyc:credentials";
 pub const FILLED_KEY: &str = "ekyc:filled";
 pub const EVENTS_CHANNEL: &str = "ekyc:events";
 
-/// KEYS: hash, channel. ARGV: field, record JSON, version, event JSON.
+/// KEYS: hash. ARGV: field, record JSON, version, event JSON, channel. The channel is
+/// not a key: a Cluster refuses a script whose keys lie in different slots, and a
+/// PUBLISH reaches every node of a Cluster from any of them.
 const SET_IF_NEWER: &str = r#"
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if current then
@@ -41,7 +50,7 @@ if current then
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PUBLISH', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[4])
 return 1
 "#;
 
@@ -53,7 +62,7 @@ enum Event {
 }
 
 async fn set_if_newer(
-    conn: &mut ConnectionManager,
+    conn: &mut StateConnection,
     hash: &str,
     field: &str,
     record_json: &str,
@@ -62,23 +71,23 @@ async fn set_if_newer(
 ) -> redis::RedisResult<bool> {
     let stored: i64 = redis::Script::new(SET_IF_NEWER)
         .key(hash)
-        .key(EVENTS_CHANNEL)
         .arg(field)
         .arg(record_json)
         .arg(version)
         .arg(event_json)
+        .arg(EVENTS_CHANNEL)
         .invoke_async(conn)
         .await?;
     Ok(stored == 1)
 }
 
-async fn put_account(conn: &mut ConnectionManager, record: &AccountRecord) -> redis::RedisResult<bool> {
+async fn put_account(conn: &mut StateConnection, record: &AccountRecord) -> redis::RedisResult<bool> {
     let json = serde_json::to_string(record).expect("serialisable");
     let event = serde_json::to_string(&Event::Account(record.clone())).expect("serialisable");
     set_if_newer(conn, ACCOUNTS_KEY, &record.id, &json, record.version, &event).await
 }
 
-async fn put_credential(conn: &mut ConnectionManager, record: &CredentialRecord) -> redis::RedisResult<bool> {
+async fn put_credential(conn: &mut StateConnection, record: &CredentialRecord) -> redis::RedisResult<bool> {
     let json = serde_json::to_string(record).expect("serialisable");
     let event = serde_json::to_string(&Event::Credential(record.clone())).expect("serialisable");
     set_if_newer(conn, CREDENTIALS_KEY, &record.secret_id, &json, record.version, &event).await
@@ -86,7 +95,7 @@ async fn put_credential(conn: &mut ConnectionManager, record: &CredentialRecord)
 
 /// Copies every account and credential from SQL into Redis (newer copies win), then
 /// sets the marker.
-pub async fn refill_from_store(conn: &mut ConnectionManager, store: &Store) -> anyhow::Result<usize> {
+pub async fn refill_from_store(conn: &mut StateConnection, store: &Store) -> anyhow::Result<usize> {
     let accounts = store.all_accounts().await?;
     let credentials = store.all_credentials().await?;
     copy_into_redis(conn, &accounts, &credentials).await?;
@@ -95,7 +104,7 @@ pub async fn refill_from_store(conn: &mut ConnectionManager, store: &Store) -> a
 
 /// Writes the records into Redis (newer copies win) and sets the marker.
 async fn copy_into_redis(
-    conn: &mut ConnectionManager,
+    conn: &mut StateConnection,
     accounts: &[AccountRecord],
     credentials: &[CredentialRecord],
 ) -> redis::RedisResult<()> {
@@ -110,28 +119,49 @@ async fn copy_into_redis(
 
 /// The writer side for many nodes: Redis first, then this process's own mirror, so the
 /// instance that took an operator's change enforces it even before the event returns.
-/// It connects on first use, so a gateway starts (and serves) while Redis is down.
+/// It connects on first use, so a gateway starts (and serves) while Redis is down. After
+/// a failed write it connects afresh (a Sentinel master looked up again); the caller
+/// retries (`accounts::propagate`), which is safe: only a newer version is stored.
 pub struct RedisPublisher {
-    client: redis::Client,
-    conn: tokio::sync::OnceCell<ConnectionManager>,
+    endpoint: RedisEndpoint,
+    conn: tokio::sync::Mutex<Option<StateConnection>>,
     mirror: Arc<StateMirror>,
 }
 
 impl RedisPublisher {
-    pub fn new(url: &str, mirror: Arc<StateMirror>) -> anyhow::Result<Self> {
+    pub fn new(target: &RedisTarget, mirror: Arc<StateMirror>) -> anyhow::Result<Self> {
         Ok(Self {
-            client: redis::Client::open(url)?,
-            conn: tokio::sync::OnceCell::new(),
+            endpoint: RedisEndpoint::new(target)?,
+            conn: tokio::sync::Mutex::new(None),
             mirror,
         })
     }
 
-    async fn conn(&self) -> anyhow::Result<ConnectionManager> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
-            .await?;
-        Ok(conn.clone())
+    async fn conn(&self) -> anyhow::Result<StateConnection> {
+        let mut cached = self.conn.lock().await;
+        if let Some(conn) = cached.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = self.endpoint.connect().await?;
+        *cached = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn put(
+        &self,
+        hash: &str,
+        field: &str,
+        record_json: &str,
+        version: i64,
+        event_json: &str,
+    ) -> anyhow::Result<()> {
+        let mut conn = self.conn().await?;
+        if let Err(e) = set_if_newer(&mut conn, hash, field, record_json, version, event_json).await {
+            // The next write connects afresh: a Sentinel set may name a new master by then.
+            self.conn.lock().await.take();
+            return Err(e.into());
+        }
+        Ok(())
     }
 }
 
@@ -139,20 +169,210 @@ impl RedisPublisher {
 impl StatePublisher for RedisPublisher {
     async fn account_changed(&self, record: &AccountRecord) -> anyhow::Result<()> {
         self.mirror.apply_account(record);
-        put_account(&mut self.conn().await?, record).await?;
-        Ok(())
+        let json = serde_json::to_string(record).expect("serialisable");
+        let event = serde_json::to_string(&Event::Account(record.clone())).expect("serialisable");
+        self.put(ACCOUNTS_KEY, &record.id, &json, record.version, &event).await
     }
 
     async fn credential_changed(&self, record: &CredentialRecord) -> anyhow::Result<()> {
         self.mirror.apply_credential(record)?;
-        put_credential(&mut self.conn().await?, record).await?;
-        Ok(())
+        let json = serde_json::to_string(record).expect("serialisable");
+        let event = serde_json::to_string(&Event::Credential(record.clone())).expect("serialisable");
+        self.put(CREDENTIALS_KEY, &record.secret_id, &json, record.version, &event)
+            .await
     }
+}
+
+/// A connection for commands, whichever deployment `[state]` names. Cloning shares it.
+#[derive(Clone)]
+pub enum StateConnection {
+    /// One server, or the master a Sentinel set named when the connection was made.
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for StateConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Node(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Node(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// The published changes as they arrive; ends (`None` or an error) when the
+/// subscription was lost and events may have been missed.
+pub struct StateEvents(BoxStream<'static, anyhow::Result<String>>);
+
+impl StateEvents {
+    async fn next(&mut self) -> Option<anyhow::Result<String>> {
+        self.0.next().await
+    }
+}
+
+/// The Redis deployment, resolved to connections on demand.
+#[derive(Clone)]
+pub struct RedisEndpoint {
+    target: RedisTarget,
+}
+
+/// How long a Cluster or Sentinel lookup may take before the attempt counts as failed
+/// (the caller retries with backoff).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl RedisEndpoint {
+    /// Checks the addresses parse; connects to nothing.
+    pub fn new(target: &RedisTarget) -> anyhow::Result<Self> {
+        match target {
+            RedisTarget::Node(url) => {
+                redis::Client::open(url.as_str())?;
+            }
+            RedisTarget::Sentinel { sentinels, .. } => {
+                for url in sentinels {
+                    redis::Client::open(url.as_str())?;
+                }
+            }
+            RedisTarget::Cluster { nodes, .. } => {
+                cluster_builder(nodes, &RedisCredentials::default()).build()?;
+            }
+        }
+        Ok(Self { target: target.clone() })
+    }
+
+    /// The server to talk to for one server or a Sentinel set: the master the
+    /// sentinels name now (checked to answer as a master).
+    async fn node_client(&self) -> anyhow::Result<redis::Client> {
+        match &self.target {
+            RedisTarget::Node(url) => Ok(redis::Client::open(url.as_str())?),
+            RedisTarget::Sentinel {
+                master,
+                sentinels,
+                db,
+                credentials,
+            } => {
+                let mut node = redis::RedisConnectionInfo::default().set_db(*db);
+                if let Some(username) = &credentials.username {
+                    node = node.set_username(username);
+                }
+                if let Some(password) = &credentials.password {
+                    node = node.set_password(password);
+                }
+                let mut client = redis::sentinel::SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    Some(redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(node)),
+                    redis::sentinel::SentinelServerType::Master,
+                )?;
+                let found = tokio::time::timeout(CONNECT_TIMEOUT, client.async_get_client())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no sentinel named master {master:?} within {CONNECT_TIMEOUT:?}"))??;
+                Ok(found)
+            }
+            RedisTarget::Cluster { .. } => unreachable!("a Cluster has no single node"),
+        }
+    }
+
+    /// A connection for commands.
+    pub async fn connect(&self) -> anyhow::Result<StateConnection> {
+        match &self.target {
+            RedisTarget::Cluster { nodes, credentials } => {
+                let client = cluster_builder(nodes, credentials).build()?;
+                Ok(StateConnection::Cluster(client.get_async_connection().await?))
+            }
+            _ => Ok(StateConnection::Node(
+                ConnectionManager::new(self.node_client().await?).await?,
+            )),
+        }
+    }
+
+    /// A connection for commands and the subscription to the change channel, on the
+    /// same server (one server, Sentinel) or the same Cluster connection.
+    async fn subscribe(&self) -> anyhow::Result<(StateConnection, StateEvents)> {
+        match &self.target {
+            RedisTarget::Cluster { nodes, credentials } => {
+                let (pushes, received) = mpsc::unbounded_channel();
+                let client = cluster_builder(nodes, credentials)
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(pushes)
+                    .build()?;
+                let mut conn = client.get_async_connection().await?;
+                conn.subscribe(EVENTS_CHANNEL).await?;
+                let events = futures_util::stream::unfold(received, |mut received| async move {
+                    loop {
+                        let push = received.recv().await?;
+                        match push.kind {
+                            redis::PushKind::Message => {
+                                let payload = push.data.get(1).map(redis::from_redis_value_ref::<String>);
+                                return Some((
+                                    payload
+                                        .unwrap_or_else(|| Err(redis::ParsingError::from("a message without payload")))
+                                        .map_err(anyhow::Error::from),
+                                    received,
+                                ));
+                            }
+                            redis::PushKind::Disconnection => {
+                                return Some((
+                                    Err(anyhow::anyhow!(
+                                        "a Cluster node connection closed; events may have been missed"
+                                    )),
+                                    received,
+                                ));
+                            }
+                            _ => continue,
+                        }
+                    }
+                });
+                Ok((StateConnection::Cluster(conn), StateEvents(events.boxed())))
+            }
+            _ => {
+                let client = self.node_client().await?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(EVENTS_CHANNEL).await?;
+                let conn = ConnectionManager::new(client).await?;
+                let events = pubsub
+                    .into_on_message()
+                    .map(|message| message.get_payload::<String>().map_err(anyhow::Error::from));
+                Ok((StateConnection::Node(conn), StateEvents(events.boxed())))
+            }
+        }
+    }
+}
+
+fn cluster_builder(nodes: &[String], credentials: &RedisCredentials) -> redis::cluster::ClusterClientBuilder {
+    let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(CONNECT_TIMEOUT);
+    if let Some(username) = &credentials.username {
+        builder = builder.username(username);
+    }
+    if let Some(password) = &credentials.password {
+        builder = builder.password(password.clone());
+    }
+    builder
 }
 
 /// The gateway's background task keeping its mirror equal to Redis.
 pub struct CacheSync {
-    pub redis_url: String,
+    pub endpoint: RedisEndpoint,
     pub store: Arc<Store>,
     pub mirror: Arc<StateMirror>,
     pub freshness: Arc<Freshness>,
@@ -164,8 +384,7 @@ impl CacheSync {
     /// Loads the mirror once; used at start so the gateway does not serve before it
     /// knows its accounts.
     pub async fn initial_load(&self) -> anyhow::Result<()> {
-        let client = redis::Client::open(self.redis_url.as_str())?;
-        let mut conn = ConnectionManager::new(client).await?;
+        let mut conn = self.endpoint.connect().await?;
         self.full_sync(&mut conn).await
     }
 
@@ -190,28 +409,23 @@ impl CacheSync {
     /// that died before its retry got through, a Redis restarted from an old snapshot),
     /// so a reconnection first copies SQL over it; newer copies win, so this is safe.
     async fn session(&self, shutdown: &mut watch::Receiver<bool>, reconnecting: bool) -> anyhow::Result<()> {
-        let client = redis::Client::open(self.redis_url.as_str())?;
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(EVENTS_CHANNEL).await?;
-        let mut conn = ConnectionManager::new(client).await?;
+        let (mut conn, mut events) = self.endpoint.subscribe().await?;
         // The SQL-to-Redis copy owed after an outage. The billing store may be down at
         // the same time: then stay subscribed (live events keep being applied) and
         // retry the copy every second, instead of dropping the subscription and
         // missing events while backing off.
         let mut repair_owed = reconnecting;
         self.sync(&mut conn, &mut repair_owed).await?;
-        let mut events = pubsub.on_message();
         let mut resync = tokio::time::interval(self.resync_interval);
         resync.reset();
         let mut repair = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 message = events.next() => {
-                    let Some(message) = message else {
+                    let Some(payload) = message else {
                         anyhow::bail!("the subscription closed");
                     };
-                    let payload: String = message.get_payload()?;
-                    self.apply_event(&payload);
+                    self.apply_event(&payload?);
                 }
                 _ = resync.tick() => self.sync(&mut conn, &mut repair_owed).await?,
                 _ = repair.tick(), if repair_owed => self.sync(&mut conn, &mut repair_owed).await?,
@@ -224,7 +438,7 @@ impl CacheSync {
     /// from Redis. Errors are Redis's only: with the store down the repair stays owed,
     /// and an empty Redis is not taken for "no accounts" (the mirror is kept, and it
     /// ages, so `state.stale_policy` applies).
-    async fn sync(&self, conn: &mut ConnectionManager, repair_owed: &mut bool) -> anyhow::Result<()> {
+    async fn sync(&self, conn: &mut StateConnection, repair_owed: &mut bool) -> anyhow::Result<()> {
         let filled: bool = conn.exists(FILLED_KEY).await?;
         if *repair_owed || !filled {
             match (self.store.all_accounts().await, self.store.all_credentials().await) {
@@ -260,7 +474,7 @@ impl CacheSync {
         }
     }
 
-    async fn full_sync(&self, conn: &mut ConnectionManager) -> anyhow::Result<()> {
+    async fn full_sync(&self, conn: &mut StateConnection) -> anyhow::Result<()> {
         let filled: bool = conn.exists(FILLED_KEY).await?;
         if !filled {
             let copied = refill_from_store(conn, &self.store).await?;
@@ -272,7 +486,7 @@ impl CacheSync {
         self.load_mirror(conn).await
     }
 
-    async fn load_mirror(&self, conn: &mut ConnectionManager) -> anyhow::Result<()> {
+    async fn load_mirror(&self, conn: &mut StateConnection) -> anyhow::Result<()> {
         let accounts: HashMap<String, String> = conn.hgetall(ACCOUNTS_KEY).await?;
         let credentials: HashMap<String, String> = conn.hgetall(CREDENTIALS_KEY).await?;
         let accounts: Vec<AccountRecord> = accounts.values().filter_map(|j| serde_json::from_str(j).ok()).collect();

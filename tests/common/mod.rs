@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod redis_ha;
 
 use bytes::Bytes;
 use ekyc_gateway::app::App;
