@@ -81,18 +81,6 @@ async fn set_if_newer(
     Ok(stored == 1)
 }
 
-async fn put_account(conn: &mut StateConnection, record: &AccountRecord) -> redis::RedisResult<bool> {
-    let json = serde_json::to_string(record).expect("serialisable");
-    let event = serde_json::to_string(&Event::Account(record.clone())).expect("serialisable");
-    set_if_newer(conn, ACCOUNTS_KEY, &record.id, &json, record.version, &event).await
-}
-
-async fn put_credential(conn: &mut StateConnection, record: &CredentialRecord) -> redis::RedisResult<bool> {
-    let json = serde_json::to_string(record).expect("serialisable");
-    let event = serde_json::to_string(&Event::Credential(record.clone())).expect("serialisable");
-    set_if_newer(conn, CREDENTIALS_KEY, &record.secret_id, &json, record.version, &event).await
-}
-
 /// Copies every account and credential from SQL into Redis (newer copies win), then
 /// sets the marker.
 pub async fn refill_from_store(conn: &mut StateConnection, store: &Store) -> anyhow::Result<usize> {
@@ -108,13 +96,56 @@ async fn copy_into_redis(
     accounts: &[AccountRecord],
     credentials: &[CredentialRecord],
 ) -> redis::RedisResult<()> {
-    for account in accounts {
-        put_account(conn, account).await?;
+    // Pipelined, a round trip per chunk rather than per record; each pipeline writes one
+    // hash, so a Cluster sends it to one node. EVAL, not EVALSHA: a pipeline cannot load
+    // a missing script half-way.
+    const CHUNK: usize = 1000;
+    for chunk in accounts.chunks(CHUNK) {
+        let mut pipe = redis::pipe();
+        for record in chunk {
+            let json = serde_json::to_string(record).expect("serialisable");
+            let event = serde_json::to_string(&Event::Account(record.clone())).expect("serialisable");
+            pipe.add_command(set_if_newer_eval(
+                ACCOUNTS_KEY,
+                &record.id,
+                &json,
+                record.version,
+                &event,
+            ))
+            .ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
     }
-    for credential in credentials {
-        put_credential(conn, credential).await?;
+    for chunk in credentials.chunks(CHUNK) {
+        let mut pipe = redis::pipe();
+        for record in chunk {
+            let json = serde_json::to_string(record).expect("serialisable");
+            let event = serde_json::to_string(&Event::Credential(record.clone())).expect("serialisable");
+            pipe.add_command(set_if_newer_eval(
+                CREDENTIALS_KEY,
+                &record.secret_id,
+                &json,
+                record.version,
+                &event,
+            ))
+            .ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
     }
     conn.set(FILLED_KEY, "1").await
+}
+
+fn set_if_newer_eval(hash: &str, field: &str, record_json: &str, version: i64, event_json: &str) -> Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(SET_IF_NEWER)
+        .arg(1)
+        .arg(hash)
+        .arg(field)
+        .arg(record_json)
+        .arg(version)
+        .arg(event_json)
+        .arg(EVENTS_CHANNEL);
+    cmd
 }
 
 /// The writer side for many nodes: Redis first, then this process's own mirror, so the
@@ -487,13 +518,16 @@ impl CacheSync {
     }
 
     async fn load_mirror(&self, conn: &mut StateConnection) -> anyhow::Result<()> {
-        let accounts: HashMap<String, String> = conn.hgetall(ACCOUNTS_KEY).await?;
-        let credentials: HashMap<String, String> = conn.hgetall(CREDENTIALS_KEY).await?;
-        let accounts: Vec<AccountRecord> = accounts.values().filter_map(|j| serde_json::from_str(j).ok()).collect();
-        let credentials: Vec<CredentialRecord> = credentials
-            .values()
-            .filter_map(|j| serde_json::from_str(j).ok())
-            .collect();
+        // The raw answers go as soon as they are parsed, so that the memory handed back
+        // below includes them.
+        let accounts: Vec<AccountRecord> = {
+            let raw: HashMap<String, String> = conn.hgetall(ACCOUNTS_KEY).await?;
+            raw.values().filter_map(|j| serde_json::from_str(j).ok()).collect()
+        };
+        let credentials: Vec<CredentialRecord> = {
+            let raw: HashMap<String, String> = conn.hgetall(CREDENTIALS_KEY).await?;
+            raw.values().filter_map(|j| serde_json::from_str(j).ok()).collect()
+        };
         self.mirror.apply_snapshot(&accounts, &credentials);
         drop((accounts, credentials));
         super::return_freed_memory();

@@ -223,16 +223,25 @@ impl RedisCluster {
         let timeout = node_timeout_ms.to_string();
         let mut nodes = Vec::new();
         for _ in 0..6 {
+            // The bus port is named: the default (port + 10000) lies past 65535 for
+            // half of Linux's ephemeral range.
+            let bus = closed_port().await.port().to_string();
             nodes.push(
                 RedisNode::start(
                     dir.path(),
                     &[
                         "--cluster-enabled",
                         "yes",
+                        "--cluster-port",
+                        &bus,
                         "--cluster-node-timeout",
                         &timeout,
                         "--cluster-config-file",
                         "nodes.conf",
+                        // A replica syncs at once rather than after the default 5 s
+                        // wait for more replicas; until it has, it may not fail over.
+                        "--repl-diskless-sync-delay",
+                        "0",
                     ],
                 )
                 .await,
@@ -256,6 +265,11 @@ impl RedisCluster {
             poll_until("every node to see the cluster ok", Duration::from_secs(30), || async {
                 let info: String = node.query(&["CLUSTER", "INFO"]).await.ok()?;
                 info.contains("cluster_state:ok").then_some(())
+            })
+            .await;
+            poll_until("every replica to sync", Duration::from_secs(30), || async {
+                let info: String = node.query(&["INFO", "replication"]).await.ok()?;
+                (info.contains("role:master") || info.contains("master_link_status:up")).then_some(())
             })
             .await;
         }
