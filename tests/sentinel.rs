@@ -6,60 +6,25 @@
 
 mod common;
 
-use common::redis_ha::SentinelSet;
+use common::redis_ha::{SentinelSet, active_account, code_of, gateway_on, toml_list, until_code};
 use common::*;
-use ekyc_gateway::tc3::Signer;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-async fn sentinel_gateway(sim: &SimHandle, db: &PgDatabase, set: &SentinelSet) -> GatewayHandle {
-    let sentinels: Vec<String> = set.sentinel_urls().iter().map(|u| format!("\"{u}\"")).collect();
-    let mut config = gateway_config(
-        &format!("http://{}", sim.addr),
-        &format!(
-            "[rate_limit]\ndefault_qps = 0\n[state]\nsentinel_master = \"{}\"\nsentinels = [{}]\nresync_interval_ms = 500\n",
-            set.master_name,
-            sentinels.join(", ")
-        ),
-    );
-    config.store_url = db.url();
-    GatewayHandle::start_with(config, Arc::new(ekyc_gateway::clock::SystemClock)).await
-}
-
-async fn code_of(gateway: &GatewayHandle, signer: &Signer) -> Option<String> {
-    let request = signed_call(&gateway.url(), &gateway.data.to_string(), "DetectAuth", b"{}", signer);
-    error_code(&send(&http1_client(), request).await).map(str::to_string)
-}
-
-async fn until_code(gateway: &GatewayHandle, signer: &Signer, want: Option<&str>, deadline: Duration) {
-    poll_until(&format!("{} to answer {want:?}", gateway.data), deadline, || async {
-        (code_of(gateway, signer).await.as_deref() == want).then_some(())
-    })
-    .await;
-}
-
-/// An activated account with one credential, created through `gateway`'s admin API.
-async fn active_account(gateway: &GatewayHandle, id: &str) -> Signer {
-    let (status, body) = admin(gateway, "POST", "/v1/accounts", Some(json!({"id": id, "name": id}))).await;
-    assert_eq!(status, 201, "{body}");
-    admin(gateway, "POST", &format!("/v1/accounts/{id}/activate"), None).await;
-    let (_, created) = admin(gateway, "POST", &format!("/v1/accounts/{id}/credentials"), None).await;
-    Signer::new(
-        created["secret_id"].as_str().unwrap(),
-        created["secret_key"].as_str().unwrap(),
-        "faceid",
-    )
-}
 
 #[tokio::test]
 async fn gateways_follow_a_sentinel_failover_without_losing_a_change() {
     let sim = SimHandle::start(|_| {}).await;
     let db = PgDatabase::create().await;
     let mut set = SentinelSet::start(1000).await;
-    let a = Arc::new(sentinel_gateway(&sim, &db, &set).await);
-    let b = Arc::new(sentinel_gateway(&sim, &db, &set).await);
+    let state = format!(
+        "sentinel_master = \"{}\"\nsentinels = {}",
+        set.master_name,
+        toml_list(&set.sentinel_urls())
+    );
+    let a = Arc::new(gateway_on(&sim, &db, &state).await);
+    let b = Arc::new(gateway_on(&sim, &db, &state).await);
 
     let busy = active_account(&a, "busy").await;
     let other = active_account(&a, "other").await;

@@ -96,40 +96,45 @@ async fn copy_into_redis(
     accounts: &[AccountRecord],
     credentials: &[CredentialRecord],
 ) -> redis::RedisResult<()> {
-    // Pipelined, a round trip per chunk rather than per record; each pipeline writes one
-    // hash, so a Cluster sends it to one node. EVAL, not EVALSHA: a pipeline cannot load
-    // a missing script half-way.
+    let accounts = accounts.iter().map(|record| {
+        (
+            ACCOUNTS_KEY,
+            record.id.as_str(),
+            serde_json::to_string(record),
+            record.version,
+            Event::Account(record.clone()),
+        )
+    });
+    let credentials = credentials.iter().map(|record| {
+        (
+            CREDENTIALS_KEY,
+            record.secret_id.as_str(),
+            serde_json::to_string(record),
+            record.version,
+            Event::Credential(record.clone()),
+        )
+    });
+    // Pipelined, a round trip per chunk rather than per record; a chunk never mixes the
+    // two hashes, so a Cluster sends it to one node. EVAL, not EVALSHA: a pipeline cannot
+    // load a missing script half-way.
     const CHUNK: usize = 1000;
-    for chunk in accounts.chunks(CHUNK) {
-        let mut pipe = redis::pipe();
-        for record in chunk {
-            let json = serde_json::to_string(record).expect("serialisable");
-            let event = serde_json::to_string(&Event::Account(record.clone())).expect("serialisable");
-            pipe.add_command(set_if_newer_eval(
-                ACCOUNTS_KEY,
-                &record.id,
-                &json,
-                record.version,
-                &event,
-            ))
-            .ignore();
+    let mut pipe = redis::pipe();
+    let mut hash_in_pipe = ACCOUNTS_KEY;
+    let mut in_pipe = 0;
+    for (hash, field, json, version, event) in accounts.chain(credentials) {
+        if in_pipe == CHUNK || (in_pipe > 0 && hash != hash_in_pipe) {
+            pipe.query_async::<()>(conn).await?;
+            pipe.clear();
+            in_pipe = 0;
         }
-        pipe.query_async::<()>(conn).await?;
+        let json = json.expect("serialisable");
+        let event = serde_json::to_string(&event).expect("serialisable");
+        pipe.add_command(set_if_newer_eval(hash, field, &json, version, &event))
+            .ignore();
+        hash_in_pipe = hash;
+        in_pipe += 1;
     }
-    for chunk in credentials.chunks(CHUNK) {
-        let mut pipe = redis::pipe();
-        for record in chunk {
-            let json = serde_json::to_string(record).expect("serialisable");
-            let event = serde_json::to_string(&Event::Credential(record.clone())).expect("serialisable");
-            pipe.add_command(set_if_newer_eval(
-                CREDENTIALS_KEY,
-                &record.secret_id,
-                &json,
-                record.version,
-                &event,
-            ))
-            .ignore();
-        }
+    if in_pipe > 0 {
         pipe.query_async::<()>(conn).await?;
     }
     conn.set(FILLED_KEY, "1").await

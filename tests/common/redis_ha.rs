@@ -4,9 +4,15 @@
 //! the program Debian's `redis-sentinel` starts) on a free port, keeping nothing on disk
 //! and killed on drop. Readiness is polled with a deadline, never slept on.
 
-use super::{closed_port, poll_until};
+use super::{
+    GatewayHandle, PgDatabase, SimHandle, admin, closed_port, error_code, gateway_config, http1_client, poll_until,
+    send, signed_call,
+};
+use ekyc_gateway::tc3::Signer;
+use serde_json::json;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One `redis-server` process.
@@ -302,4 +308,47 @@ impl RedisCluster {
         }
         None
     }
+}
+
+/// A gateway on `sim` and `db` whose `[state]` section is `state` (no rate limit, a
+/// re-sync every 500 ms).
+pub async fn gateway_on(sim: &SimHandle, db: &PgDatabase, state: &str) -> GatewayHandle {
+    let mut config = gateway_config(
+        &format!("http://{}", sim.addr),
+        &format!("[rate_limit]\ndefault_qps = 0\n[state]\n{state}\nresync_interval_ms = 500\n"),
+    );
+    config.store_url = db.url();
+    GatewayHandle::start_with(config, Arc::new(ekyc_gateway::clock::SystemClock)).await
+}
+
+/// A TOML array of the URLs.
+pub fn toml_list(urls: &[String]) -> String {
+    let quoted: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The Tencent error code of a DetectAuth call, None when it was served.
+pub async fn code_of(gateway: &GatewayHandle, signer: &Signer) -> Option<String> {
+    let request = signed_call(&gateway.url(), &gateway.data.to_string(), "DetectAuth", b"{}", signer);
+    error_code(&send(&http1_client(), request).await).map(str::to_string)
+}
+
+pub async fn until_code(gateway: &GatewayHandle, signer: &Signer, want: Option<&str>, deadline: Duration) {
+    poll_until(&format!("{} to answer {want:?}", gateway.data), deadline, || async {
+        (code_of(gateway, signer).await.as_deref() == want).then_some(())
+    })
+    .await;
+}
+
+/// An activated account with one credential, created through `gateway`'s admin API.
+pub async fn active_account(gateway: &GatewayHandle, id: &str) -> Signer {
+    let (status, body) = admin(gateway, "POST", "/v1/accounts", Some(json!({"id": id, "name": id}))).await;
+    assert_eq!(status, 201, "{body}");
+    admin(gateway, "POST", &format!("/v1/accounts/{id}/activate"), None).await;
+    let (_, created) = admin(gateway, "POST", &format!("/v1/accounts/{id}/credentials"), None).await;
+    Signer::new(
+        created["secret_id"].as_str().unwrap(),
+        created["secret_key"].as_str().unwrap(),
+        "faceid",
+    )
 }
