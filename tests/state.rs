@@ -342,3 +342,84 @@ async fn propagation_across_three_gateway_processes() {
     );
     assert!(p99 <= Duration::from_millis(100), "p99 {p99:?}");
 }
+
+/// More records than one page of the mirror's read: every one is loaded at start and at
+/// each re-sync, whatever the size of the hash (one HGETALL of a million records
+/// outlasted the client's response timeout, so the mirror never synced).
+#[tokio::test]
+async fn a_hash_larger_than_a_page_loads_whole() {
+    const ACCOUNTS: usize = 4_500;
+    let sim = SimHandle::start(|_| {}).await;
+    let db = PgDatabase::create().await;
+    let redis = RedisServer::start().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..ACCOUNTS {
+        let record = ekyc_gateway::store::records::AccountRecord {
+            id: format!("acct-{i}"),
+            name: format!("account {i}"),
+            activated: true,
+            activated_at: Some(1),
+            manual: (i % 3 == 0).then(|| ekyc_gateway::store::records::Suspension {
+                reason: "test".into(),
+                since: 1,
+            }),
+            arrears: None,
+            rate_limit_qps: None,
+            credit_limit: None,
+            created_at: 1,
+            version: 1,
+        };
+        pipe.hset("ekyc:accounts", &record.id, serde_json::to_string(&record).unwrap())
+            .ignore();
+    }
+    pipe.set("ekyc:filled", "1").ignore();
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+
+    let gateway = shared_gateway(&sim, &db, &redis, "").await;
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains(&format!("ekyc_gateway_accounts_loaded {ACCOUNTS}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "ekyc_gateway_accounts_suspended{{flag=\"manual\"}} {}\n",
+            ACCOUNTS.div_ceil(3)
+        )),
+        "{metrics}"
+    );
+    // A re-sync reads the hash again, a page at a time: an account suspended in Redis
+    // behind the gateway's back (no event) is seen.
+    let unsuspended = ekyc_gateway::store::records::AccountRecord {
+        id: "acct-0".into(),
+        name: "account 0".into(),
+        activated: true,
+        activated_at: Some(1),
+        manual: None,
+        arrears: None,
+        rate_limit_qps: None,
+        credit_limit: None,
+        created_at: 1,
+        version: 2,
+    };
+    let _: () = redis::AsyncCommands::hset(
+        &mut conn,
+        "ekyc:accounts",
+        "acct-0",
+        serde_json::to_string(&unsuspended).unwrap(),
+    )
+    .await
+    .unwrap();
+    let want = format!(
+        "ekyc_gateway_accounts_suspended{{flag=\"manual\"}} {}\n",
+        ACCOUNTS.div_ceil(3) - 1
+    );
+    poll_until(
+        "a re-sync to read the changed record",
+        Duration::from_secs(10),
+        || async { gateway.metrics().await.contains(&want).then_some(()) },
+    )
+    .await;
+}

@@ -523,20 +523,40 @@ impl CacheSync {
     }
 
     async fn load_mirror(&self, conn: &mut StateConnection) -> anyhow::Result<()> {
-        // The raw answers go as soon as they are parsed, so that the memory handed back
-        // below includes them.
-        let accounts: Vec<AccountRecord> = {
-            let raw: HashMap<String, String> = conn.hgetall(ACCOUNTS_KEY).await?;
-            raw.values().filter_map(|j| serde_json::from_str(j).ok()).collect()
-        };
-        let credentials: Vec<CredentialRecord> = {
-            let raw: HashMap<String, String> = conn.hgetall(CREDENTIALS_KEY).await?;
-            raw.values().filter_map(|j| serde_json::from_str(j).ok()).collect()
-        };
+        let accounts: Vec<AccountRecord> = read_hash(conn, ACCOUNTS_KEY).await?;
+        let credentials: Vec<CredentialRecord> = read_hash(conn, CREDENTIALS_KEY).await?;
         self.mirror.apply_snapshot(&accounts, &credentials);
         drop((accounts, credentials));
         super::return_freed_memory();
         self.freshness.mark_synced(self.clock.now_unix());
         Ok(())
+    }
+}
+
+/// Every record in `hash`, read a page at a time with HSCAN: one HGETALL of a million
+/// records outlasts any response timeout and holds the whole raw answer in memory. A
+/// record present for the whole scan is returned at least once (a repeat is dropped);
+/// one written meanwhile also arrives as an event, the subscription being older.
+async fn read_hash<T: serde::de::DeserializeOwned>(conn: &mut StateConnection, hash: &str) -> anyhow::Result<Vec<T>> {
+    const PAGE: usize = 2000;
+    let mut records: HashMap<String, T> = HashMap::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+            .arg(hash)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(conn)
+            .await?;
+        for (field, json) in page {
+            if let Ok(record) = serde_json::from_str(&json) {
+                records.insert(field, record);
+            }
+        }
+        if next == 0 {
+            return Ok(records.into_values().collect());
+        }
+        cursor = next;
     }
 }
