@@ -78,6 +78,8 @@ impl App {
                     freshness: freshness.clone(),
                     clock: clock.clone(),
                     resync_interval: config.state.resync_interval,
+                    resyncs_read: metrics.state_resyncs_read.clone(),
+                    resyncs_skipped: metrics.state_resyncs_skipped.clone(),
                 };
                 if let Err(e) = sync.initial_load().await {
                     // Redis down at start: serve from the source of truth until it returns.

@@ -303,6 +303,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadLabels {
+    read: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FlagLabels {
     flag: String,
 }
@@ -385,6 +390,10 @@ pub struct Metrics {
     /// Seconds since the state mirror last agreed with Redis (0 on a single node, -1
     /// before the first sync); set when scraped.
     pub state_age_seconds: Gauge,
+    /// Re-syncs of the mirror with Redis that read both hashes, and those that found
+    /// them unchanged since the last read and skipped it.
+    pub state_resyncs_read: Counter,
+    pub state_resyncs_skipped: Counter,
     pub accounts_loaded: Gauge,
     pub credentials_loaded: Gauge,
     pub usage_pending_calls: Gauge,
@@ -522,6 +531,14 @@ impl Metrics {
             "Seconds since the account-state mirror last synced with Redis (0: single node, -1: never)",
             state_age_seconds.clone(),
         );
+        let resyncs = Family::<ReadLabels, Counter>::default();
+        let state_resyncs_read = resyncs.get_or_create(&ReadLabels { read: "whole".into() }).clone();
+        let state_resyncs_skipped = resyncs.get_or_create(&ReadLabels { read: "skipped".into() }).clone();
+        registry.register(
+            "state_resyncs",
+            "Re-syncs of the state mirror with Redis: whole (both hashes read) or skipped (neither written since the last read)",
+            resyncs,
+        );
         let accounts_loaded = Gauge::default();
         registry.register(
             "accounts_loaded",
@@ -634,6 +651,8 @@ impl Metrics {
             data_connections,
             admin_connections,
             state_age_seconds,
+            state_resyncs_read,
+            state_resyncs_skipped,
             accounts_loaded,
             credentials_loaded,
             usage_pending_calls,

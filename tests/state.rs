@@ -186,8 +186,9 @@ async fn redis_loss_restart_and_flush_lose_no_change() {
         (redis.command(&["EXISTS", "ekyc:filled"]).await == redis::Value::Int(1)).then_some(())
     })
     .await;
+    // The one account, and the hash's count of writes.
     let hlen = redis.command(&["HLEN", "ekyc:accounts"]).await;
-    assert_eq!(hlen, redis::Value::Int(1));
+    assert_eq!(hlen, redis::Value::Int(2));
     admin(&b, "POST", &format!("/v1/accounts/{CLIENT_ACCOUNT}/resume"), None).await;
     until_code(&a, &tenant, None, Duration::from_secs(2)).await;
 
@@ -344,38 +345,43 @@ async fn propagation_across_three_gateway_processes() {
 }
 
 /// More records than one page of the mirror's read: every one is loaded at start and at
-/// each re-sync, whatever the size of the hash (one HGETALL of a million records
-/// outlasted the client's response timeout, so the mirror never synced).
+/// a re-sync, whatever the size of the hash; and a re-sync reads the hashes again only
+/// when their count of writes has moved (every write made through the script moves it
+/// and comes as an event as well).
 #[tokio::test]
-async fn a_hash_larger_than_a_page_loads_whole() {
+async fn a_hash_larger_than_a_page_loads_whole_and_again_only_after_a_write() {
     const ACCOUNTS: usize = 4_500;
     let sim = SimHandle::start(|_| {}).await;
     let db = PgDatabase::create().await;
     let redis = RedisServer::start().await;
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let account = |i: usize, suspended: bool, version: i64| ekyc_gateway::store::records::AccountRecord {
+        id: format!("acct-{i}"),
+        name: format!("account {i}"),
+        activated: true,
+        activated_at: Some(1),
+        manual: suspended.then(|| ekyc_gateway::store::records::Suspension {
+            reason: "test".into(),
+            since: 1,
+        }),
+        arrears: None,
+        rate_limit_qps: None,
+        credit_limit: None,
+        created_at: 1,
+        version,
+    };
     let mut pipe = redis::pipe();
     for i in 0..ACCOUNTS {
-        let record = ekyc_gateway::store::records::AccountRecord {
-            id: format!("acct-{i}"),
-            name: format!("account {i}"),
-            activated: true,
-            activated_at: Some(1),
-            manual: (i % 3 == 0).then(|| ekyc_gateway::store::records::Suspension {
-                reason: "test".into(),
-                since: 1,
-            }),
-            arrears: None,
-            rate_limit_qps: None,
-            credit_limit: None,
-            created_at: 1,
-            version: 1,
-        };
+        let record = account(i, i % 3 == 0, 1);
         pipe.hset("ekyc:accounts", &record.id, serde_json::to_string(&record).unwrap())
             .ignore();
     }
+    pipe.hset("ekyc:accounts", "#generation", 1).ignore();
+    pipe.hset("ekyc:credentials", "#generation", 1).ignore();
     pipe.set("ekyc:filled", "1").ignore();
     pipe.query_async::<()>(&mut conn).await.unwrap();
+    let suspended = |n: usize| format!("ekyc_gateway_accounts_suspended{{flag=\"manual\"}} {n}\n");
 
     let gateway = shared_gateway(&sim, &db, &redis, "").await;
     let metrics = gateway.metrics().await;
@@ -383,41 +389,66 @@ async fn a_hash_larger_than_a_page_loads_whole() {
         metrics.contains(&format!("ekyc_gateway_accounts_loaded {ACCOUNTS}\n")),
         "{metrics}"
     );
-    assert!(
-        metrics.contains(&format!(
-            "ekyc_gateway_accounts_suspended{{flag=\"manual\"}} {}\n",
-            ACCOUNTS.div_ceil(3)
-        )),
-        "{metrics}"
-    );
-    // A re-sync reads the hash again, a page at a time: an account suspended in Redis
-    // behind the gateway's back (no event) is seen.
-    let unsuspended = ekyc_gateway::store::records::AccountRecord {
-        id: "acct-0".into(),
-        name: "account 0".into(),
-        activated: true,
-        activated_at: Some(1),
-        manual: None,
-        arrears: None,
-        rate_limit_qps: None,
-        credit_limit: None,
-        created_at: 1,
-        version: 2,
+    assert!(metrics.contains(&suspended(ACCOUNTS.div_ceil(3))), "{metrics}");
+
+    // A record changed with the count moved, and no event: only a re-sync reads it.
+    let record = account(3, false, 2);
+    let _: () = redis::AsyncCommands::hset(
+        &mut conn,
+        "ekyc:accounts",
+        "acct-3",
+        serde_json::to_string(&record).unwrap(),
+    )
+    .await
+    .unwrap();
+    let _: () = redis::AsyncCommands::hincr(&mut conn, "ekyc:accounts", "#generation", 1)
+        .await
+        .unwrap();
+    let want = suspended(ACCOUNTS.div_ceil(3) - 1);
+    poll_until(
+        "a re-sync to read the changed hash",
+        Duration::from_secs(10),
+        || async { gateway.metrics().await.contains(&want).then_some(()) },
+    )
+    .await;
+    // Once a re-sync has found the count where the last read left it...
+    let skipped = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("ekyc_gateway_state_resyncs_total{read=\"skipped\"} "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .expect("the re-sync counter")
     };
+    let skipped_before = skipped(&gateway.metrics().await);
+    poll_until(
+        "a re-sync to skip the unchanged hashes",
+        Duration::from_secs(10),
+        || async { (skipped(&gateway.metrics().await) > skipped_before).then_some(()) },
+    )
+    .await;
+    // ...a record changed with the count left as it was stays unread...
+    let record = account(0, false, 2);
     let _: () = redis::AsyncCommands::hset(
         &mut conn,
         "ekyc:accounts",
         "acct-0",
-        serde_json::to_string(&unsuspended).unwrap(),
+        serde_json::to_string(&record).unwrap(),
     )
     .await
     .unwrap();
-    let want = format!(
-        "ekyc_gateway_accounts_suspended{{flag=\"manual\"}} {}\n",
-        ACCOUNTS.div_ceil(3) - 1
-    );
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let metrics = gateway.metrics().await;
+        assert!(metrics.contains(&want), "a re-sync read an unchanged hash: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...until the count moves: then the whole hash is read again.
+    let _: () = redis::AsyncCommands::hincr(&mut conn, "ekyc:accounts", "#generation", 1)
+        .await
+        .unwrap();
+    let want = suspended(ACCOUNTS.div_ceil(3) - 2);
     poll_until(
-        "a re-sync to read the changed record",
+        "a re-sync to read the changed hash",
         Duration::from_secs(10),
         || async { gateway.metrics().await.contains(&want).then_some(()) },
     )

@@ -6,12 +6,13 @@
 //! (SecretId → credential JSON, SecretKey sealed), marker `ekyc:filled` (set once the
 //! hashes hold everything from SQL), channel `ekyc:events` (one JSON record per change).
 //! Every write goes through one Lua script that stores a record only if its version is
-//! newer and publishes it in the same step, so concurrent writers and refills can never
-//! put an older copy over a newer one.
+//! newer, counts the write in the hash's field `#generation` and publishes it in the
+//! same step, so concurrent writers and refills can never put an older copy over a
+//! newer one, and a re-sync can skip hashes nobody wrote since it last read them.
 //!
 //! `CacheSync` is the gateway's background task: subscribe, then load everything (so no
 //! change falls between the two), apply events as they come, re-sync every
-//! `resync_interval`, refill Redis from SQL when the marker is gone (flushed or
+//! `resync_interval` (reading the hashes a page at a time, when their counts moved), refill Redis from SQL when the marker is gone (flushed or
 //! restarted empty), and reconnect by itself. A Sentinel master is looked up again on
 //! every reconnection, so a gateway follows a promoted replica; a Cluster connection
 //! that loses a node ends the session the same way, since an event may have been missed
@@ -37,10 +38,13 @@ pub const ACCOUNTS_KEY: &str = "ekyc:accounts";
 pub const CREDENTIALS_KEY: &str = "ekyc:credentials";
 pub const FILLED_KEY: &str = "ekyc:filled";
 pub const EVENTS_CHANNEL: &str = "ekyc:events";
+/// A field of each hash counting the writes to it (no account id or SecretId starts
+/// with `#`), so that a re-sync can tell that nothing was written since its last read.
+pub const GENERATION_FIELD: &str = "#generation";
 
-/// KEYS: hash. ARGV: field, record JSON, version, event JSON, channel. The channel is
-/// not a key: a Cluster refuses a script whose keys lie in different slots, and a
-/// PUBLISH reaches every node of a Cluster from any of them.
+/// KEYS: hash. ARGV: field, record JSON, version, event JSON, channel, generation field.
+/// The channel is not a key: a Cluster refuses a script whose keys lie in different
+/// slots, and a PUBLISH reaches every node of a Cluster from any of them.
 const SET_IF_NEWER: &str = r#"
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if current then
@@ -50,6 +54,7 @@ if current then
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], ARGV[6], 1)
 redis.call('PUBLISH', ARGV[5], ARGV[4])
 return 1
 "#;
@@ -76,6 +81,7 @@ async fn set_if_newer(
         .arg(version)
         .arg(event_json)
         .arg(EVENTS_CHANNEL)
+        .arg(GENERATION_FIELD)
         .invoke_async(conn)
         .await?;
     Ok(stored == 1)
@@ -149,7 +155,8 @@ fn set_if_newer_eval(hash: &str, field: &str, record_json: &str, version: i64, e
         .arg(record_json)
         .arg(version)
         .arg(event_json)
-        .arg(EVENTS_CHANNEL);
+        .arg(EVENTS_CHANNEL)
+        .arg(GENERATION_FIELD);
     cmd
 }
 
@@ -414,6 +421,8 @@ pub struct CacheSync {
     pub freshness: Arc<Freshness>,
     pub clock: SharedClock,
     pub resync_interval: Duration,
+    pub resyncs_read: prometheus_client::metrics::counter::Counter,
+    pub resyncs_skipped: prometheus_client::metrics::counter::Counter,
 }
 
 impl CacheSync {
@@ -451,7 +460,9 @@ impl CacheSync {
         // retry the copy every second, instead of dropping the subscription and
         // missing events while backing off.
         let mut repair_owed = reconnecting;
-        self.sync(&mut conn, &mut repair_owed).await?;
+        // The hashes' generations before this session's last full read.
+        let mut read_at = None;
+        self.sync(&mut conn, &mut repair_owed, &mut read_at).await?;
         let mut resync = tokio::time::interval(self.resync_interval);
         resync.reset();
         let mut repair = tokio::time::interval(Duration::from_secs(1));
@@ -463,18 +474,25 @@ impl CacheSync {
                     };
                     self.apply_event(&payload?);
                 }
-                _ = resync.tick() => self.sync(&mut conn, &mut repair_owed).await?,
-                _ = repair.tick(), if repair_owed => self.sync(&mut conn, &mut repair_owed).await?,
+                _ = resync.tick() => self.sync(&mut conn, &mut repair_owed, &mut read_at).await?,
+                _ = repair.tick(), if repair_owed => self.sync(&mut conn, &mut repair_owed, &mut read_at).await?,
                 _ = shutdown.changed() => return Ok(()),
             }
         }
     }
 
     /// Repairs Redis from SQL when owed (or when Redis is empty), then loads the mirror
-    /// from Redis. Errors are Redis's only: with the store down the repair stays owed,
-    /// and an empty Redis is not taken for "no accounts" (the mirror is kept, and it
-    /// ages, so `state.stale_policy` applies).
-    async fn sync(&self, conn: &mut StateConnection, repair_owed: &mut bool) -> anyhow::Result<()> {
+    /// from Redis unless neither hash was written since the session's last read (every
+    /// write since then came as an event: the subscription is older). Errors are
+    /// Redis's only: with the store down the repair stays owed, and an empty Redis is
+    /// not taken for "no accounts" (the mirror is kept, and it ages, so
+    /// `state.stale_policy` applies).
+    async fn sync(
+        &self,
+        conn: &mut StateConnection,
+        repair_owed: &mut bool,
+        read_at: &mut Option<Generations>,
+    ) -> anyhow::Result<()> {
         let filled: bool = conn.exists(FILLED_KEY).await?;
         if *repair_owed || !filled {
             match (self.store.all_accounts().await, self.store.all_credentials().await) {
@@ -495,7 +513,16 @@ impl CacheSync {
                 }
             }
         }
-        self.load_mirror(conn).await
+        let now = Generations::read(conn).await?;
+        if read_at.as_ref() == Some(&now) && now.is_known() {
+            self.freshness.mark_synced(self.clock.now_unix());
+            self.resyncs_skipped.inc();
+            return Ok(());
+        }
+        self.load_mirror(conn).await?;
+        self.resyncs_read.inc();
+        *read_at = Some(now);
+        Ok(())
     }
 
     fn apply_event(&self, payload: &str) {
@@ -533,6 +560,27 @@ impl CacheSync {
     }
 }
 
+/// How many writes each hash has had (`GENERATION_FIELD`); None where a hash has no
+/// count (empty, or written only by a gateway that did not keep one).
+#[derive(Debug, PartialEq, Eq)]
+struct Generations {
+    accounts: Option<i64>,
+    credentials: Option<i64>,
+}
+
+impl Generations {
+    async fn read(conn: &mut StateConnection) -> redis::RedisResult<Self> {
+        Ok(Self {
+            accounts: conn.hget(ACCOUNTS_KEY, GENERATION_FIELD).await?,
+            credentials: conn.hget(CREDENTIALS_KEY, GENERATION_FIELD).await?,
+        })
+    }
+
+    fn is_known(&self) -> bool {
+        self.accounts.is_some() && self.credentials.is_some()
+    }
+}
+
 /// Every record in `hash`, read a page at a time with HSCAN: one HGETALL of a million
 /// records outlasts any response timeout and holds the whole raw answer in memory. A
 /// record present for the whole scan is returned at least once (a repeat is dropped);
@@ -550,6 +598,9 @@ async fn read_hash<T: serde::de::DeserializeOwned>(conn: &mut StateConnection, h
             .query_async(conn)
             .await?;
         for (field, json) in page {
+            if field == GENERATION_FIELD {
+                continue;
+            }
             if let Ok(record) = serde_json::from_str(&json) {
                 records.insert(field, record);
             }
