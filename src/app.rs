@@ -157,7 +157,7 @@ impl App {
     }
 
     /// Moves the counted calls into the billing store (one batch, retried until acknowledged).
-    pub async fn flush_usage(&self) -> anyhow::Result<u64> {
+    pub async fn flush_usage(&self) -> anyhow::Result<crate::meter::flush::Flushed> {
         let now = self.clock.now_unix();
         let day = crate::meter::Month::day_of(now, self.config.meter.billing_utc_offset_seconds).unwrap_or_default();
         let result = self
@@ -182,7 +182,7 @@ impl App {
         let mut delay = std::time::Duration::from_millis(100);
         loop {
             match self.flush_usage().await {
-                Ok(0) if self.plane.counters.pending() == 0 => {
+                Ok(flushed) if flushed.calls == 0 && self.plane.counters.pending() == 0 => {
                     tracing::info!("final usage flush done");
                     return;
                 }

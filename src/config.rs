@@ -600,6 +600,7 @@ fn parse_price(key: &str, raw: &RawPrice) -> Result<(String, Price), ConfigError
 #[serde(deny_unknown_fields, default)]
 struct RawMeter {
     flush_interval_ms: u64,
+    flush_max_rows_per_second: u64,
     billing_utc_offset: String,
     instance_id: Option<String>,
     max_pending_keys: u64,
@@ -610,6 +611,7 @@ impl Default for RawMeter {
     fn default() -> Self {
         Self {
             flush_interval_ms: 1000,
+            flush_max_rows_per_second: 10_000,
             billing_utc_offset: "+08:00".into(),
             instance_id: None,
             max_pending_keys: 1_000_000,
@@ -762,6 +764,10 @@ pub struct CreditConfig {
 #[derive(Debug, Clone)]
 pub struct MeterConfig {
     pub flush_interval: Duration,
+    /// Usage rows a second this gateway sends the store at most, on average: after a
+    /// batch of R rows the next flush waits R / this if that is longer than
+    /// `flush_interval`, up to ten intervals (`meter::flush::next_delay`). 0: no cap.
+    pub flush_max_rows_per_second: usize,
     /// The billing time zone, seconds east of UTC: a call belongs to the calendar month
     /// of its arrival there.
     pub billing_utc_offset_seconds: i32,
@@ -1447,6 +1453,12 @@ impl Config {
             default_rate_limit_qps: raw.rate_limit.default_qps,
             meter: MeterConfig {
                 flush_interval: ms("meter.flush_interval_ms", raw.meter.flush_interval_ms, 10, 3_600_000)?,
+                flush_max_rows_per_second: within(
+                    "meter.flush_max_rows_per_second",
+                    raw.meter.flush_max_rows_per_second,
+                    0,
+                    100_000_000,
+                )?,
                 billing_utc_offset_seconds: parse_utc_offset(&raw.meter.billing_utc_offset).ok_or_else(|| {
                     ConfigError::new("meter.billing_utc_offset", "must look like +08:00, -05:30 or Z")
                 })?,

@@ -8,7 +8,8 @@
 //!   lock the flusher holds for long, and survives the process being killed. Each
 //!   data-plane worker keeps its own copy of the entries it used (`WorkerSlots`), so a
 //!   count writes no cache line that another worker writes, but the journal slot
-//!   itself.
+//!   itself. A key idle for `KEEP_IDLE_FREEZES` flushes gives its slot back, at
+//!   once when half of `max_keys` is taken.
 //! - `Month`: the calendar month of a call's arrival in the billing time zone.
 //!
 //! Must not do I/O on the hot path; the flusher (`flush`) does that.
@@ -21,7 +22,7 @@ use crate::store::UsageRow;
 use dashmap::DashMap;
 use journal::Journal;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// A calendar month, numbered `year * 12 + (month - 1)`.
@@ -97,6 +98,21 @@ pub struct CounterKey {
 /// needed to reach the in-memory overflow.
 pub const SLOT_HEADROOM: u32 = 65_536;
 
+/// Flushes a key stays linked without a call before its slot is released (checked in
+/// sweeps this many flushes apart, so a key goes after one to two such periods). With
+/// calls spread over 100,000 accounts most keys see a call every few seconds: released
+/// after each idle flush, nearly every call took a new slot (names looked up and
+/// allocated, the journal written, the index's write lock) and every freeze emptied the
+/// workers' copies, so the next call under each key went to the shared index.
+pub const KEEP_IDLE_FREEZES: u32 = 60;
+
+/// A key's journal slot in the index, and the freezes in a row that found it idle.
+#[derive(Debug, Clone, Copy)]
+struct Linked {
+    slot: u32,
+    idle_freezes: u32,
+}
+
 /// A batch cut from the counters: what the store must apply under `(instance_id, seq)`.
 #[derive(Debug, Clone)]
 pub struct FrozenBatch {
@@ -120,7 +136,7 @@ struct WorkerSlots(Mutex<HashMap<CounterKey, u32, ahash::RandomState>>);
 pub struct Counters {
     /// Index: key → journal slot. `admits` reads it, and `add` only for a worker's first
     /// count under a key after a freeze that unlinked keys; `worker_slots` serve the rest.
-    index: DashMap<CounterKey, u32, ahash::RandomState>,
+    index: DashMap<CounterKey, Linked, ahash::RandomState>,
     worker_slots: Box<[WorkerSlots]>,
     journal: Journal,
     /// Live slots not in `index`: left in the journal by an earlier process, or unlinked
@@ -135,6 +151,10 @@ pub struct Counters {
     /// Most distinct keys held at once; a call that would need one more is refused
     /// before it is forwarded (it could not be counted), never counted and dropped.
     max_keys: usize,
+    /// See `KEEP_IDLE_FREEZES`; 1 releases a key after one idle flush.
+    keep_idle_freezes: u32,
+    /// Freezes since idle keys were last swept out of the index.
+    freezes_since_sweep: AtomicU32,
 }
 
 impl Counters {
@@ -149,7 +169,16 @@ impl Counters {
             overflow: Mutex::new(HashMap::new()),
             oldest: AtomicI64::new(0),
             max_keys,
+            keep_idle_freezes: KEEP_IDLE_FREEZES,
+            freezes_since_sweep: AtomicU32::new(0),
         }
+    }
+
+    /// The same counters releasing a key after `freezes` idle flushes instead of
+    /// `KEEP_IDLE_FREEZES` (at least 1).
+    pub fn keeping_idle_keys_for(mut self, freezes: u32) -> Self {
+        self.keep_idle_freezes = freezes.max(1);
+        self
     }
 
     /// Counters whose journal is anonymous memory (benchmarks, unit tests).
@@ -198,24 +227,34 @@ impl Counters {
         }
     }
 
-    /// Counts a call under a key through the shared index (a shard's write lock: a
-    /// worker comes here once per key between freezes that unlink keys), taking a slot
-    /// for a key new to the process; the slot it went to, or None when it was counted
-    /// in memory (`overflow`).
+    /// Counts a call under a key through the shared index (a worker comes here once per
+    /// key between sweeps that unlink keys), taking a slot for a key new to the
+    /// process, under the shard's write lock; the slot it went to, or None when it was
+    /// counted in memory (`overflow`).
     #[cold]
     fn add_via_index(&self, key: CounterKey, names: impl FnOnce() -> (String, String)) -> Option<u32> {
         use dashmap::mapref::entry::Entry;
+        // A key linked already (the common case after a sweep) needs only the read lock.
+        // The slot stays valid after the guard goes: only a freeze unlinks it, and it
+        // empties this worker's copies under the lock `add` holds before releasing it.
+        if let Some(linked) = self.index.get(&key) {
+            let slot = linked.slot;
+            drop(linked);
+            self.journal.add(slot, 1);
+            return Some(slot);
+        }
         match self.index.entry(key) {
-            Entry::Occupied(slot) => {
-                self.journal.add(*slot.get(), 1);
-                Some(*slot.get())
+            Entry::Occupied(linked) => {
+                let slot = linked.get().slot;
+                self.journal.add(slot, 1);
+                Some(slot)
             }
             Entry::Vacant(vacant) => {
                 let (account, action) = names();
                 match self.journal.allocate(&account, &action, key.month) {
                     Some(slot) => {
                         self.journal.add(slot, 1);
-                        vacant.insert(slot);
+                        vacant.insert(Linked { slot, idle_freezes: 0 });
                         Some(slot)
                     }
                     None => {
@@ -237,8 +276,9 @@ impl Counters {
     }
 
     /// Cuts the next batch: every slot's calls since the last acknowledged batch, merged
-    /// by (account, action, month). Slots without a call since then are released, so
-    /// memory and journal follow the keys in use. A call counted meanwhile lands in this
+    /// by (account, action, month). Slots idle for `keep_idle_freezes` flushes (for one,
+    /// when half of `max_keys` is taken) are released, so memory and journal follow the
+    /// keys in use. A call counted meanwhile lands in this
     /// batch or the next, never both. None: nothing to send. Must only be called when no
     /// batch is frozen.
     pub fn freeze(&self) -> Option<FrozenBatch> {
@@ -247,19 +287,32 @@ impl Counters {
         // overstated, never understated).
         self.oldest.store(0, Ordering::Relaxed);
         let mut parts: Vec<(u32, u64)> = Vec::new();
-        // A slot whose key had no call since the last batch leaves the index, but is not
-        // released yet: a worker may still hold it in its own slots, and add to it.
+        // Sweeps are far apart so that the workers' copies, emptied by each, stay warm;
+        // under pressure every freeze sweeps, and an idle flush is enough.
+        let pressure = (self.journal.live() as usize) >= self.max_keys.div_ceil(2);
+        let sweep = pressure || self.freezes_since_sweep.fetch_add(1, Ordering::Relaxed) + 1 >= self.keep_idle_freezes;
+        if sweep {
+            self.freezes_since_sweep.store(0, Ordering::Relaxed);
+        }
+        let idle_enough = if pressure { 1 } else { self.keep_idle_freezes };
+        // A slot whose key was idle long enough leaves the index, but is not released
+        // yet: a worker may still hold it in its own slots, and add to it.
         let mut unlinked: Vec<u32> = Vec::new();
-        self.index.retain(|_, slot| {
-            let figures = self.journal.figures(*slot);
+        self.index.retain(|_, linked| {
+            let figures = self.journal.figures(linked.slot);
             if figures.counted == figures.flushed {
-                unlinked.push(*slot);
-                return false;
+                linked.idle_freezes = linked.idle_freezes.saturating_add(1);
+                if sweep && linked.idle_freezes >= idle_enough {
+                    unlinked.push(linked.slot);
+                    return false;
+                }
+                return true;
             }
+            linked.idle_freezes = 0;
             // A worker may add to the slot meanwhile: that call is above the frozen
             // figure and goes in the next batch.
-            self.journal.set_frozen(*slot, figures.counted);
-            parts.push((*slot, figures.counted - figures.flushed));
+            self.journal.set_frozen(linked.slot, figures.counted);
+            parts.push((linked.slot, figures.counted - figures.flushed));
             true
         });
         if !unlinked.is_empty() {
@@ -499,6 +552,55 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_key_keeps_its_slot_for_a_while_then_goes() {
+        const KEEP: u32 = 5;
+        let counters = Counters::in_memory(1000).keeping_idle_keys_for(KEEP);
+        let named = std::cell::Cell::new(0);
+        let add = |counters: &Counters, k: CounterKey| {
+            counters.add(k, 100, || {
+                named.set(named.get() + 1);
+                names(k)()
+            })
+        };
+        add(&counters, key(1));
+        add(&counters, key(2));
+        let freeze = |counters: &Counters| {
+            if counters.freeze().is_some() {
+                counters.acknowledge();
+            }
+        };
+        freeze(&counters);
+        let mut freezes = 1;
+        // Key 1 is called at every flush, key 2 never again.
+        while counters.distinct_keys() == 2 {
+            assert!(freezes <= 2 * KEEP + 1, "key 2 still held after {freezes} freezes");
+            add(&counters, key(1));
+            freeze(&counters);
+            freezes += 1;
+        }
+        assert!(freezes > KEEP, "key 2 went after {freezes} freezes");
+        assert_eq!(named.get(), 2, "key 1 kept its slot: named once");
+        assert_eq!(counters.pending(), 0);
+        // Back after it went: a new slot, counted from there.
+        add(&counters, key(2));
+        assert_eq!((named.get(), counters.distinct_keys()), (3, 2));
+        assert_eq!(total(&counters.freeze().unwrap()), 1);
+    }
+
+    #[test]
+    fn under_pressure_a_key_goes_after_one_idle_flush() {
+        let counters = Counters::in_memory(4);
+        counters.add(key(1), 100, names(key(1)));
+        counters.add(key(2), 100, names(key(2)));
+        counters.freeze().unwrap();
+        counters.acknowledge();
+        counters.add(key(1), 100, names(key(1)));
+        counters.freeze().unwrap();
+        counters.acknowledge();
+        assert_eq!(counters.distinct_keys(), 1, "half of max_keys taken: idle key 2 went");
+    }
+
+    #[test]
     fn a_frozen_batch_stays_until_acknowledged() {
         let counters = Counters::in_memory(10);
         for _ in 0..3 {
@@ -555,7 +657,8 @@ mod tests {
         // Each worker moves through 60 keys, 200 calls on each, in windows that overlap
         // the other workers' so that keys are shared and go idle at different times.
         let key_of = |worker: usize, call: u32| (call / 200 + worker as u32 * 7) % 60;
-        let counters = Counters::in_memory(1000);
+        // Released after one idle flush: the races below happen at every freeze.
+        let counters = Counters::in_memory(1000).keeping_idle_keys_for(1);
         let done = AtomicBool::new(false);
         let freezes = AtomicU32::new(0);
         let mut taken: HashMap<String, u64> = HashMap::new();
@@ -619,7 +722,7 @@ mod tests {
     fn a_reopened_journal_resumes_its_frozen_batch_and_merges_old_slots() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meter.journal");
-        let open = || Counters::new(Journal::open(&path, 100, "gw").unwrap(), 90);
+        let open = || Counters::new(Journal::open(&path, 100, "gw").unwrap(), 90).keeping_idle_keys_for(1);
         let seq = {
             let counters = open();
             for _ in 0..5 {

@@ -78,6 +78,7 @@ pub async fn serve(
     tokio::spawn(crate::meter::flush::run(
         app.clone(),
         app.config.meter.flush_interval,
+        app.config.meter.flush_max_rows_per_second,
         stop_rx.clone(),
     ));
     // Its first check runs before the listeners accept: an account that cannot pay is
