@@ -80,6 +80,7 @@ impl App {
                     resync_interval: config.state.resync_interval,
                     resyncs_read: metrics.state_resyncs_read.clone(),
                     resyncs_skipped: metrics.state_resyncs_skipped.clone(),
+                    initial_generations: Default::default(),
                 };
                 if let Err(e) = sync.initial_load().await {
                     // Redis down at start: serve from the source of truth until it returns.

@@ -40,12 +40,15 @@ pub async fn refresh(app: &App) -> Result<CreditSweep, StoreError> {
         let unit = prices.price(name, &month).map_or(0, |p| p.highest_unit());
         price.store(unit, std::sync::atomic::Ordering::Relaxed);
     }
-    let accounts = app.mirror.all_accounts();
     let default_limit = app.config.credit.default_limit;
-    if default_limit.is_none() && accounts.iter().all(|a| a.credit_limit().is_none()) {
-        for account in &accounts {
-            account.set_credit_headroom(i64::MAX);
-        }
+    let mut any_limit = default_limit.is_some();
+    if !any_limit {
+        app.mirror
+            .for_each_account(|account| any_limit |= account.credit_limit().is_some());
+    }
+    if !any_limit {
+        app.mirror
+            .for_each_account(|account| account.set_credit_headroom(i64::MAX));
         plane.metrics.credit_exhausted_accounts.set(0);
         return Ok(CreditSweep::default());
     }
@@ -58,10 +61,10 @@ pub async fn refresh(app: &App) -> Result<CreditSweep, StoreError> {
         .max()
         .unwrap_or(0);
     let mut sweep = CreditSweep::default();
-    for account in accounts {
+    app.mirror.for_each_account(|account| {
         let Some(limit) = account.credit_limit().or(default_limit) else {
             account.set_credit_headroom(i64::MAX);
-            continue;
+            return;
         };
         let balance = balances.get(account.id()).copied().unwrap_or(0);
         let owed = running.get(account.id()).copied().unwrap_or(0);
@@ -71,7 +74,7 @@ pub async fn refresh(app: &App) -> Result<CreditSweep, StoreError> {
         if headroom < highest_price {
             sweep.exhausted += 1;
         }
-    }
+    });
     plane.metrics.credit_exhausted_accounts.set(sweep.exhausted as i64);
     Ok(sweep)
 }

@@ -100,8 +100,12 @@ impl AccountEntry {
         self.credit_headroom.load(Ordering::Relaxed)
     }
 
+    /// Written only when it changes: the check runs over every account every few
+    /// seconds, and a store would take the entry's line from the cores reading it.
     pub fn set_credit_headroom(&self, micros: i64) {
-        self.credit_headroom.store(micros, Ordering::Relaxed);
+        if self.credit_headroom.load(Ordering::Relaxed) != micros {
+            self.credit_headroom.store(micros, Ordering::Relaxed);
+        }
     }
 
     /// The account's own credit limit, `None` for the configured default.
@@ -402,9 +406,11 @@ impl StateMirror {
         self.accounts.len()
     }
 
-    /// Every account held (a snapshot of the entries; for the control plane's sweeps).
-    pub fn all_accounts(&self) -> Vec<Arc<AccountEntry>> {
-        self.accounts.iter().map(|e| e.value().clone()).collect()
+    /// Calls `f` on every account held, in place: no snapshot, no reference counts
+    /// written (a sweep every few seconds over a million entries). Each map shard is
+    /// read-locked while it is walked, so `f` must not block or touch the mirror.
+    pub fn for_each_account(&self, mut f: impl FnMut(&AccountEntry)) {
+        self.accounts.iter().for_each(|entry| f(entry.value()));
     }
 
     pub fn credential_count(&self) -> usize {
@@ -499,6 +505,23 @@ mod tests {
         assert!(m.by_secret_id(&"A".repeat(INLINE_SECRET_ID - 1)).is_none());
         assert!(m.by_secret_id(&"B".repeat(INLINE_SECRET_ID)).is_none());
         assert_eq!(m.credential_count(), ids.len());
+    }
+
+    #[test]
+    fn a_walk_visits_every_account_once_and_headroom_is_written_only_when_it_moves() {
+        let m = mirror();
+        for i in 0..100 {
+            m.apply_account(&AccountRecord::new(&format!("acct-{i}"), "A", 0));
+        }
+        let mut seen = std::collections::HashSet::new();
+        m.for_each_account(|account| assert!(seen.insert(account.id().to_string())));
+        assert_eq!(seen.len(), 100);
+        let account = m.account("acct-7").unwrap();
+        account.set_credit_headroom(5);
+        account.set_credit_headroom(5);
+        assert_eq!(account.credit_headroom(), 5);
+        m.for_each_account(|account| account.set_credit_headroom(i64::MAX));
+        assert_eq!(account.credit_headroom(), i64::MAX);
     }
 
     #[test]
