@@ -41,17 +41,12 @@ pub async fn refresh(app: &App) -> Result<CreditSweep, StoreError> {
         price.store(unit, std::sync::atomic::Ordering::Relaxed);
     }
     let default_limit = app.config.credit.default_limit;
-    let mut any_limit = default_limit.is_some();
-    if !any_limit {
-        app.mirror
-            .for_each_account(|account| any_limit |= account.credit_limit().is_some());
-    }
-    if !any_limit {
-        app.mirror
-            .for_each_account(|account| account.set_credit_headroom(i64::MAX));
+    if default_limit.is_none() && app.mirror.accounts_with_credit_limit() == 0 {
+        app.mirror.lift_credit_headrooms();
         plane.metrics.credit_exhausted_accounts.set(0);
         return Ok(CreditSweep::default());
     }
+    app.mirror.mark_headrooms_lowered();
     let balances = app.store.balances().await?;
     let running = running_amounts(app, &month).await?;
     let highest_price = plane

@@ -8,7 +8,7 @@
 use crate::crypto::MasterKey;
 use crate::store::records::{AccountRecord, CredentialRecord, CredentialStatus};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 const ACTIVATED: u8 = 1;
@@ -263,6 +263,12 @@ pub struct StateMirror {
     /// Bumped after a credential entry is added or replaced: a copy of an entry held
     /// outside the maps (`proxy::auth::CallerCache`) is good while this is unchanged.
     credential_generation: AtomicU64,
+    /// Accounts with a credit limit of their own (kept by `apply_account`): with none,
+    /// and no default limit, the credit check has nothing to walk.
+    accounts_with_credit_limit: AtomicUsize,
+    /// Whether a credit check may have left some account's headroom below `i64::MAX`
+    /// since `lift_credit_headrooms` last put them all back.
+    headroom_lowered: AtomicBool,
 }
 
 impl StateMirror {
@@ -273,6 +279,8 @@ impl StateMirror {
             by_api_key: Map::default(),
             master_key,
             next_index: AtomicU32::new(0),
+            accounts_with_credit_limit: AtomicUsize::new(0),
+            headroom_lowered: AtomicBool::new(false),
             by_index: Map::default(),
             credential_generation: AtomicU64::new(0),
         }
@@ -319,9 +327,17 @@ impl StateMirror {
         entry
             .rate_limit_qps
             .store(record.rate_limit_qps.unwrap_or(0), Ordering::Relaxed);
-        entry
-            .credit_limit
-            .store(record.credit_limit.unwrap_or(NO_OWN_LIMIT), Ordering::Relaxed);
+        let own_limit = record.credit_limit.unwrap_or(NO_OWN_LIMIT);
+        let before = entry.credit_limit.swap(own_limit, Ordering::Relaxed);
+        match (before == NO_OWN_LIMIT, own_limit == NO_OWN_LIMIT) {
+            (true, false) => {
+                self.accounts_with_credit_limit.fetch_add(1, Ordering::Relaxed);
+            }
+            (false, true) => {
+                self.accounts_with_credit_limit.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         entry.flags.store(flags, Ordering::Release);
         entry.version.store(record.version, Ordering::Release);
     }
@@ -404,6 +420,23 @@ impl StateMirror {
 
     pub fn account_count(&self) -> usize {
         self.accounts.len()
+    }
+
+    pub fn accounts_with_credit_limit(&self) -> usize {
+        self.accounts_with_credit_limit.load(Ordering::Relaxed)
+    }
+
+    /// Before a credit check that applies limits: it may lower headrooms.
+    pub fn mark_headrooms_lowered(&self) {
+        self.headroom_lowered.store(true, Ordering::Release);
+    }
+
+    /// Puts every account's headroom back to unlimited, walking the map only when a
+    /// check lowered some since the last time (new entries start unlimited).
+    pub fn lift_credit_headrooms(&self) {
+        if self.headroom_lowered.swap(false, Ordering::AcqRel) {
+            self.for_each_account(|account| account.set_credit_headroom(i64::MAX));
+        }
     }
 
     /// Calls `f` on every account held, in place: no snapshot, no reference counts
@@ -521,6 +554,38 @@ mod tests {
         account.set_credit_headroom(5);
         assert_eq!(account.credit_headroom(), 5);
         m.for_each_account(|account| account.set_credit_headroom(i64::MAX));
+        assert_eq!(account.credit_headroom(), i64::MAX);
+    }
+
+    #[test]
+    fn own_credit_limits_are_counted_and_lowered_headrooms_lifted_once() {
+        let m = mirror();
+        let mut a = AccountRecord::new("a", "A", 0);
+        let mut b = AccountRecord::new("b", "B", 0);
+        m.apply_account(&a);
+        m.apply_account(&b);
+        assert_eq!(m.accounts_with_credit_limit(), 0);
+        (a.credit_limit, a.version) = (Some(100), 2);
+        m.apply_account(&a);
+        m.apply_account(&a);
+        (b.credit_limit, b.version) = (Some(5), 2);
+        m.apply_account(&b);
+        assert_eq!(m.accounts_with_credit_limit(), 2);
+        (b.credit_limit, b.version) = (Some(7), 3);
+        m.apply_account(&b);
+        assert_eq!(m.accounts_with_credit_limit(), 2, "a new limit is not a new account");
+        (a.credit_limit, a.version) = (None, 3);
+        m.apply_account(&a);
+        (b.credit_limit, b.version) = (None, 4);
+        m.apply_account(&b);
+        assert_eq!(m.accounts_with_credit_limit(), 0);
+
+        let account = m.account("a").unwrap();
+        account.set_credit_headroom(3);
+        m.lift_credit_headrooms();
+        assert_eq!(account.credit_headroom(), 3, "no check marked a lowering: no walk");
+        m.mark_headrooms_lowered();
+        m.lift_credit_headrooms();
         assert_eq!(account.credit_headroom(), i64::MAX);
     }
 
