@@ -476,9 +476,9 @@ impl CacheSync {
         // retry the copy every second, instead of dropping the subscription and
         // missing events while backing off.
         let mut repair_owed = reconnecting;
-        // The hashes' generations before this session's last full read (the first
-        // session's subscription is younger than the initial load, whose generations
-        // then stand in: any write since moved them).
+        // The hashes' generations before the whole read the mirror now reflects: the
+        // initial load's until this session reads (its subscription is younger than
+        // that load, and a write since then moved them).
         let mut read_at = self.initial_generations.lock().expect("poisoned").take();
         self.sync(&mut conn, &mut repair_owed, &mut read_at).await?;
         let mut resync = tokio::time::interval(self.resync_interval);
