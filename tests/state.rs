@@ -181,14 +181,22 @@ async fn redis_loss_restart_and_flush_lose_no_change() {
     until_code(&b, &tenant, Some("OperationDenied"), Duration::from_secs(15)).await;
 
     // FLUSHALL: the next resync refills Redis from SQL.
+    let count_of_writes = || redis.command(&["HGET", "ekyc:accounts", "#generation"]);
+    let before_the_wipe = count_of_writes().await;
     redis.command(&["FLUSHALL"]).await;
     poll_until("Redis to be refilled", Duration::from_secs(10), || async {
         (redis.command(&["EXISTS", "ekyc:filled"]).await == redis::Value::Int(1)).then_some(())
     })
     .await;
-    // The one account, and the hash's count of writes.
+    // The one account, and the hash's count of writes: refilled with as many writes as
+    // before, yet never the count a gateway read before the wipe (it would skip reading).
     let hlen = redis.command(&["HLEN", "ekyc:accounts"]).await;
     assert_eq!(hlen, redis::Value::Int(2));
+    let after_the_refill = count_of_writes().await;
+    assert!(
+        matches!(after_the_refill, redis::Value::BulkString(_)) && after_the_refill != before_the_wipe,
+        "{before_the_wipe:?} then {after_the_refill:?}"
+    );
     admin(&b, "POST", &format!("/v1/accounts/{CLIENT_ACCOUNT}/resume"), None).await;
     until_code(&a, &tenant, None, Duration::from_secs(2)).await;
 

@@ -40,9 +40,20 @@ pub const FILLED_KEY: &str = "ekyc:filled";
 pub const EVENTS_CHANNEL: &str = "ekyc:events";
 /// A field of each hash counting the writes to it (no account id or SecretId starts
 /// with `#`), so that a re-sync can tell that nothing was written since its last read.
+/// The count starts from a random number wherever the field is missing: a Redis wiped
+/// and refilled then never shows a count a gateway read before the wipe (counting from
+/// 0, one account refilled gave 1 again, and a gateway whose subscription missed the
+/// refill's events skipped reading it).
 pub const GENERATION_FIELD: &str = "#generation";
 
-/// KEYS: hash. ARGV: field, record JSON, version, event JSON, channel, generation field.
+/// Where a hash's count of writes starts: random, below 2^62 so that counting never
+/// overflows Redis's 64-bit integers.
+fn generation_start() -> i64 {
+    (rand::random::<u64>() >> 2) as i64
+}
+
+/// KEYS: hash. ARGV: field, record JSON, version, event JSON, channel, generation field,
+/// the count's start if the hash has none.
 /// The channel is not a key: a Cluster refuses a script whose keys lie in different
 /// slots, and a PUBLISH reaches every node of a Cluster from any of them.
 const SET_IF_NEWER: &str = r#"
@@ -54,7 +65,9 @@ if current then
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[1], ARGV[6], 1)
+if redis.call('HSETNX', KEYS[1], ARGV[6], ARGV[7]) == 0 then
+  redis.call('HINCRBY', KEYS[1], ARGV[6], 1)
+end
 redis.call('PUBLISH', ARGV[5], ARGV[4])
 return 1
 "#;
@@ -82,6 +95,7 @@ async fn set_if_newer(
         .arg(event_json)
         .arg(EVENTS_CHANNEL)
         .arg(GENERATION_FIELD)
+        .arg(generation_start())
         .invoke_async(conn)
         .await?;
     Ok(stored == 1)
@@ -156,7 +170,8 @@ fn set_if_newer_eval(hash: &str, field: &str, record_json: &str, version: i64, e
         .arg(version)
         .arg(event_json)
         .arg(EVENTS_CHANNEL)
-        .arg(GENERATION_FIELD);
+        .arg(GENERATION_FIELD)
+        .arg(generation_start());
     cmd
 }
 
