@@ -442,7 +442,7 @@ pub struct CacheSync {
     /// unchanged when it subscribes, nothing was written since, and it need not read
     /// everything again (at 1 M accounts a whole read is 5-8 s of one core, right
     /// after the gateway turned ready).
-    pub initial_generations: std::sync::Mutex<Option<Generations>>,
+    pub(crate) initial_generations: std::sync::Mutex<Option<Generations>>,
 }
 
 impl CacheSync {
@@ -491,9 +491,9 @@ impl CacheSync {
         // retry the copy every second, instead of dropping the subscription and
         // missing events while backing off.
         let mut repair_owed = reconnecting;
-        // The hashes' generations before the whole read the mirror now reflects: the
-        // initial load's until this session reads (its subscription is younger than
-        // that load, and a write since then moved them).
+        // The hashes' generations before the whole read the mirror reflects:
+        // `initial_load`'s while no session has read yet (any write after that read
+        // moved them; the subscription is younger than it).
         let mut read_at = self.initial_generations.lock().expect("poisoned").take();
         self.sync(&mut conn, &mut repair_owed, &mut read_at).await?;
         let mut resync = tokio::time::interval(self.resync_interval);
@@ -584,7 +584,7 @@ impl CacheSync {
 /// How many writes each hash has had (`GENERATION_FIELD`); None where a hash has no
 /// count (empty, or written only by a gateway that did not keep one).
 #[derive(Debug, PartialEq, Eq)]
-pub struct Generations {
+pub(crate) struct Generations {
     accounts: Option<i64>,
     credentials: Option<i64>,
 }
