@@ -434,6 +434,7 @@ async fn lifecycle(store_url: Option<String>, owner_url: Option<String>) {
             .expect("the owner may");
         tx.rollback().await.unwrap();
     }
+    assert_sums_match_history(&gateway.app.config.store_url).await;
     gateway.shutdown().await;
 }
 
@@ -779,6 +780,7 @@ async fn late_volume_line(store_url: Option<String>) {
             .sum();
         assert_eq!(charged, -bill.total, "{bill:?}");
     }
+    assert_sums_match_history(&gateway.app.config.store_url).await;
     gateway.shutdown().await;
 }
 

@@ -274,6 +274,9 @@ async fn bill_month(
     for row in store.unbilled_through(&month).await? {
         by_account.entry(row.account_id.clone()).or_default().push(row);
     }
+    for rows in by_account.values_mut() {
+        rows.sort_unstable_by(|a, b| (&a.month, &a.action).cmp(&(&b.month, &b.action)));
+    }
     let mut bills = Vec::with_capacity(by_account.len());
     for (account, rows) in by_account {
         if already.contains(&account) {

@@ -230,16 +230,16 @@ impl Store {
             .map_err(Into::into)
     }
 
-    /// Every call of `month` and earlier months not yet on a bill.
+    /// Every call of `month` and earlier months not yet on a bill, in no order. Reads
+    /// only rows still to bill (migration 0010: the rows never billed by an index of
+    /// their own, the late ones through `usage_late`), not the months already billed.
     pub async fn unbilled_through(&self, month: &str) -> Result<Vec<Unbilled>, StoreError> {
         let rows = sqlx::query(
-            "SELECT u.account_id, u.month, u.action, u.calls, COALESCE(b.calls, 0) AS billed \
-             FROM usage u LEFT JOIN ( \
-                 SELECT account_id, month, action, CAST(SUM(calls) AS BIGINT) AS calls FROM billed_usage \
-                 WHERE month <= $1 GROUP BY account_id, month, action \
-             ) b ON b.account_id = u.account_id AND b.month = u.month AND b.action = u.action \
-             WHERE u.month <= $1 AND u.calls > COALESCE(b.calls, 0) \
-             ORDER BY u.account_id, u.month, u.action",
+            "SELECT account_id, month, action, calls, billed FROM usage WHERE billed = 0 AND month <= $1 \
+             UNION ALL \
+             SELECT u.account_id, u.month, u.action, u.calls, u.billed FROM usage_late l \
+             JOIN usage u ON u.account_id = l.account_id AND u.month = l.month AND u.action = l.action \
+             WHERE u.billed > 0 AND u.calls > u.billed AND u.month <= $1",
         )
         .bind(month)
         .fetch_all(&self.pool)
@@ -272,10 +272,9 @@ impl Store {
 
     /// The balance (micro-units) of every account with a ledger entry.
     pub async fn balances(&self) -> Result<HashMap<String, i64>, StoreError> {
-        let rows =
-            sqlx::query("SELECT account_id, CAST(SUM(amount) AS BIGINT) AS balance FROM ledger GROUP BY account_id")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query("SELECT account_id, balance FROM account_balances")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| Ok((row.try_get("account_id")?, row.try_get("balance")?)))
             .collect::<Result<_, sqlx::Error>>()
@@ -284,7 +283,7 @@ impl Store {
 
     pub async fn balance(&self, account_id: &str) -> Result<i64, StoreError> {
         let row =
-            sqlx::query("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS balance FROM ledger WHERE account_id = $1")
+            sqlx::query("SELECT COALESCE(MAX(balance), 0) AS balance FROM account_balances WHERE account_id = $1")
                 .bind(account_id)
                 .fetch_one(&self.pool)
                 .await?;
@@ -391,10 +390,8 @@ impl Store {
             }
 
             // Paid at issue when the balance after the charge covers it.
-            let mut sql = "SELECT account_id, CAST(SUM(amount) AS BIGINT) AS balance FROM ledger WHERE account_id IN "
-                .to_string();
+            let mut sql = "SELECT account_id, balance FROM account_balances WHERE account_id IN ".to_string();
             push_placeholders(&mut sql, 1, accounts.len());
-            sql.push_str(" GROUP BY account_id");
             let mut query = sqlx::query(&sql);
             for account in &accounts {
                 query = query.bind(*account);
@@ -625,7 +622,7 @@ impl Store {
     pub async fn due_candidates(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, arrears_reason FROM accounts WHERE arrears_reason IS NOT NULL \
-             OR id IN (SELECT account_id FROM ledger GROUP BY account_id HAVING SUM(amount) < 0) ORDER BY id",
+             OR id IN (SELECT account_id FROM account_balances WHERE balance < 0) ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -646,8 +643,7 @@ impl Store {
     /// absent): what a `balance.low` notice is keyed on.
     pub async fn latest_fundings(&self) -> Result<HashMap<String, i64>, StoreError> {
         let rows = sqlx::query(
-            "SELECT account_id, CAST(MAX(id) AS BIGINT) AS id FROM ledger WHERE kind IN ('topup', 'credit') \
-             GROUP BY account_id",
+            "SELECT account_id, latest_funding AS id FROM account_balances WHERE latest_funding IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -795,12 +791,8 @@ pub struct Books {
 async fn books_in(conn: &mut sqlx::AnyConnection, ids: &[&str]) -> Result<HashMap<String, Books>, StoreError> {
     let mut books: HashMap<String, Books> = HashMap::with_capacity(ids.len());
     for part in ids.chunks(BILLS_PER_STATEMENT * 4) {
-        let mut sql = "SELECT account_id, CAST(SUM(amount) AS BIGINT) AS balance, \
-                       CAST(SUM(CASE WHEN kind = 'charge' THEN 0 ELSE amount END) AS BIGINT) AS funds \
-                       FROM ledger WHERE account_id IN "
-            .to_string();
+        let mut sql = "SELECT account_id, balance, funds FROM account_balances WHERE account_id IN ".to_string();
         push_in_list(&mut sql, part.len());
-        sql.push_str(" GROUP BY account_id");
         let mut query = sqlx::query(&sql);
         for id in part {
             query = query.bind(*id);

@@ -65,6 +65,77 @@ pub async fn execute_raw(app: &App, sql: &str) -> Result<u64, sqlx::Error> {
     Ok(done?.rows_affected())
 }
 
+/// Checks the sums that migration 0010's triggers keep against the rows they sum: each
+/// account's balance, funds and latest funding against its ledger, each usage row's
+/// billed calls against billed_usage, and `unbilled_through` against what the whole
+/// history says is still to bill (every usage row with more calls than billed).
+pub async fn assert_sums_match_history(store_url: &str) {
+    use sqlx::{Connection as _, Row as _};
+    use std::collections::{BTreeMap, BTreeSet};
+    sqlx::any::install_default_drivers();
+    let mut connection = sqlx::AnyConnection::connect(store_url)
+        .await
+        .expect("a connection to the store");
+    let mut expected: BTreeMap<String, (i64, i64, Option<i64>)> = BTreeMap::new();
+    for row in sqlx::query("SELECT account_id, kind, amount, id FROM ledger")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap()
+    {
+        let (account, kind, amount, id): (String, String, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let sums = expected.entry(account).or_default();
+        sums.0 += amount;
+        if kind != "charge" {
+            sums.1 += amount;
+        }
+        if kind == "topup" || kind == "credit" {
+            sums.2 = sums.2.max(Some(id));
+        }
+    }
+    let kept: BTreeMap<String, (i64, i64, Option<i64>)> =
+        sqlx::query("SELECT account_id, balance, funds, latest_funding FROM account_balances")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), (row.get(1), row.get(2), row.get(3))))
+            .collect();
+    assert_eq!(kept, expected, "account_balances against the ledger");
+
+    let mut billed: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    for row in sqlx::query("SELECT account_id, month, action, calls FROM billed_usage")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap()
+    {
+        *billed.entry((row.get(0), row.get(1), row.get(2))).or_default() += row.get::<i64, _>(3);
+    }
+    let mut to_bill = BTreeSet::new();
+    for row in sqlx::query("SELECT account_id, month, action, calls, billed FROM usage")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap()
+    {
+        let key: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let (calls, kept): (i64, i64) = (row.get(3), row.get(4));
+        let sum = billed.get(&key).copied().unwrap_or(0);
+        assert_eq!(kept, sum, "usage.billed of {key:?} against billed_usage");
+        if calls > sum {
+            to_bill.insert((key.0, key.1, key.2, calls as u64, sum as u64));
+        }
+    }
+    connection.close().await.unwrap();
+    let store = ekyc_gateway::store::Store::connect(store_url).await.unwrap();
+    let found: BTreeSet<_> = store
+        .unbilled_through("9999-12")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.account_id, u.month, u.action, u.calls, u.billed))
+        .collect();
+    assert_eq!(found, to_bill, "unbilled_through against the whole history");
+}
+
 /// The unix time of an RFC 3339 time as the JSON interfaces show it.
 pub fn unix_of(value: &serde_json::Value) -> i64 {
     let text = value
