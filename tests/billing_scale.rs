@@ -15,15 +15,22 @@ use std::collections::BTreeMap;
 
 const ACCOUNTS: i64 = 100_000;
 
-#[tokio::test]
-#[ignore]
-async fn billing_100k_accounts_by_5_actions() {
+/// A fresh PostgreSQL database migrated by the store, and a plain client on it for the
+/// bulk writes (the database is dropped when the first value goes).
+async fn fresh_store() -> (PgDatabase, ekyc_gateway::store::Store, tokio_postgres::Client) {
     let db = PgDatabase::create().await;
     let store = ekyc_gateway::store::Store::connect(&db.url()).await.unwrap();
     let (client, connection) = tokio_postgres::connect(&db.conninfo(), tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
+    (db, store, client)
+}
+
+#[tokio::test]
+#[ignore]
+async fn billing_100k_accounts_by_5_actions() {
+    let (_db, store, client) = fresh_store().await;
     let actions = [
         "DetectAuth",
         "IdCardVerification",
@@ -103,12 +110,7 @@ async fn billing_100k_accounts_by_5_actions() {
 #[tokio::test]
 #[ignore]
 async fn credit_check_reads_after_a_year_of_100k_accounts() {
-    let db = PgDatabase::create().await;
-    let store = ekyc_gateway::store::Store::connect(&db.url()).await.unwrap();
-    let (client, connection) = tokio_postgres::connect(&db.conninfo(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (_db, store, client) = fresh_store().await;
     let started = std::time::Instant::now();
     client
         .batch_execute(&format!(
