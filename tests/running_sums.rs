@@ -67,14 +67,7 @@ async fn migrate_a_store_with_history(url: &str, backend: &str) {
         .await
         .expect("migration 0010 applies");
     assert_sums_match_history(url).await;
-    let mut unbilled: Vec<_> = store
-        .unbilled_through("2026-10")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|u| (u.account_id, u.month, u.action, u.calls, u.billed))
-        .collect();
-    unbilled.sort();
+    let unbilled = unbilled_rows(&store, "2026-10").await;
     let row = |account: &str, month: &str, action: &str, calls, billed| {
         (
             account.to_string(),

@@ -126,14 +126,25 @@ pub async fn assert_sums_match_history(store_url: &str) {
     }
     connection.close().await.unwrap();
     let store = ekyc_gateway::store::Store::connect(store_url).await.unwrap();
-    let found: BTreeSet<_> = store
-        .unbilled_through("9999-12")
+    assert_eq!(
+        unbilled_rows(&store, "9999-12").await,
+        to_bill.into_iter().collect::<Vec<_>>(),
+        "unbilled_through against the whole history"
+    );
+}
+
+/// `unbilled_through(month)` as sorted (account, month, action, calls, billed) tuples; a
+/// row found twice stays twice.
+pub async fn unbilled_rows(store: &ekyc_gateway::store::Store, month: &str) -> Vec<(String, String, String, u64, u64)> {
+    let mut rows: Vec<_> = store
+        .unbilled_through(month)
         .await
         .unwrap()
         .into_iter()
         .map(|u| (u.account_id, u.month, u.action, u.calls, u.billed))
         .collect();
-    assert_eq!(found, to_bill, "unbilled_through against the whole history");
+    rows.sort();
+    rows
 }
 
 /// The unix time of an RFC 3339 time as the JSON interfaces show it.
