@@ -29,7 +29,6 @@ use futures_util::stream::BoxStream;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -570,11 +569,21 @@ impl CacheSync {
         }
     }
 
+    /// Applies every record in Redis to the mirror, page by page as read: at 1 M accounts
+    /// collecting them first held every record twice more and took most of a restart
+    /// in page faults. A repeat or an older copy is ignored by the mirror's versions, and
+    /// a read that fails midway leaves only newer copies applied.
     async fn load_mirror(&self, conn: &mut StateConnection) -> anyhow::Result<()> {
-        let accounts: Vec<AccountRecord> = read_hash(conn, ACCOUNTS_KEY).await?;
-        let credentials: Vec<CredentialRecord> = read_hash(conn, CREDENTIALS_KEY).await?;
-        self.mirror.apply_snapshot(&accounts, &credentials);
-        drop((accounts, credentials));
+        for_each_record(conn, ACCOUNTS_KEY, |record: AccountRecord| {
+            self.mirror.apply_account(&record)
+        })
+        .await?;
+        for_each_record(conn, CREDENTIALS_KEY, |record: CredentialRecord| {
+            if let Err(e) = self.mirror.apply_credential(&record) {
+                tracing::error!(error = %e, "state cache: credential skipped");
+            }
+        })
+        .await?;
         super::return_freed_memory();
         self.freshness.mark_synced(self.clock.now_unix());
         Ok(())
@@ -602,13 +611,17 @@ impl Generations {
     }
 }
 
-/// Every record in `hash`, read a page at a time with HSCAN: one HGETALL of a million
-/// records outlasts any response timeout and holds the whole raw answer in memory. A
-/// record present for the whole scan is returned at least once (a repeat is dropped);
-/// one written meanwhile also arrives as an event, the subscription being older.
-async fn read_hash<T: serde::de::DeserializeOwned>(conn: &mut StateConnection, hash: &str) -> anyhow::Result<Vec<T>> {
+/// Calls `apply` on every record in `hash`, read a page at a time with HSCAN: one
+/// HGETALL of a million records outlasts any response timeout and holds the whole raw
+/// answer in memory. A record present for the whole scan is passed at least once (HSCAN
+/// may return it again); one written meanwhile also arrives as an event, the
+/// subscription being older.
+async fn for_each_record<T: serde::de::DeserializeOwned>(
+    conn: &mut StateConnection,
+    hash: &str,
+    mut apply: impl FnMut(T),
+) -> anyhow::Result<()> {
     const PAGE: usize = 2000;
-    let mut records: HashMap<String, T, ahash::RandomState> = HashMap::default();
     let mut cursor: u64 = 0;
     loop {
         let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
@@ -623,11 +636,11 @@ async fn read_hash<T: serde::de::DeserializeOwned>(conn: &mut StateConnection, h
                 continue;
             }
             if let Ok(record) = serde_json::from_str(&json) {
-                records.insert(field, record);
+                apply(record);
             }
         }
         if next == 0 {
-            return Ok(records.into_values().collect());
+            return Ok(());
         }
         cursor = next;
     }
