@@ -23,7 +23,6 @@ use ekyc_gateway::meter::Month;
 use ekyc_gateway::state::StoreOnlyPublisher;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -57,11 +56,8 @@ async fn chaos_reconciliation() {
     let sim = SimHandle::start(|c| c.error_rate = 0.15).await;
     let db = PgDatabase::create().await;
     let mut redis = RedisServer::start().await;
-    let url = db.url();
-    let host_port = url.split_once('@').unwrap().1.split_once('/').unwrap().0;
-    let relay = TcpRelay::start(host_port.to_socket_addrs().unwrap().next().unwrap()).await;
-    let (auth, rest) = url.split_once('@').unwrap();
-    let store_url = format!("{auth}@{}/{}", relay.addr, rest.split_once('/').unwrap().1);
+    let relay = TcpRelay::in_front_of(&db).await;
+    let store_url = relay.store_url(&db);
     let config = format!(
         "[upstream]\nurl = \"http://{}\"\n[store]\nurl = \"{store_url}\"\n[state]\nredis_url = \"{}\"\n\
          [rate_limit]\ndefault_qps = 0\n[meter]\nflush_interval_ms = 100\n",

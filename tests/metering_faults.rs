@@ -9,7 +9,6 @@ use common::faults::*;
 use common::*;
 use ekyc_gateway::clock::{Clock, SystemClock};
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,18 +25,6 @@ fn sum_by_action(counts: &BTreeMap<(String, String), u64>, action: &str) -> u64 
 }
 
 /// The database's address, and its URL rewritten to go through `relay`.
-fn pg_target(db: &PgDatabase) -> SocketAddr {
-    let url = db.url();
-    let host_port = url.split_once('@').unwrap().1.split_once('/').unwrap().0;
-    host_port.to_socket_addrs().unwrap().next().unwrap()
-}
-
-fn url_via(db: &PgDatabase, relay: &TcpRelay) -> String {
-    let url = db.url();
-    let (auth, rest) = url.split_once('@').unwrap();
-    format!("{auth}@{}/{}", relay.addr, rest.split_once('/').unwrap().1)
-}
-
 async fn wait_for_progress(progress: &AtomicU64, at_least: u64, what: &str) {
     poll_until(what, Duration::from_secs(120), || async {
         (progress.load(Ordering::SeqCst) >= at_least).then_some(())
@@ -180,7 +167,7 @@ async fn gateway_behind_relay(sim: &SimHandle, db: &PgDatabase, relay: &TcpRelay
         &format!("http://{}", sim.addr),
         "[rate_limit]\ndefault_qps = 0\n[meter]\nflush_interval_ms = 100\n",
     );
-    config.store_url = url_via(db, relay);
+    config.store_url = relay.store_url(db);
     GatewayHandle::start_with(config, Arc::new(SystemClock)).await
 }
 
@@ -189,7 +176,7 @@ async fn a_store_cut_off_for_30_seconds_loses_nothing() {
     let first_call_at = SystemClock.now_unix();
     let sim = SimHandle::start(|c| c.error_rate = 0.2).await;
     let db = PgDatabase::create().await;
-    let relay = TcpRelay::start(pg_target(&db)).await;
+    let relay = TcpRelay::in_front_of(&db).await;
     let gateway = gateway_behind_relay(&sim, &db, &relay).await;
     let tenants = create_tenants(gateway.admin, 4).await;
     let load = Arc::new(Load {
@@ -246,7 +233,7 @@ async fn a_commit_whose_answer_is_lost_is_not_applied_twice() {
     let first_call_at = SystemClock.now_unix();
     let sim = SimHandle::start(|c| c.error_rate = 0.2).await;
     let db = PgDatabase::create().await;
-    let relay = TcpRelay::start(pg_target(&db)).await;
+    let relay = TcpRelay::in_front_of(&db).await;
     let gateway = gateway_behind_relay(&sim, &db, &relay).await;
     let tenants = create_tenants(gateway.admin, 3).await;
     // Armed after the set-up's own transactions: the next COMMIT is a flush's.
@@ -279,12 +266,12 @@ async fn a_batch_frozen_at_a_kill_is_resent_under_its_id_at_the_next_start() {
     let first_call_at = SystemClock.now_unix();
     let sim = SimHandle::start(|c| c.error_rate = 0.2).await;
     let db = PgDatabase::create().await;
-    let relay = TcpRelay::start(pg_target(&db)).await;
+    let relay = TcpRelay::in_front_of(&db).await;
     let config = format!(
         "[upstream]\nurl = \"http://{}\"\n[store]\nurl = \"{}\"\n[rate_limit]\ndefault_qps = 0\n\
          [meter]\nflush_interval_ms = 50\n",
         sim.addr,
-        url_via(&db, &relay)
+        relay.store_url(&db)
     );
     let env = process_env();
     let dir = tempfile::tempdir().unwrap();

@@ -13,14 +13,26 @@ use std::time::{Duration, Instant};
 
 /// A gateway in front of `sim` using the shared PostgreSQL database and Redis.
 async fn shared_gateway(sim: &SimHandle, db: &PgDatabase, redis: &RedisServer, extra: &str) -> GatewayHandle {
+    gateway_on(sim, &db.url(), redis, 500, extra).await
+}
+
+/// A gateway in front of `sim` with the store at `store_url`, re-syncing from `redis`
+/// every `resync_ms`.
+async fn gateway_on(
+    sim: &SimHandle,
+    store_url: &str,
+    redis: &RedisServer,
+    resync_ms: u64,
+    extra: &str,
+) -> GatewayHandle {
     let mut config = gateway_config(
         &format!("http://{}", sim.addr),
         &format!(
-            "[state]\nredis_url = \"{}\"\nresync_interval_ms = 500\n{extra}",
+            "[state]\nredis_url = \"{}\"\nresync_interval_ms = {resync_ms}\n{extra}",
             redis.url()
         ),
     );
-    config.store_url = db.url();
+    config.store_url = store_url.to_string();
     GatewayHandle::start_with(config, Arc::new(ekyc_gateway::clock::SystemClock)).await
 }
 
@@ -470,4 +482,53 @@ async fn a_hash_larger_than_a_page_loads_whole_and_again_only_after_a_write() {
         || async { gateway.metrics().await.contains(&want).then_some(()) },
     )
     .await;
+}
+
+/// A repair of Redis from SQL waits on the billing store; a database that stops
+/// answering (held, not refused) holds it for as long. Changes published meanwhile are
+/// still applied at once: the subscription is read while the repair waits.
+#[tokio::test]
+async fn changes_apply_while_a_repair_waits_on_an_unanswering_store() {
+    let sim = SimHandle::start(|_| {}).await;
+    let db = PgDatabase::create().await;
+    let redis = RedisServer::start().await;
+    let relay = common::faults::TcpRelay::in_front_of(&db).await;
+    let waiting = gateway_on(&sim, &relay.store_url(&db), &redis, 200, "").await;
+    // The operator's gateway re-syncs rarely: it leaves the repair to `waiting`.
+    let operator = gateway_on(&sim, &db.url(), &redis, 3_600_000, "").await;
+    let tenant = client_signer();
+    until_code(&waiting, &tenant, None, Duration::from_secs(5)).await;
+
+    relay.hold();
+    redis.command(&["FLUSHALL"]).await;
+    poll_until("the repair to wait on the store", Duration::from_secs(10), || async {
+        (relay.held_bytes() > 0).then_some(())
+    })
+    .await;
+    let (status, body) = admin(
+        &operator,
+        "POST",
+        &format!("/v1/accounts/{CLIENT_ACCOUNT}/suspend"),
+        Some(json!({"reason": "fraud check"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let took = until_code(&waiting, &tenant, Some("OperationDenied"), Duration::from_secs(2)).await;
+    eprintln!("suspension applied {took:?} after it was made, the store held meanwhile");
+
+    // The store answers again: the repair completes and the suspension stays.
+    relay.release();
+    poll_until("Redis to be refilled", Duration::from_secs(10), || async {
+        (redis.command(&["EXISTS", "ekyc:filled"]).await == redis::Value::Int(1)).then_some(())
+    })
+    .await;
+    assert_eq!(code_of(&waiting, &tenant).await.as_deref(), Some("OperationDenied"));
+    admin(
+        &operator,
+        "POST",
+        &format!("/v1/accounts/{CLIENT_ACCOUNT}/resume"),
+        None,
+    )
+    .await;
+    until_code(&waiting, &tenant, None, Duration::from_secs(2)).await;
 }

@@ -494,7 +494,8 @@ impl CacheSync {
         // `initial_load`'s while no session has read yet (any write after that read
         // moved them; the subscription is younger than it).
         let mut read_at = self.initial_generations.lock().expect("poisoned").take();
-        self.sync(&mut conn, &mut repair_owed, &mut read_at).await?;
+        self.sync_applying_events(&mut conn, &mut events, &mut repair_owed, &mut read_at)
+            .await?;
         let mut resync = tokio::time::interval(self.resync_interval);
         resync.reset();
         let mut repair = tokio::time::interval(Duration::from_secs(1));
@@ -506,9 +507,39 @@ impl CacheSync {
                     };
                     self.apply_event(&payload?);
                 }
-                _ = resync.tick() => self.sync(&mut conn, &mut repair_owed, &mut read_at).await?,
-                _ = repair.tick(), if repair_owed => self.sync(&mut conn, &mut repair_owed, &mut read_at).await?,
+                _ = resync.tick() => {
+                    self.sync_applying_events(&mut conn, &mut events, &mut repair_owed, &mut read_at).await?
+                }
+                _ = repair.tick(), if repair_owed => {
+                    self.sync_applying_events(&mut conn, &mut events, &mut repair_owed, &mut read_at).await?
+                }
                 _ = shutdown.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// `sync`, with the events that arrive meanwhile applied as they come. Left unread
+    /// they pile up in the client's buffer: a repair of 1 M accounts publishes 2 M
+    /// events of its own, and a gateway that read them only afterwards held about 1 GiB
+    /// more until it had.
+    async fn sync_applying_events(
+        &self,
+        conn: &mut StateConnection,
+        events: &mut StateEvents,
+        repair_owed: &mut bool,
+        read_at: &mut Option<Generations>,
+    ) -> anyhow::Result<()> {
+        let sync = self.sync(conn, repair_owed, read_at);
+        tokio::pin!(sync);
+        loop {
+            tokio::select! {
+                done = &mut sync => return done,
+                message = events.next() => {
+                    let Some(payload) = message else {
+                        anyhow::bail!("the subscription closed");
+                    };
+                    self.apply_event(&payload?);
+                }
             }
         }
     }

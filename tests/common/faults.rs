@@ -1,9 +1,11 @@
 //! Fault injection and load for the metering tests: a TCP relay in front of PostgreSQL
-//! that can cut every connection or swallow the reply to a COMMIT, and a load
+//! that can cut every connection, hold every byte (a black hole) or swallow the reply to
+//! a COMMIT, and a load
 //! generator that keeps the clients' own tally of successful calls.
 
 use super::*;
 use std::collections::BTreeMap;
+use std::net::ToSocketAddrs;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,7 +15,8 @@ use tokio::sync::watch;
 /// A TCP relay on a free port. `cut` ends every open connection and refuses new ones
 /// (the database is unreachable); `swallow_next_commit_reply` lets the next COMMIT
 /// through and drops the server's answer, then the connection: the transaction is
-/// committed but the client never hears so.
+/// committed but the client never hears so. `hold` keeps connections open and forwards
+/// nothing until `release`: a database that stopped answering.
 pub struct TcpRelay {
     pub addr: SocketAddr,
     shared: Arc<RelayShared>,
@@ -27,6 +30,9 @@ struct RelayShared {
     generation: watch::Sender<u64>,
     swallow_commit: AtomicBool,
     pub swallowed: AtomicU64,
+    held: watch::Sender<bool>,
+    /// Bytes that arrived while held, either way.
+    held_bytes: AtomicU64,
 }
 
 impl TcpRelay {
@@ -39,6 +45,8 @@ impl TcpRelay {
             generation: watch::channel(0).0,
             swallow_commit: AtomicBool::new(false),
             swallowed: AtomicU64::new(0),
+            held: watch::channel(false).0,
+            held_bytes: AtomicU64::new(0),
         });
         let accept_shared = shared.clone();
         let task = tokio::spawn(async move {
@@ -53,6 +61,20 @@ impl TcpRelay {
         Self { addr, shared, task }
     }
 
+    /// A relay in front of `db`'s server.
+    pub async fn in_front_of(db: &PgDatabase) -> Self {
+        let url = db.url();
+        let host_port = url.split_once('@').unwrap().1.split_once('/').unwrap().0;
+        Self::start(host_port.to_socket_addrs().unwrap().next().unwrap()).await
+    }
+
+    /// `db`'s URL through this relay.
+    pub fn store_url(&self, db: &PgDatabase) -> String {
+        let url = db.url();
+        let (auth, rest) = url.split_once('@').unwrap();
+        format!("{auth}@{}/{}", self.addr, rest.split_once('/').unwrap().1)
+    }
+
     pub fn cut(&self) {
         self.shared.cut.store(true, Ordering::SeqCst);
         self.shared.generation.send_modify(|g| *g += 1);
@@ -60,6 +82,19 @@ impl TcpRelay {
 
     pub fn restore(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
+    }
+
+    pub fn hold(&self) {
+        self.shared.held.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.shared.held.send_replace(false);
+    }
+
+    /// Bytes that arrived while held: something is waiting on the database.
+    pub fn held_bytes(&self) -> u64 {
+        self.shared.held_bytes.load(Ordering::SeqCst)
     }
 
     pub fn swallow_next_commit_reply(&self) {
@@ -99,6 +134,7 @@ async fn relay(client: TcpStream, shared: Arc<RelayShared>) {
                 if shared.swallow_commit.load(Ordering::SeqCst) && memchr_commit(&buf[..n]) {
                     commit_sent.store(true, Ordering::SeqCst);
                 }
+                wait_while_held(&shared, n).await;
                 server_write.write_all(&buf[..n]).await?;
             }
         }
@@ -116,6 +152,7 @@ async fn relay(client: TcpStream, shared: Arc<RelayShared>) {
                 shared.swallowed.fetch_add(1, Ordering::SeqCst);
                 return Ok(());
             }
+            wait_while_held(&shared, n).await;
             client_write.write_all(&buf[..n]).await?;
         }
     };
@@ -123,6 +160,14 @@ async fn relay(client: TcpStream, shared: Arc<RelayShared>) {
         _ = upstream => {}
         _ = downstream => {}
         _ = generation.changed() => {}
+    }
+}
+
+async fn wait_while_held(shared: &RelayShared, bytes: usize) {
+    let mut held = shared.held.subscribe();
+    if *held.borrow_and_update() {
+        shared.held_bytes.fetch_add(bytes as u64, Ordering::SeqCst);
+        let _ = held.wait_for(|held| !held).await;
     }
 }
 
