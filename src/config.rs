@@ -90,6 +90,7 @@ struct RawConfig {
 struct RawStore {
     url: String,
     migrate_url: Option<String>,
+    timeout_ms: u64,
 }
 
 impl Default for RawStore {
@@ -97,6 +98,7 @@ impl Default for RawStore {
         Self {
             url: "sqlite://./data/billing.db".into(),
             migrate_url: None,
+            timeout_ms: 30_000,
         }
     }
 }
@@ -740,6 +742,11 @@ pub struct Config {
     /// `EKYC_STORE_MIGRATE_URL`): migrations run under it and `store_url`'s role is
     /// granted only what it needs. `None`: `store_url` applies the migrations itself.
     pub store_migrate_url: Option<String>,
+    /// How long the meter's flush and the state cache's repair wait on one store call
+    /// before giving up and retrying (`store.timeout_ms`): a database that stops
+    /// answering on an open connection (a failed-over primary gone silent, a partition)
+    /// otherwise holds them until TCP gives up, a quarter of an hour.
+    pub store_timeout: Duration,
     pub state: StateConfig,
     /// Seals SecretKeys at rest (env `EKYC_MASTER_KEY`).
     pub master_key: Arc<MasterKey>,
@@ -1325,6 +1332,7 @@ impl Config {
             ));
         }
 
+        let store_timeout = ms("store.timeout_ms", raw.store.timeout_ms, 100, 3_600_000)?;
         let StoreUrls {
             url: store_url,
             migrate_url: store_migrate_url,
@@ -1370,6 +1378,7 @@ impl Config {
             access_log,
             store_url,
             store_migrate_url,
+            store_timeout,
             state,
             master_key,
             admin_tokens,

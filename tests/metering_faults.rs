@@ -165,7 +165,7 @@ async fn sigkill_during_load_loses_no_counted_call_and_counts_none_twice() {
 async fn gateway_behind_relay(sim: &SimHandle, db: &PgDatabase, relay: &TcpRelay) -> GatewayHandle {
     let mut config = gateway_config(
         &format!("http://{}", sim.addr),
-        "[rate_limit]\ndefault_qps = 0\n[meter]\nflush_interval_ms = 100\n",
+        "[rate_limit]\ndefault_qps = 0\n[meter]\nflush_interval_ms = 100\n[store]\ntimeout_ms = 1000\n",
     );
     config.store_url = relay.store_url(db);
     GatewayHandle::start_with(config, Arc::new(SystemClock)).await
@@ -226,6 +226,60 @@ async fn a_store_cut_off_for_30_seconds_loses_nothing() {
         "store cut 30 s: {served_during} calls served meanwhile; {} billed = clients = simulator",
         tally.total_ok()
     );
+}
+
+/// The store stops answering on the connection a flush has begun its transaction on,
+/// without closing it (a primary gone silent after a failover), while other connections
+/// work: the flush gives up after `store.timeout_ms` and sends the batch again on
+/// another. Left to TCP, it would wait a quarter of an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_stuck_on_a_silent_connection_goes_on_with_a_fresh_one() {
+    let first_call_at = SystemClock.now_unix();
+    let sim = SimHandle::start(|_| {}).await;
+    let db = PgDatabase::create().await;
+    let relay = TcpRelay::in_front_of(&db).await;
+    let gateway = gateway_behind_relay(&sim, &db, &relay).await;
+    let tenants = create_tenants(gateway.admin, 3).await;
+    let load = Arc::new(Load {
+        targets: vec![gateway.data],
+        tenants: tenants.clone(),
+        actions: ACTIONS.to_vec(),
+        concurrency: 4,
+    });
+    let mut tally = run_load(load.clone(), 300, Arc::default(), Arc::default()).await;
+    poll_until(
+        "the first calls to reach the store",
+        Duration::from_secs(10),
+        || async { (gateway.app.plane.counters.pending() == 0).then_some(()) },
+    )
+    .await;
+
+    relay.strand_next_transaction();
+    let stranded_at = Instant::now();
+    let more = run_load(load, 300, Arc::default(), Arc::default()).await;
+    poll_until(
+        "a flush to wait on a silent connection",
+        Duration::from_secs(10),
+        || async { (relay.held_bytes() > 0).then_some(()) },
+    )
+    .await;
+    poll_until(
+        "the calls to reach the store anyway",
+        Duration::from_secs(30),
+        || async { (gateway.app.plane.counters.pending() == 0).then_some(()) },
+    )
+    .await;
+    let took = stranded_at.elapsed();
+    assert!(gateway.app.plane.metrics.flush_batches_failed.get() >= 1);
+    gateway.shutdown().await;
+
+    for (key, calls) in more.ok {
+        *tally.ok.entry(key).or_default() += calls;
+    }
+    let billed = billed(&db.url(), &tenants, &billing_months_since(first_call_at)).await;
+    assert_eq!(billed, tally.ok, "nothing lost, nothing doubled");
+    assert_eq!(billed.values().sum::<u64>(), sim_successes(&sim, &ACTIONS).await);
+    eprintln!("a flush stranded: every call billed {took:?} later, with store.timeout_ms = 1000");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

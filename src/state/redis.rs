@@ -435,6 +435,9 @@ pub struct CacheSync {
     pub freshness: Arc<Freshness>,
     pub clock: SharedClock,
     pub resync_interval: Duration,
+    /// How long a repair waits for the store's records (`store.timeout_ms`); given up
+    /// on, the repair stays owed and is tried again.
+    pub store_timeout: Duration,
     pub resyncs_read: prometheus_client::metrics::counter::Counter,
     pub resyncs_skipped: prometheus_client::metrics::counter::Counter,
     /// The hashes' generations before `initial_load`'s read, for the first session:
@@ -558,8 +561,19 @@ impl CacheSync {
     ) -> anyhow::Result<()> {
         let filled: bool = conn.exists(FILLED_KEY).await?;
         if *repair_owed || !filled {
-            match (self.store.all_accounts().await, self.store.all_credentials().await) {
-                (Ok(accounts), Ok(credentials)) => {
+            let records = async {
+                Ok::<_, anyhow::Error>((self.store.all_accounts().await?, self.store.all_credentials().await?))
+            };
+            let records = tokio::time::timeout(self.store_timeout, records)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "no answer within {:?} (store.timeout_ms)",
+                        self.store_timeout
+                    ))
+                });
+            match records {
+                Ok((accounts, credentials)) => {
                     copy_into_redis(conn, &accounts, &credentials).await?;
                     *repair_owed = false;
                     tracing::info!(
@@ -567,7 +581,7 @@ impl CacheSync {
                         "state cache: copied the billing store into Redis"
                     );
                 }
-                (Err(e), _) | (_, Err(e)) => {
+                Err(e) => {
                     *repair_owed = true;
                     tracing::warn!(error = %e, "state cache: billing store unreachable; Redis not repaired yet (live changes still applied)");
                     if !filled {

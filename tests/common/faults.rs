@@ -16,7 +16,9 @@ use tokio::sync::watch;
 /// (the database is unreachable); `swallow_next_commit_reply` lets the next COMMIT
 /// through and drops the server's answer, then the connection: the transaction is
 /// committed but the client never hears so. `hold` keeps connections open and forwards
-/// nothing until `release`: a database that stopped answering.
+/// nothing until `release`: a database that stopped answering. `strand_next_transaction`
+/// does so for good on the connection that next sends a BEGIN while the others work: a
+/// primary gone silent after a failover, a partition healed for new connections only.
 pub struct TcpRelay {
     pub addr: SocketAddr,
     shared: Arc<RelayShared>,
@@ -33,6 +35,7 @@ struct RelayShared {
     held: watch::Sender<bool>,
     /// Bytes that arrived while held, either way.
     held_bytes: AtomicU64,
+    strand_at_begin: AtomicBool,
 }
 
 impl TcpRelay {
@@ -47,6 +50,7 @@ impl TcpRelay {
             swallowed: AtomicU64::new(0),
             held: watch::channel(false).0,
             held_bytes: AtomicU64::new(0),
+            strand_at_begin: AtomicBool::new(false),
         });
         let accept_shared = shared.clone();
         let task = tokio::spawn(async move {
@@ -92,7 +96,13 @@ impl TcpRelay {
         self.shared.held.send_replace(false);
     }
 
-    /// Bytes that arrived while held: something is waiting on the database.
+    /// The connection that next sends a BEGIN forwards nothing from then on, and stays
+    /// open: its client waits for an answer that never comes.
+    pub fn strand_next_transaction(&self) {
+        self.shared.strand_at_begin.store(true, Ordering::SeqCst);
+    }
+
+    /// Bytes that arrived while held or stranded: something is waiting on the database.
     pub fn held_bytes(&self) -> u64 {
         self.shared.held_bytes.load(Ordering::SeqCst)
     }
@@ -131,8 +141,15 @@ async fn relay(client: TcpStream, shared: Arc<RelayShared>) {
                 if n == 0 {
                     return Ok::<_, std::io::Error>(());
                 }
-                if shared.swallow_commit.load(Ordering::SeqCst) && memchr_commit(&buf[..n]) {
+                if shared.swallow_commit.load(Ordering::SeqCst) && contains(&buf[..n], b"COMMIT") {
                     commit_sent.store(true, Ordering::SeqCst);
+                }
+                if shared.strand_at_begin.load(Ordering::SeqCst)
+                    && contains(&buf[..n], b"BEGIN")
+                    && shared.strand_at_begin.swap(false, Ordering::SeqCst)
+                {
+                    shared.held_bytes.fetch_add(n as u64, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
                 }
                 wait_while_held(&shared, n).await;
                 server_write.write_all(&buf[..n]).await?;
@@ -171,8 +188,8 @@ async fn wait_while_held(shared: &RelayShared, bytes: usize) {
     }
 }
 
-fn memchr_commit(bytes: &[u8]) -> bool {
-    bytes.windows(6).any(|w| w == b"COMMIT")
+fn contains(bytes: &[u8], word: &[u8]) -> bool {
+    bytes.windows(word.len()).any(|w| w == word)
 }
 
 /// One tenant of a load: its account id and a signer for its credential.
