@@ -504,12 +504,7 @@ impl CacheSync {
         let mut repair = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                message = events.next() => {
-                    let Some(payload) = message else {
-                        anyhow::bail!("the subscription closed");
-                    };
-                    self.apply_event(&payload?);
-                }
+                message = events.next() => self.apply_message(message)?,
                 _ = resync.tick() => {
                     self.sync_applying_events(&mut conn, &mut events, &mut repair_owed, &mut read_at).await?
                 }
@@ -537,12 +532,7 @@ impl CacheSync {
         loop {
             tokio::select! {
                 done = &mut sync => return done,
-                message = events.next() => {
-                    let Some(payload) = message else {
-                        anyhow::bail!("the subscription closed");
-                    };
-                    self.apply_event(&payload?);
-                }
+                message = events.next() => self.apply_message(message)?,
             }
         }
     }
@@ -599,6 +589,16 @@ impl CacheSync {
         self.load_mirror(conn).await?;
         self.resyncs_read.inc();
         *read_at = Some(now);
+        Ok(())
+    }
+
+    /// One message of the subscription; an error once it has ended or failed (events
+    /// may then have been missed: the session starts again).
+    fn apply_message(&self, message: Option<anyhow::Result<String>>) -> anyhow::Result<()> {
+        let Some(payload) = message else {
+            anyhow::bail!("the subscription closed");
+        };
+        self.apply_event(&payload?);
         Ok(())
     }
 
