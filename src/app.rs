@@ -78,7 +78,7 @@ impl App {
                     freshness: freshness.clone(),
                     clock: clock.clone(),
                     resync_interval: config.state.resync_interval,
-                    store_timeout: config.store_timeout,
+                    store_patience: crate::store::Patience::new(config.store_timeout),
                     resyncs_read: metrics.state_resyncs_read.clone(),
                     resyncs_skipped: metrics.state_resyncs_skipped.clone(),
                     initial_generations: Default::default(),
@@ -127,13 +127,13 @@ impl App {
                 access_log,
             };
             Self {
+                flusher: Flusher::new(config.store_timeout),
                 config,
                 clock,
                 store,
                 mirror,
                 publisher,
                 freshness,
-                flusher: Flusher::new(),
                 plane: Arc::new(plane),
                 cache_sync: Mutex::new(cache_sync),
                 shutdown_hooks: Mutex::new(Vec::new()),
@@ -164,7 +164,7 @@ impl App {
         let day = crate::meter::Month::day_of(now, self.config.meter.billing_utc_offset_seconds).unwrap_or_default();
         let result = self
             .flusher
-            .flush_once(&self.plane.counters, &self.store, now, &day, self.config.store_timeout)
+            .flush_once(&self.plane.counters, &self.store, now, &day)
             .await;
         match &result {
             Ok(_) => {

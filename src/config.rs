@@ -742,10 +742,10 @@ pub struct Config {
     /// `EKYC_STORE_MIGRATE_URL`): migrations run under it and `store_url`'s role is
     /// granted only what it needs. `None`: `store_url` applies the migrations itself.
     pub store_migrate_url: Option<String>,
-    /// How long the meter's flush and the state cache's repair wait on one store call
-    /// before giving up and retrying (`store.timeout_ms`): a database that stops
+    /// How long the meter's flush and the state cache's repair wait on the store before
+    /// giving up and retrying (`store.timeout_ms`): a database that stops
     /// answering on an open connection (a failed-over primary gone silent, a partition)
-    /// otherwise holds them until TCP gives up, a quarter of an hour.
+    /// otherwise holds them indefinitely, or until TCP gives up (`store::Patience`).
     pub store_timeout: Duration,
     pub state: StateConfig,
     /// Seals SecretKeys at rest (env `EKYC_MASTER_KEY`).

@@ -493,7 +493,15 @@ async fn changes_apply_while_a_repair_waits_on_an_unanswering_store() {
     let db = PgDatabase::create().await;
     let redis = RedisServer::start().await;
     let relay = common::faults::TcpRelay::in_front_of(&db).await;
-    let waiting = gateway_on(&sim, &relay.store_url(&db), &redis, 200, "").await;
+    // Its flush held off: what waits on the held store is the repair.
+    let waiting = gateway_on(
+        &sim,
+        &relay.store_url(&db),
+        &redis,
+        200,
+        "[meter]\nflush_interval_ms = 3600000\n",
+    )
+    .await;
     // The operator's gateway re-syncs rarely: it leaves the repair to `waiting`.
     let operator = gateway_on(&sim, &db.url(), &redis, 3_600_000, "").await;
     let tenant = client_signer();
@@ -501,7 +509,7 @@ async fn changes_apply_while_a_repair_waits_on_an_unanswering_store() {
 
     relay.hold();
     redis.command(&["FLUSHALL"]).await;
-    poll_until("the repair to wait on the store", Duration::from_secs(10), || async {
+    poll_until("the repair to wait on the store", Duration::from_secs(30), || async {
         (relay.held_bytes() > 0).then_some(())
     })
     .await;
@@ -513,12 +521,14 @@ async fn changes_apply_while_a_repair_waits_on_an_unanswering_store() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let took = until_code(&waiting, &tenant, Some("OperationDenied"), Duration::from_secs(2)).await;
+    // Held, the repair never ends: any deadline tells the two apart; this one leaves
+    // room for a loaded machine.
+    let took = until_code(&waiting, &tenant, Some("OperationDenied"), Duration::from_secs(10)).await;
     eprintln!("suspension applied {took:?} after it was made, the store held meanwhile");
 
     // The store answers again: the repair completes and the suspension stays.
     relay.release();
-    poll_until("Redis to be refilled", Duration::from_secs(10), || async {
+    poll_until("Redis to be refilled", Duration::from_secs(30), || async {
         (redis.command(&["EXISTS", "ekyc:filled"]).await == redis::Value::Int(1)).then_some(())
     })
     .await;
@@ -530,5 +540,5 @@ async fn changes_apply_while_a_repair_waits_on_an_unanswering_store() {
         None,
     )
     .await;
-    until_code(&waiting, &tenant, None, Duration::from_secs(2)).await;
+    until_code(&waiting, &tenant, None, Duration::from_secs(10)).await;
 }

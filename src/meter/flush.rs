@@ -2,15 +2,13 @@
 //! `(instance_id, seq, rows)` that the store applies at most once. A batch is frozen
 //! until the store acknowledges it; new counts go to the next one. While the store is
 //! down the batch is retried with backoff and the gateway keeps serving; a store that
-//! stops answering is given up on after `store.timeout_ms` (doubled after each such
-//! time-out, so a batch that is merely slow still gets through). Runs every
+//! stops answering is given up on after `store.timeout_ms` (`store::Patience`). Runs every
 //! `meter.flush_interval` (longer after large batches: `next_delay`) and once more at
 //! shutdown, after in-flight requests. Must not be called from the request path.
 
 use super::{Counters, FrozenBatch};
-use crate::store::{Store, UsageBatch};
+use crate::store::{Patience, Store, UsageBatch};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 
@@ -26,37 +24,24 @@ pub struct Flusher {
     /// The batch waiting for the store's acknowledgement, and when its oldest count was
     /// made. Also in the journal (`Counters::frozen_batch`), for a process that dies.
     pending: Mutex<Option<(UsageBatch, i64)>>,
-    /// Sends in a row that the store did not answer in time.
-    timeouts_in_a_row: std::sync::atomic::AtomicU32,
-}
-
-impl Default for Flusher {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// How long a send may wait on the store.
+    patience: Patience,
 }
 
 impl Flusher {
-    pub fn new() -> Self {
+    /// `store_timeout`: `store.timeout_ms`.
+    pub fn new(store_timeout: Duration) -> Self {
         Self {
             pending: Mutex::new(None),
-            timeouts_in_a_row: Default::default(),
+            patience: Patience::new(store_timeout),
         }
     }
 
     /// Sends the frozen batch (this process's, or one a killed process left in the
     /// journal), or freezes a new one from the counters and sends it. `day` dates the
-    /// calls for the per-day chart. The store gets `timeout` to answer (twice that after
-    /// one time-out, up to 16 times after more): given up on, the batch stays frozen and
-    /// is sent again under its id, which the store applies at most once.
-    pub async fn flush_once(
-        &self,
-        counters: &Counters,
-        store: &Store,
-        now: i64,
-        day: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<Flushed> {
+    /// calls for the per-day chart. A send the store does not answer in time leaves the
+    /// batch frozen, to be sent again under its id, which the store applies at most once.
+    pub async fn flush_once(&self, counters: &Counters, store: &Store, now: i64, day: &str) -> anyhow::Result<Flushed> {
         let mut pending = self.pending.lock().await;
         if pending.is_none() {
             let (batch, oldest) = match counters.frozen_batch() {
@@ -91,15 +76,10 @@ impl Flusher {
             *pending = Some((batch, oldest));
         }
         let (batch, _) = pending.as_ref().expect("set above");
-        let in_a_row = self.timeouts_in_a_row.load(Ordering::Relaxed);
-        let limit = timeout * (1 << in_a_row.min(4));
-        let Ok(sent) = tokio::time::timeout(limit, store.apply_usage_batch_on(batch, now, day)).await else {
-            self.timeouts_in_a_row.store(in_a_row + 1, Ordering::Relaxed);
-            anyhow::bail!(
-                "the store did not answer within {limit:?}; the batch is kept and sent again on another connection"
-            );
-        };
-        self.timeouts_in_a_row.store(0, Ordering::Relaxed);
+        let sent = store
+            .apply_usage_batch_within(batch, now, day, self.patience.limit())
+            .await;
+        self.patience.note(&sent);
         match sent {
             Ok(applied) => {
                 if !applied {

@@ -437,7 +437,7 @@ pub struct CacheSync {
     pub resync_interval: Duration,
     /// How long a repair waits for the store's records (`store.timeout_ms`); given up
     /// on, the repair stays owed and is tried again.
-    pub store_timeout: Duration,
+    pub store_patience: crate::store::Patience,
     pub resyncs_read: prometheus_client::metrics::counter::Counter,
     pub resyncs_skipped: prometheus_client::metrics::counter::Counter,
     /// The hashes' generations before `initial_load`'s read, for the first session:
@@ -516,10 +516,10 @@ impl CacheSync {
         }
     }
 
-    /// `sync`, with the events that arrive meanwhile applied as they come. Left unread
-    /// they pile up in the client's buffer: a repair of 1 M accounts publishes 2 M
-    /// events of its own, and a gateway that read them only afterwards held about 1 GiB
-    /// more until it had.
+    /// `sync`, with the events that arrive meanwhile applied as they come: left unread
+    /// they would pile up in the client's buffer (a repair of 1 M accounts publishes 2 M
+    /// events of its own, about 1 GiB), and a repair waiting on the store would hold
+    /// every live change back.
     async fn sync_applying_events(
         &self,
         conn: &mut StateConnection,
@@ -551,17 +551,11 @@ impl CacheSync {
     ) -> anyhow::Result<()> {
         let filled: bool = conn.exists(FILLED_KEY).await?;
         if *repair_owed || !filled {
-            let records = async {
-                Ok::<_, anyhow::Error>((self.store.all_accounts().await?, self.store.all_credentials().await?))
-            };
-            let records = tokio::time::timeout(self.store_timeout, records)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(anyhow::anyhow!(
-                        "no answer within {:?} (store.timeout_ms)",
-                        self.store_timeout
-                    ))
-                });
+            let records = self
+                .store
+                .accounts_and_credentials_within(self.store_patience.limit())
+                .await;
+            self.store_patience.note(&records);
             match records {
                 Ok((accounts, credentials)) => {
                     copy_into_redis(conn, &accounts, &credentials).await?;
@@ -614,9 +608,9 @@ impl CacheSync {
         }
     }
 
-    /// Applies every record in Redis to the mirror, page by page as read: at 1 M accounts
-    /// collecting them first held every record twice more and took most of a restart
-    /// in page faults. A repeat or an older copy is ignored by the mirror's versions, and
+    /// Applies every record in Redis to the mirror, page by page as read: collected first,
+    /// every record would be held twice more, and at 1 M accounts a restart would spend
+    /// most of its time having the kernel zero pages for those copies. A repeat or an older copy is ignored by the mirror's versions, and
     /// a read that fails midway leaves only newer copies applied.
     async fn load_mirror(&self, conn: &mut StateConnection) -> anyhow::Result<()> {
         for_each_record(conn, ACCOUNTS_KEY, |record: AccountRecord| {

@@ -11,8 +11,8 @@ pub mod outbox;
 pub mod records;
 
 use records::{AccountRecord, AuditEntry, CredentialRecord, CredentialStatus, Suspension};
-use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool};
 use sqlx::{Executor, Row};
 use std::time::Duration;
 
@@ -34,6 +34,49 @@ pub enum StoreError {
     Unavailable(#[from] sqlx::Error),
     #[error("billing store migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("billing store did not answer within {0:?} (store.timeout_ms)")]
+    TimedOut(Duration),
+}
+
+/// How long a background job waits on the store for one piece of work: `store.timeout_ms`,
+/// doubled after each time-out in a row up to an hour, so that work which is merely slow
+/// (a flush of a million rows, a repair reading every account) still gets through while
+/// a connection gone silent is given up on.
+#[derive(Debug)]
+pub struct Patience {
+    base: Duration,
+    timeouts_in_a_row: std::sync::atomic::AtomicU32,
+}
+
+impl Patience {
+    const MOST: Duration = Duration::from_secs(3600);
+
+    pub fn new(base: Duration) -> Self {
+        Self {
+            base,
+            timeouts_in_a_row: Default::default(),
+        }
+    }
+
+    /// The limit for the next try.
+    pub fn limit(&self) -> Duration {
+        let doublings = self
+            .timeouts_in_a_row
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(16);
+        self.base.saturating_mul(1 << doublings).min(Self::MOST.max(self.base))
+    }
+
+    /// Takes a try's outcome into account: a time-out doubles the next limit, anything
+    /// else (an answer, even an error) resets it.
+    pub fn note<T>(&self, outcome: &Result<T, StoreError>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if matches!(outcome, Err(StoreError::TimedOut(_))) {
+            self.timeouts_in_a_row.fetch_add(1, Relaxed);
+        } else {
+            self.timeouts_in_a_row.store(0, Relaxed);
+        }
+    }
 }
 
 /// One row of a flush batch.
@@ -343,8 +386,12 @@ impl Store {
     }
 
     pub async fn all_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        Self::accounts_on(&self.pool).await
+    }
+
+    async fn accounts_on<'e>(on: impl sqlx::Executor<'e, Database = Any>) -> Result<Vec<AccountRecord>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts"))
-            .fetch_all(&self.pool)
+            .fetch_all(on)
             .await?;
         rows.iter()
             .map(account_from_row)
@@ -464,10 +511,48 @@ impl Store {
     }
 
     pub async fn all_credentials(&self) -> Result<Vec<CredentialRecord>, StoreError> {
+        Self::credentials_on(&self.pool).await
+    }
+
+    async fn credentials_on<'e>(
+        on: impl sqlx::Executor<'e, Database = Any>,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
         let rows = sqlx::query(&format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials"))
-            .fetch_all(&self.pool)
+            .fetch_all(on)
             .await?;
         rows.iter().map(credential_from_row).collect()
+    }
+
+    /// Every account and every credential, read within `limit` on a connection of its
+    /// own (see `connection_within`).
+    pub async fn accounts_and_credentials_within(
+        &self,
+        limit: Duration,
+    ) -> Result<(Vec<AccountRecord>, Vec<CredentialRecord>), StoreError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut conn = self.connection_within(deadline, limit).await?;
+        let read = async {
+            Ok((
+                Self::accounts_on(&mut *conn).await?,
+                Self::credentials_on(&mut *conn).await?,
+            ))
+        };
+        tokio::time::timeout_at(deadline, read)
+            .await
+            .unwrap_or_else(|_| Err(given_up(conn, limit)))
+    }
+
+    /// A connection of the pool's, taken by `deadline`. Work on it that outlasts the
+    /// deadline gives it up with `given_up`.
+    async fn connection_within(
+        &self,
+        deadline: tokio::time::Instant,
+        limit: Duration,
+    ) -> Result<sqlx::pool::PoolConnection<Any>, StoreError> {
+        tokio::time::timeout_at(deadline, self.pool.acquire())
+            .await
+            .map_err(|_| StoreError::TimedOut(limit))?
+            .map_err(Into::into)
     }
 
     /// Revokes a credential for good. Revoking a revoked credential changes nothing.
@@ -577,8 +662,35 @@ impl Store {
     /// Returns whether this call applied it. `day` ("YYYY-MM-DD") dates the batch's
     /// calls in `usage_daily`.
     pub async fn apply_usage_batch_on(&self, batch: &UsageBatch, now: i64, day: &str) -> Result<bool, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        self.apply_usage_batch_in(&mut conn, batch, now, day).await
+    }
+
+    /// `apply_usage_batch_on` within `limit` (see `connection_within`). A batch given
+    /// up on may have been applied all the same; sent again, its id makes that harmless.
+    pub async fn apply_usage_batch_within(
+        &self,
+        batch: &UsageBatch,
+        now: i64,
+        day: &str,
+        limit: Duration,
+    ) -> Result<bool, StoreError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut conn = self.connection_within(deadline, limit).await?;
+        tokio::time::timeout_at(deadline, self.apply_usage_batch_in(&mut conn, batch, now, day))
+            .await
+            .unwrap_or_else(|_| Err(given_up(conn, limit)))
+    }
+
+    async fn apply_usage_batch_in(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<Any>,
+        batch: &UsageBatch,
+        now: i64,
+        day: &str,
+    ) -> Result<bool, StoreError> {
         let calls: u64 = batch.rows.iter().map(|r| r.calls).sum();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = sqlx::Acquire::begin(&mut **conn).await?;
         let claimed = sqlx::query(
             "INSERT INTO usage_batches (instance_id, seq, rows, calls, applied_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (instance_id, seq) DO NOTHING",
@@ -798,6 +910,14 @@ fn push_placeholders(sql: &mut String, rows: usize, columns: usize) {
         }
         sql.push(')');
     }
+}
+
+/// Closes a connection whose work outlasted its limit instead of returning it to the
+/// pool: the pool would first test it with a ping that a silent server never answers,
+/// holding one of its slots until TCP gives up.
+fn given_up(mut conn: sqlx::pool::PoolConnection<Any>, limit: Duration) -> StoreError {
+    conn.close_on_drop();
+    StoreError::TimedOut(limit)
 }
 
 fn conflict_or(error: sqlx::Error, what: String) -> StoreError {
