@@ -1028,7 +1028,34 @@ fn credential_from_row(row: &AnyRow) -> Result<CredentialRecord, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::push_placeholders;
+    use super::{Patience, StoreError, push_placeholders};
+    use std::time::Duration;
+
+    #[test]
+    fn patience_doubles_after_each_time_out_up_to_an_hour_and_resets_on_an_answer() {
+        let patience = Patience::new(Duration::from_secs(30));
+        let timed_out: Result<(), StoreError> = Err(StoreError::TimedOut(Duration::ZERO));
+        let mut limits = vec![patience.limit()];
+        for _ in 0..8 {
+            patience.note(&timed_out);
+            limits.push(patience.limit());
+        }
+        let seconds: Vec<u64> = limits.iter().map(Duration::as_secs).collect();
+        assert_eq!(seconds, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        // Any answer, an error too, is not a time-out.
+        patience.note(&Err::<(), _>(StoreError::Invalid("refused".into())));
+        assert_eq!(patience.limit(), Duration::from_secs(30));
+        // Many time-outs in a row neither overflow nor pass the hour.
+        let short = Patience::new(Duration::from_millis(100));
+        for _ in 0..100 {
+            short.note(&timed_out);
+        }
+        assert_eq!(short.limit(), Duration::from_secs(3600));
+        // A limit set above the hour is kept.
+        let long = Patience::new(Duration::from_secs(7200));
+        long.note(&timed_out);
+        assert_eq!(long.limit(), Duration::from_secs(7200));
+    }
 
     #[test]
     fn placeholders_are_numbered_across_rows() {
