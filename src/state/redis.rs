@@ -610,8 +610,9 @@ impl CacheSync {
 
     /// Applies every record in Redis to the mirror, page by page as read: collected first,
     /// every record would be held twice more, and at 1 M accounts a restart would spend
-    /// most of its time having the kernel zero pages for those copies. A repeat or an older copy is ignored by the mirror's versions, and
-    /// a read that fails midway leaves only newer copies applied.
+    /// most of its time having the kernel zero pages for those copies. A repeat or an
+    /// older copy is ignored by the mirror's versions, and a read that fails midway
+    /// leaves only newer copies applied.
     async fn load_mirror(&self, conn: &mut StateConnection) -> anyhow::Result<()> {
         for_each_record(conn, ACCOUNTS_KEY, |record: AccountRecord| {
             self.mirror.apply_account(&record)
